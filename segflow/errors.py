@@ -1,0 +1,33 @@
+"""Exception hierarchy.
+
+Every error segflow raises on purpose derives from :class:`SegflowError`; each
+subclass also inherits the builtin that fits, so callers can catch either.
+The command line prints ``str(error)`` of a SegflowError as one line and exits
+non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SegflowError(Exception):
+    """Root of all errors raised on purpose by segflow."""
+
+
+class ReaderError(SegflowError, OSError):
+    """An input file is missing, unreadable, truncated or not a raster/volume."""
+
+
+class ConfigError(SegflowError, ValueError):
+    """A parameter or option has a value segflow cannot use."""
+
+
+class ModelError(SegflowError, ValueError):
+    """A model file is invalid, unsafe, or does not fit the input."""
+
+
+class OutputError(SegflowError, OSError):
+    """An output location cannot be written, or an existing store does not match."""
+
+
+class InputDataError(SegflowError, ValueError):
+    """The input opened fine but its content cannot be segmented (e.g. all nodata)."""

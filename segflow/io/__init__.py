@@ -1,0 +1,1 @@
+"""Readers and writers: the only package that imports rasterio, nibabel and zarr."""

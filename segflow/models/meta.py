@@ -1,0 +1,99 @@
+"""Metadata carried by every segflow model file (JSON next to the weights).
+
+This is the contract between training, model files and the engine: the engine
+needs nothing but a model file to normalize inputs, size patches, name classes
+and reorient volumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FORMAT_VERSION = 1
+
+
+class ClassInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    color: tuple[int, int, int] = (0, 0, 0)  # RGB 0..255
+
+
+class Normalization(BaseModel):
+    """Per-channel normalization: ``(x * scale + offset - mean) / std``.
+
+    ``scale``/``offset`` bring raw values to physical units (e.g. 1/255, or
+    reflectance), ``mean``/``std`` are the global training statistics.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: tuple[float, ...] | None = None
+    offset: tuple[float, ...] | None = None
+    clip: tuple[float, float] | None = None  # applied after scale/offset, before mean/std
+
+    @model_validator(mode="after")
+    def _lengths_match(self) -> Normalization:
+        n = len(self.mean)
+        for name in ("std", "scale", "offset"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"normalization.{name} has {len(value)} values, mean has {n}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("normalization.std must be positive")
+        return self
+
+
+class ModelMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    arch: str  # registry name, e.g. "unet", "fcn8s", "unet3d"; "torchscript"/"onnx" for exports
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: int
+    band_names: tuple[str, ...] | None = None
+    classes: tuple[ClassInfo, ...]
+    normalization: Normalization | None = None
+    output_stride: int = 32  # input sizes must be multiples of this (padded internally)
+    patch_size: tuple[int, ...] | None = None  # hint, in model axes
+    overlap: float | None = None  # hint, fraction of the patch
+    orientation: str | None = None  # volumes: axis codes the model expects, e.g. "RAS"
+    nodata_class: int | None = None  # class index the model uses for "no data", if any
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelMeta:
+        if self.in_channels < 1:
+            raise ValueError("in_channels must be at least 1")
+        if len(self.classes) < 1:
+            raise ValueError("a model needs at least one class")
+        if self.normalization is not None and len(self.normalization.mean) != self.in_channels:
+            raise ValueError(
+                f"normalization has {len(self.normalization.mean)} channels, "
+                f"in_channels is {self.in_channels}"
+            )
+        if self.band_names is not None and len(self.band_names) != self.in_channels:
+            raise ValueError(
+                f"band_names has {len(self.band_names)} names, in_channels is {self.in_channels}"
+            )
+        return self
+
+
+def default_colors(n: int) -> list[tuple[int, int, int]]:
+    """A fixed, distinguishable palette (tab20-like), cycled."""
+    base = [
+        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+        (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+        (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+        (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+    ]
+    return [base[i % len(base)] for i in range(n)]
