@@ -1,0 +1,135 @@
+"""Weight windows and the float32 accumulator that blends overlapping patches.
+
+Each patch's logits are multiplied by a smooth window and summed; dividing by
+the summed weights makes the windows a partition of unity everywhere. Windows
+that taper keep a floor, so a border pixel covered by a single patch still has
+a positive weight (no zero-weight frame around the scene).
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from segflow.errors import ConfigError
+from segflow.grid import PatchGrid, Region, intersect, region_shape, shift
+
+WEIGHT_FLOOR = 1e-3
+
+
+class BlendMode(StrEnum):
+    GAUSSIAN = "gaussian"
+    HANN = "hann"
+    SPLINE = "spline"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+    CENTER = "center"  # "valid only": each pixel from the patch whose centre is nearest
+
+    @classmethod
+    def parse(cls, value: str | BlendMode) -> BlendMode:
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            names = [m.value for m in cls]
+            close = difflib.get_close_matches(str(value).lower(), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown blend mode '{value}' (choose from {', '.join(names)}){hint}"
+            ) from None
+
+
+def window_1d(mode: BlendMode, size: int, sigma: float = 0.125) -> np.ndarray:
+    """A 1-D window of ``size`` samples, peak 1, floored where it tapers."""
+    centre = (size - 1) / 2.0
+    pos = np.arange(size, dtype=np.float64)
+    # distance from the centre in half-widths: 0 at the centre, ~1 at the edges
+    r = np.abs(pos - centre) / max(size / 2.0, 1.0)
+    if mode is BlendMode.GAUSSIAN:
+        w = np.exp(-0.5 * ((pos - centre) / max(sigma * size, 1e-6)) ** 2)
+    elif mode is BlendMode.HANN:
+        w = 0.5 - 0.5 * np.cos(2.0 * np.pi * (pos + 0.5) / size)
+    elif mode is BlendMode.LINEAR:
+        w = 1.0 - r
+    elif mode is BlendMode.SPLINE:
+        t = 1.0 - r  # second-order spline: smooth S from the edge to the centre
+        w = np.where(t < 0.5, 2.0 * t**2, 1.0 - 2.0 * (1.0 - t) ** 2)
+    elif mode in (BlendMode.CONSTANT, BlendMode.CENTER):
+        w = np.ones(size)
+    else:  # pragma: no cover - exhaustive
+        raise ConfigError(f"unsupported blend mode {mode}")
+    w = w / w.max()
+    return np.maximum(w, WEIGHT_FLOOR).astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def _separable_window(mode: BlendMode, patch: tuple[int, ...], sigma: float) -> torch.Tensor:
+    weights = torch.ones((), dtype=torch.float32)
+    for size in patch:
+        axis = torch.from_numpy(window_1d(mode, size, sigma))
+        weights = weights[..., None] * axis
+    return weights.contiguous()
+
+
+def patch_window(
+    mode: BlendMode, grid: PatchGrid, index: tuple[int, ...], sigma: float = 0.125
+) -> torch.Tensor:
+    """The weight window of one patch, shape ``grid.patch``."""
+    if mode is not BlendMode.CENTER:
+        return _separable_window(mode, grid.patch, sigma)
+    # centre-crop: 1 on the patch's core, 0 elsewhere; cores tile the image exactly
+    core = shift(grid.core(index), grid.origin(index))
+    window = torch.zeros(grid.patch, dtype=torch.float32)
+    window[core] = 1.0
+    return window
+
+
+class Accumulator:
+    """Sums weighted logits over one output region, in float32."""
+
+    def __init__(self, num_classes: int, region: Region, *, track_weights: bool = True) -> None:
+        self.region = region
+        self.origin = tuple(s.start for s in region)
+        shape = region_shape(region)
+        self.logits = torch.zeros((num_classes, *shape), dtype=torch.float32)
+        self.weights = torch.zeros(shape, dtype=torch.float32) if track_weights else None
+        self.covered = torch.zeros(shape, dtype=torch.bool)
+
+    def add(self, logits: torch.Tensor, extent: Region, window: torch.Tensor) -> None:
+        """Add one patch's logits ``(K, *patch)`` placed at ``extent`` (image coordinates)."""
+        overlap = intersect(extent, self.region)
+        if overlap is None:
+            return
+        src = shift(overlap, tuple(s.start for s in extent))
+        dst = shift(overlap, self.origin)
+        w = window[src]
+        self.logits[(slice(None), *dst)].addcmul_(logits[(slice(None), *src)], w)
+        if self.weights is not None:
+            self.weights[dst] += w
+        self.covered[dst] |= w > 0
+
+    def labels(self, dtype: np.dtype, nodata: int) -> np.ndarray:
+        """Argmax of the blended logits; ``nodata`` where no patch contributed.
+
+        Dividing by the weight sum does not change the argmax, so it is skipped.
+        """
+        if self.logits.shape[0] == 1:
+            labels = (self.logits[0] > 0).to(torch.uint8)
+        else:
+            labels = torch.argmax(self.logits, dim=0)
+        out = labels.numpy().astype(dtype, copy=False)
+        out[~self.covered.numpy()] = nodata
+        return out
+
+    def probabilities(self) -> np.ndarray:
+        """Class probabilities ``(K, *region)`` float32, NaN where no patch contributed."""
+        if self.weights is None:
+            raise RuntimeError("accumulator was created without weight tracking")
+        mean = self.logits / self.weights.clamp_min(1e-12)
+        probs = torch.sigmoid(mean) if mean.shape[0] == 1 else torch.softmax(mean, dim=0)
+        out = probs.numpy()
+        out[:, ~self.covered.numpy()] = np.nan
+        return out

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from segflow.blend import WEIGHT_FLOOR, Accumulator, BlendMode, patch_window, window_1d
+from segflow.errors import ConfigError
+from segflow.grid import make_grid
+
+
+@pytest.mark.parametrize("mode", list(BlendMode))
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 96])
+def test_windows_are_positive_with_peak_one(mode, size):
+    w = window_1d(mode, size)
+    assert w.dtype == np.float32 and w.shape == (size,)
+    assert w.min() >= WEIGHT_FLOOR
+    assert w.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, w[::-1], rtol=1e-6)  # symmetric
+
+
+@pytest.mark.parametrize("mode", list(BlendMode))
+@pytest.mark.parametrize("shape", [(130, 97), (40, 33, 29)])
+def test_weights_sum_to_a_positive_value_everywhere_including_the_border(mode, shape):
+    patch = 32 if len(shape) == 2 else 16
+    grid = make_grid(shape, patch, 0.25)
+    region = tuple(slice(0, n) for n in shape)
+    acc = Accumulator(1, region)
+    for index in grid.indices():
+        ones = torch.ones((1, *grid.patch))
+        acc.add(ones, grid.extent(index), patch_window(mode, grid, index))
+    assert acc.weights is not None
+    weights = acc.weights.numpy()
+    assert (weights > 0).all(), "a pixel got zero weight"
+    # blending a constant gives the constant back: the normalized windows sum to one
+    normalized = acc.logits[0].numpy() / weights
+    np.testing.assert_allclose(normalized, 1.0, rtol=1e-5)
+    if mode is BlendMode.CENTER:
+        assert (weights == 1.0).all()  # exactly one patch per pixel
+
+
+def test_blend_mode_parse_suggests_a_fix():
+    assert BlendMode.parse("Gaussian") is BlendMode.GAUSSIAN
+    with pytest.raises(ConfigError, match="did you mean 'gaussian'"):
+        BlendMode.parse("gausian")
+
+
+def test_accumulator_labels_probabilities_and_nodata():
+    region = (slice(0, 4), slice(0, 4))
+    acc = Accumulator(3, region)
+    logits = torch.zeros((3, 4, 4))
+    logits[2, :2] = 5.0
+    logits[1, 2:] = 5.0
+    window = torch.ones((4, 4))
+    window[3, 3] = 0.0  # an uncovered pixel stays nodata
+    acc.add(logits, region, window)
+    labels = acc.labels(np.dtype(np.uint8), 255)
+    assert labels.dtype == np.uint8
+    assert (labels[:2] == 2).all() and labels[2, 0] == 1 and labels[3, 3] == 255
+    probs = acc.probabilities()
+    np.testing.assert_allclose(np.nansum(probs, axis=0)[:3], 1.0, rtol=1e-6)
+    assert np.isnan(probs[:, 3, 3]).all()
+
+
+def test_single_class_output_is_a_sigmoid_threshold():
+    region = (slice(0, 2), slice(0, 2))
+    acc = Accumulator(1, region)
+    acc.add(torch.tensor([[[-1.0, 2.0], [0.5, -3.0]]]), region, torch.ones((2, 2)))
+    assert acc.labels(np.dtype(np.uint8), 255).tolist() == [[0, 1], [1, 0]]
