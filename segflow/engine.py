@@ -1,0 +1,288 @@
+"""The work for one input: one task per output region that reads, predicts, blends, writes.
+
+A task owns a block of whole storage chunks. It reads its region plus the
+halo of every global-grid patch that touches it, normalizes once, predicts
+the patches in batches (the next batch is assembled in a background thread
+while the model runs), blends them into a float32 accumulator and writes its
+chunks whole, then records them as done. Patches are visited in global order,
+so every pixel sums the same terms in the same order whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segflow.blend import Accumulator, BlendMode, patch_window
+from segflow.grid import (
+    Index,
+    PatchGrid,
+    Region,
+    chunk_grid_shape,
+    chunk_region,
+    clip,
+    iter_chunks,
+    region_shape,
+    shift,
+    union,
+)
+from segflow.io.source import Source
+from segflow.io.zarr_sink import ZarrSink
+from segflow.models.meta import Normalization
+from segflow.models.predictor import AxisOrder, Predictor, cached_predictor, model_cache_key
+from segflow.normalize import normalize
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """How a task gets its predictor: a model file loaded once per process."""
+
+    path: Path | None
+    sha256: str
+    num_classes: int
+    output_stride: int
+    module: torch.nn.Module | None = None  # only for in-memory models (threaded runs, tests)
+
+    def predictor(self, options: PredictorOptions) -> Predictor:
+        key = model_cache_key(self.path or Path("<memory>"), self.sha256, **options.__dict__)
+
+        def build() -> Predictor:
+            module = self.module
+            if module is None:
+                from segflow.models import load_model
+
+                assert self.path is not None
+                module = load_model(self.path).module
+            return Predictor(
+                module,
+                num_classes=self.num_classes,
+                output_stride=self.output_stride,
+                device=options.device,
+                amp=options.amp,
+                tta=options.tta,
+                squeeze_axis=options.squeeze_axis,
+                axis_order=options.axis_order,
+                threads=options.threads,
+            )
+
+        return cached_predictor(key, build)
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+    squeeze_axis: int | None = None
+    axis_order: AxisOrder | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class RegionWork:
+    """Everything a region task needs; pickled once per Dask worker."""
+
+    source: Source
+    sink: ZarrSink
+    model: ModelHandle
+    predictor_options: PredictorOptions
+    grid: PatchGrid
+    normalization: Normalization | None
+    blend: BlendMode
+    sigma: float
+    batch_size: int
+    task_chunks: tuple[int, ...]  # storage chunks per task, per axis
+    write_labels: bool
+    write_probabilities: bool
+
+
+@dataclass
+class RegionStats:
+    chunks_written: int = 0
+    valid_pixels: int = 0
+    patches_predicted: int = 0
+    patches_skipped: int = 0
+    class_counts: list[int] = field(default_factory=list)
+
+    def merge(self, other: RegionStats) -> None:
+        self.chunks_written += other.chunks_written
+        self.valid_pixels += other.valid_pixels
+        self.patches_predicted += other.patches_predicted
+        self.patches_skipped += other.patches_skipped
+        if not self.class_counts:
+            self.class_counts = list(other.class_counts)
+        elif other.class_counts:
+            self.class_counts = [
+                a + b for a, b in zip(self.class_counts, other.class_counts, strict=True)
+            ]
+
+
+def task_indices(work: RegionWork) -> list[Index]:
+    """Task grid: blocks of ``task_chunks`` storage chunks."""
+    chunks = work.sink.chunk_grid_shape
+    return list(iter_chunks(chunks, work.task_chunks))
+
+
+def task_chunk_indices(work: RegionWork, task: Index) -> list[Index]:
+    grid = work.sink.chunk_grid_shape
+    ranges = [
+        range(t * n, min((t + 1) * n, g))
+        for t, n, g in zip(task, work.task_chunks, grid, strict=True)
+    ]
+    return list(itertools.product(*ranges))
+
+
+def pending_tasks(work: RegionWork) -> list[Index]:
+    """Tasks with at least one chunk not yet recorded as done (resume)."""
+    done = work.sink.done_chunks()
+    return [
+        t for t in task_indices(work) if any(c not in done for c in task_chunk_indices(work, t))
+    ]
+
+
+def task_region(work: RegionWork, task: Index) -> Region:
+    chunk_shape = work.sink.layout.chunk_shape
+    block = tuple(c * n for c, n in zip(chunk_shape, work.task_chunks, strict=True))
+    return chunk_region(task, work.grid.shape, block)
+
+
+def process_region(work: RegionWork, task: Index) -> RegionStats:
+    """Read, predict, blend and write every chunk of one task."""
+    region = task_region(work, task)
+    stats = RegionStats(class_counts=[0] * work.model.num_classes)
+    patches = work.grid.touching(region)
+    extents = [work.grid.extent(p) for p in patches]
+    read_region = clip(union(extents), work.grid.shape)
+    raw = work.source.read(read_region)
+    read_origin = tuple(s.start for s in read_region)
+    valid = raw.valid
+    region_valid = valid[shift(region, read_origin)]
+
+    accumulator = Accumulator(
+        work.model.num_classes, region, track_weights=work.write_probabilities
+    )
+    if region_valid.any():
+        data = normalize(raw.data, valid, work.normalization)
+        todo: list[tuple[Index, Region]] = []
+        for index, extent in zip(patches, extents, strict=True):
+            inside = shift(clip(extent, work.grid.shape), read_origin)
+            if valid[inside].any():
+                todo.append((index, extent))
+            else:
+                stats.patches_skipped += 1  # entirely nodata: not computed
+        predictor = work.model.predictor(work.predictor_options)
+        for batch_items, batch in _prefetch(
+            _batches(data, read_origin, work.grid, todo, work.batch_size)
+        ):
+            logits = predictor(batch)
+            for (index, extent), patch_logits in zip(batch_items, logits, strict=True):
+                window = patch_window(work.blend, work.grid, index, work.sigma)
+                accumulator.add(patch_logits, extent, window)
+            stats.patches_predicted += len(batch_items)
+
+    labels = accumulator.labels(work.sink.label_dtype, work.sink.label_nodata)
+    labels[~region_valid] = work.sink.label_nodata
+    probabilities = None
+    if work.write_probabilities:
+        probabilities = accumulator.probabilities()
+        probabilities[:, ~region_valid] = np.nan
+
+    origin = tuple(s.start for s in region)
+    done = work.sink.done_chunks()
+    for chunk in task_chunk_indices(work, task):
+        if chunk in done:
+            continue
+        local = shift(work.sink.chunk_region(chunk), origin)
+        work.sink.write_chunk(
+            chunk,
+            labels[local] if work.write_labels else None,
+            probabilities[(slice(None), *local)] if probabilities is not None else None,
+        )
+        stats.chunks_written += 1
+    stats.valid_pixels = int(region_valid.sum())
+    counts = np.bincount(labels[region_valid].ravel(), minlength=work.model.num_classes)
+    stats.class_counts = [int(c) for c in counts[: work.model.num_classes]]
+    return stats
+
+
+Batch = tuple[list[tuple[Index, Region]], torch.Tensor]
+
+
+def _batches(
+    data: np.ndarray,
+    origin: Sequence[int],
+    grid: PatchGrid,
+    todo: list[tuple[Index, Region]],
+    batch_size: int,
+) -> Iterator[Batch]:
+    """Cut patches out of the normalized read buffer; zero-pad where a patch passes the image edge."""
+    channels = data.shape[0]
+    for start in range(0, len(todo), batch_size):
+        items = todo[start : start + batch_size]
+        batch = torch.zeros((len(items), channels, *grid.patch), dtype=torch.float32)
+        for n, (_, extent) in enumerate(items):
+            inside = clip(extent, grid.shape)
+            src = shift(inside, origin)
+            dst = shift(inside, tuple(s.start for s in extent))
+            batch[(n, slice(None), *dst)] = torch.from_numpy(data[(slice(None), *src)])
+        yield items, batch
+
+
+def _prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Assemble the next batches in a background thread while the model runs."""
+    q: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            q.put(exc)
+            return
+        q.put(None)
+
+    thread = threading.Thread(target=produce, name="segflow-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
+
+
+def default_task_chunks(chunk_shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:
+    """Storage chunks per task so a task region is about ``target`` (fewer halo re-reads)."""
+    return tuple(max(1, t // c) for c, t in zip(chunk_shape, target, strict=True))
+
+
+__all__ = [
+    "ModelHandle",
+    "PredictorOptions",
+    "RegionStats",
+    "RegionWork",
+    "chunk_grid_shape",
+    "pending_tasks",
+    "process_region",
+    "region_shape",
+    "task_indices",
+]

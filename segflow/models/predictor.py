@@ -1,0 +1,198 @@
+"""Runs a loaded model on batches of normalized patches.
+
+The predictor owns everything between "a batch of patches" and "logits of
+the same size": device placement, padding to the model's output stride,
+reorientation for models that want a canonical orientation (inverted
+exactly), 2-D models on volumes slice by slice, AMP on GPUs, and flip
+test-time augmentation. One predictor per process is cached, so a Dask worker
+loads its model once, and forward passes are serialised by a lock: on a GPU
+one batch at a time, on a CPU one forward using every core.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segflow.errors import ConfigError
+
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; explicit names are checked."""
+    name = device.lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' was asked for but is not available; use --device cpu")
+    return dev
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, spatial: int
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the last ``spatial`` axes at their far end to a multiple; return the old sizes."""
+    sizes = tuple(x.shape[-spatial:])
+    pad: list[int] = []
+    for size in reversed(sizes):
+        pad += [0, (-size) % multiple]
+    if any(pad):
+        x = F.pad(x, pad)
+    return x, sizes
+
+
+def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    index = (Ellipsis, *(slice(0, s) for s in sizes))
+    return x[index]
+
+
+@dataclass(frozen=True)
+class AxisOrder:
+    """Permutation + flips taking a patch from file voxel order to the model's orientation."""
+
+    perm: tuple[int, ...]
+    flip: tuple[bool, ...]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.ndim - len(self.perm)
+        x = x.permute(*range(lead), *(lead + p for p in self.perm))
+        dims = [lead + i for i, f in enumerate(self.flip) if f]
+        return x.flip(dims) if dims else x
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.ndim - len(self.perm)
+        dims = [lead + i for i, f in enumerate(self.flip) if f]
+        if dims:
+            x = x.flip(dims)
+        inverse = tuple(int(i) for i in np.argsort(self.perm))
+        return x.permute(*range(lead), *(lead + p for p in inverse))
+
+
+class Predictor:
+    """Turns ``(N, C, *patch)`` float32 batches into ``(N, K, *patch)`` float32 logits on the CPU."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        num_classes: int,
+        output_stride: int = 1,
+        device: str = "auto",
+        amp: bool = True,
+        tta: bool = False,
+        squeeze_axis: int | None = None,
+        axis_order: AxisOrder | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.module = module.eval().to(self.device)
+        self.num_classes = num_classes
+        self.output_stride = max(int(output_stride), 1)
+        self.amp = amp and self.device.type == "cuda"
+        self.tta = tta
+        self.squeeze_axis = squeeze_axis
+        self.axis_order = axis_order
+        self.threads = threads or _default_threads()
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        spatial = batch.ndim - 2
+        if self.squeeze_axis is not None:
+            # a 2-D model on a volume: the patch is one slice thick along this axis
+            batch = batch.squeeze(2 + self.squeeze_axis)
+        if self.axis_order is not None:
+            batch = self.axis_order.apply(batch).contiguous()
+        logits = self._forward_tta(batch)
+        if self.axis_order is not None:
+            logits = self.axis_order.invert(logits)
+        if self.squeeze_axis is not None:
+            logits = logits.unsqueeze(2 + self.squeeze_axis)
+        assert logits.ndim == spatial + 2
+        return logits.contiguous()
+
+    def _forward_tta(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.tta:
+            return self._forward(batch)
+        spatial_dims = list(range(2, batch.ndim))
+        total = self._forward(batch)
+        for dim in spatial_dims:
+            total += self._forward(batch.flip(dim)).flip(dim)
+        return total / (len(spatial_dims) + 1)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        spatial = batch.ndim - 2
+        padded, sizes = pad_to_multiple(batch, self.output_stride, spatial)
+        with self._lock:
+            torch.set_num_threads(self.threads)
+            x = padded.to(self.device, non_blocking=True)
+            with (
+                torch.inference_mode(),
+                torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp),
+            ):
+                out = self.module(x)
+            if isinstance(out, dict | list | tuple):
+                out = _first_tensor(out)
+            out = out.float().cpu()
+        if out.shape[1] != self.num_classes:
+            raise ConfigError(
+                f"the model produced {out.shape[1]} channels but its metadata lists "
+                f"{self.num_classes} classes; fix the model file's classes"
+            )
+        if tuple(out.shape[2:]) != tuple(padded.shape[2:]):
+            out = F.interpolate(out, size=padded.shape[2:], mode="nearest")
+        return crop_to(out, sizes)
+
+
+def _first_tensor(out: object) -> torch.Tensor:
+    if isinstance(out, dict):
+        out = out.get("out", next(iter(out.values())))
+    if isinstance(out, list | tuple):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError("the model returned no tensor")
+    return out
+
+
+def _default_threads() -> int:
+    # Dask worker processes set OMP_NUM_THREADS=1; a model task should use the cores it was given
+    return int(os.environ.get("SEGFLOW_TORCH_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+_CACHE: dict[tuple[object, ...], Predictor] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_predictor(key: tuple[object, ...], build: Callable[[], Predictor]) -> Predictor:
+    """One predictor per process and key: the model is loaded once per Dask worker."""
+    with _CACHE_LOCK:
+        predictor = _CACHE.get(key)
+        if predictor is None:
+            predictor = build()
+            _CACHE[key] = predictor
+        return predictor
+
+
+def model_cache_key(path: Path, sha256: str, **options: object) -> tuple[object, ...]:
+    return (str(path), sha256, *sorted(options.items()))
