@@ -187,7 +187,7 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
                 accumulator.add(patch_logits, extent, window)
             stats.patches_predicted += len(batch_items)
 
-    labels = accumulator.labels(work.sink.label_dtype, work.sink.label_nodata)
+    labels = accumulator.labels(work.sink.label_dtype)
     labels[~region_valid] = work.sink.label_nodata
     probabilities = None
     if work.write_probabilities:

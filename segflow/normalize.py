@@ -24,6 +24,7 @@ def normalize(raw: np.ndarray, valid: np.ndarray, norm: Normalization | None) ->
             np.clip(x, norm.clip[0], norm.clip[1], out=x)
         x -= np.asarray(norm.mean, np.float32).reshape(channel_shape)
         x /= np.asarray(norm.std, np.float32).reshape(channel_shape)
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if np.issubdtype(raw.dtype, np.floating):
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     x[:, ~valid] = 0.0
     return x

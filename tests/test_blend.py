@@ -50,11 +50,11 @@ def test_accumulator_labels_probabilities_and_nodata():
     logits[2, :2] = 5.0
     logits[1, 2:] = 5.0
     window = torch.ones((4, 4))
-    window[3, 3] = 0.0  # an uncovered pixel stays nodata
+    window[3, 3] = 0.0  # a pixel no patch weighs has no probabilities
     acc.add(logits, region, window)
-    labels = acc.labels(np.dtype(np.uint8), 255)
+    labels = acc.labels(np.dtype(np.uint8))
     assert labels.dtype == np.uint8
-    assert (labels[:2] == 2).all() and labels[2, 0] == 1 and labels[3, 3] == 255
+    assert (labels[:2] == 2).all() and labels[2, 0] == 1
     probs = acc.probabilities()
     np.testing.assert_allclose(np.nansum(probs, axis=0)[:3], 1.0, rtol=1e-6)
     assert np.isnan(probs[:, 3, 3]).all()
@@ -64,4 +64,13 @@ def test_single_class_output_is_a_sigmoid_threshold():
     region = (slice(0, 2), slice(0, 2))
     acc = Accumulator(1, region)
     acc.add(torch.tensor([[[-1.0, 2.0], [0.5, -3.0]]]), region, torch.ones((2, 2)))
-    assert acc.labels(np.dtype(np.uint8), 255).tolist() == [[0, 1], [1, 0]]
+    assert acc.labels(np.dtype(np.uint8)).tolist() == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize("classes", [2, 6, 300])
+def test_argmax_channels_matches_torch_argmax(classes):
+    from segflow.blend import argmax_channels
+
+    logits = torch.randn(classes, 37, 41)
+    logits[:, 0, 0] = 1.0  # a tie everywhere: the first class wins, as in torch.argmax
+    np.testing.assert_array_equal(argmax_channels(logits).long().numpy(), torch.argmax(logits, 0).numpy())

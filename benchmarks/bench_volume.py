@@ -1,0 +1,130 @@
+"""(d) Volumes: a small 3-D U-Net on a 256^3 volume, against its pure forward time and MONAI.
+
+Patch 96^3, overlap 0.25, gaussian. Baseline 1: the model's forward over the
+patches the engine predicts, nothing else. Baseline 2: MONAI's
+sliding_window_inference on the same volume already in memory. Then peak RSS
+of 256^3 and 512^3 runs (near-free 3-D model, fresh processes) must be flat.
+
+    uv run python benchmarks/bench_volume.py [--size 256] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from benchmarks.common import Check, near_free_model, peak_rss_mb, report, run_subprocess_json, timer
+from segflow import segment
+from segflow.grid import make_grid
+from segflow.models import LoadedModel, create_model
+from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+
+TARGET_RATIO = 1.05
+TARGET_FLAT = 0.10
+PATCH = 96
+
+
+def write_volume(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    data = np.empty((size, size, size), np.int16)
+    for k in range(size):  # slab by slab: never a float copy of the whole volume
+        i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+        r = np.sqrt((i - size / 2) ** 2 + (j - size / 2) ** 2 + (k - size / 2) ** 2)
+        data[:, :, k] = np.where(r < size * 0.4, 40, -1000) + rng.integers(-20, 20, (size, size))
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0]))
+    nib.save(img, path)
+    return path
+
+
+def unet3d_model() -> LoadedModel:
+    torch.manual_seed(0)
+    module = create_model("unet3d", in_channels=1, classes=3, base_channels=8, depth=3).eval()
+    meta = ModelMeta(
+        arch="unet3d", arch_kwargs={"base_channels": 8, "depth": 3}, spatial_dims=3, in_channels=1,
+        classes=tuple(ClassInfo(name=f"c{i}") for i in range(3)),
+        normalization=Normalization(mean=(0.0,), std=(500.0,)), output_stride=8,
+    )
+    return LoadedModel(meta=meta, module=module, sha256="unet3d-small", path=None, runtime="torch")
+
+
+def pure_forward_seconds(module: torch.nn.Module, patches: int, batch: int) -> float:
+    x = torch.randn(batch, 1, PATCH, PATCH, PATCH)
+    with torch.inference_mode():
+        module(x[:1])
+        start = time.perf_counter()
+        remaining = patches
+        while remaining > 0:
+            n = min(batch, remaining)
+            module(x[:n])
+            remaining -= n
+    return time.perf_counter() - start
+
+
+def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
+    from monai.inferers import sliding_window_inference
+
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32) / 500.0
+    x = torch.from_numpy(data)[None, None]
+    with timer() as t, torch.inference_mode():
+        logits = sliding_window_inference(x, (PATCH,) * 3, batch, module, overlap=0.25, mode="gaussian")
+        torch.argmax(logits, dim=1)
+    return t["seconds"]
+
+
+def memory_run(size: int, tmp: str) -> dict[str, Any]:
+    path = Path(tmp) / f"vol{size}.nii"
+    with timer() as t:
+        segment(path, near_free_model(1, 3, spatial_dims=3), Path(tmp) / f"m{size}.zarr",
+                patch_size=PATCH, overlap=0.25, device="cpu")
+    return {"size": size, "seconds": t["seconds"], "peak_mb": peak_rss_mb()}
+
+
+def main() -> bool:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-monai", action="store_true")
+    args = parser.parse_args()
+    model = unet3d_model()
+    figures: dict[str, Any] = {"volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net"}
+    checks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_volume(Path(tmp) / f"vol{args.size}.nii", args.size)
+        grid = make_grid((args.size,) * 3, PATCH, 0.25)
+        forward = pure_forward_seconds(model.module, len(grid), args.batch_size)
+        with timer() as t:
+            result = segment(path, model, Path(tmp) / "out.zarr", patch_size=PATCH, overlap=0.25,
+                             batch_size=args.batch_size, device="cpu")
+        figures["grid patches / predicted"] = f"{len(grid)} / {result.stats['patches_predicted']}"
+        figures["pure forward seconds"] = f"{forward:.1f}"
+        figures["end-to-end seconds"] = f"{t['seconds']:.1f}"
+        ratio = t["seconds"] / forward
+        checks.append(Check("end-to-end / pure forward", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO))
+        if not args.skip_monai:
+            monai = monai_seconds(path, model.module, args.batch_size)
+            figures["MONAI sliding_window seconds"] = f"{monai:.1f}"
+            speedup = monai / t["seconds"]
+            checks.append(Check("speed-up over MONAI", speedup, "x", "> 1", speedup > 1.0))
+        if not args.skip_memory:
+            for size in (256, 512):
+                if not (Path(tmp) / f"vol{size}.nii").exists():
+                    write_volume(Path(tmp) / f"vol{size}.nii", size)
+            runs = [run_subprocess_json(memory_run, size, tmp) for size in (256, 512)]
+            for r in runs:
+                figures[f"near-free {r['size']}^3 peak RSS / time"] = f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s"
+            growth = runs[1]["peak_mb"] / runs[0]["peak_mb"] - 1.0
+            checks.append(Check("peak RSS growth 256^3 -> 512^3", growth * 100, "%", f"<= {TARGET_FLAT * 100:.0f}",
+                                growth <= TARGET_FLAT))
+    return report("(d) volumes", figures, checks)
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if main() else 1)

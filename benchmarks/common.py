@@ -1,0 +1,97 @@
+"""Shared helpers for the benchmarks: synthetic inputs, tiny models, timing, reporting."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from segflow.models import LoadedModel
+from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+from segflow.models.pixel import PixelClassifier
+
+
+def write_geotiff(path: Path, size: int, bands: int = 3, tile: int = 512, seed: int = 0) -> Path:
+    """A tiled uint8 GeoTIFF written block by block (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=bands, dtype="uint8",
+        crs="EPSG:32633", transform=from_origin(500000, 6000000, 10, 10),
+        tiled=True, blockxsize=tile, blockysize=tile, compress="deflate", predictor=2,
+    )
+    block = 2048
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, block):
+            h = min(block, size - y)
+            yy = np.arange(y, y + h)[:, None]
+            xx = np.arange(size)[None, :]
+            base = (np.sin(yy / 97.0) + np.cos(xx / 61.0)) * 60 + 128
+            for b in range(bands):
+                noise = rng.integers(0, 24, size=(h, size))
+                dst.write((base + noise + 10 * b).clip(0, 255).astype(np.uint8), b + 1,
+                          window=rasterio.windows.Window(0, y, size, h))
+    return path
+
+
+def near_free_model(in_channels: int = 3, classes: int = 6, spatial_dims: int = 2) -> LoadedModel:
+    """A 1x1 convolution: the pipeline's cost with (almost) no network."""
+    torch.manual_seed(0)
+    module = PixelClassifier(in_channels, classes, spatial_dims=spatial_dims).eval()
+    meta = ModelMeta(
+        arch="pixel", arch_kwargs={"hidden": []}, spatial_dims=spatial_dims,
+        in_channels=in_channels, classes=tuple(ClassInfo(name=f"c{i}") for i in range(classes)),
+        normalization=Normalization(mean=(128.0,) * in_channels, std=(64.0,) * in_channels),
+        output_stride=1,
+    )
+    return LoadedModel(meta=meta, module=module, sha256="near-free", path=None, runtime="torch")
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    result: dict[str, float] = {}
+    start = time.perf_counter()
+    yield result
+    result["seconds"] = time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    unit: str
+    target: str
+    ok: bool
+
+
+def report(title: str, figures: dict[str, Any], checks: list[Check]) -> bool:
+    print(f"\n== {title}")
+    for key, value in figures.items():
+        print(f"   {key:<38} {value}")
+    for c in checks:
+        status = "PASS" if c.ok else "MISS"
+        print(f"   [{status}] {c.name:<33} {c.value:10.3f} {c.unit:<8} target {c.target}")
+    return all(c.ok for c in checks)
+
+
+def run_subprocess_json(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a fresh process (own peak RSS) and return its dict result."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return json.loads(json.dumps(pool.apply(fn, args)))

@@ -1,0 +1,167 @@
+"""Engine properties: tiled equals whole, chunking never changes the answer, edges, nodata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+
+from segflow import segment
+from segflow.models import LoadedModel
+from segflow.models.meta import ClassInfo, ModelMeta
+
+from .conftest import pixel_model, textured, write_tif
+
+
+def labels_of(store: Path) -> np.ndarray:
+    return zarr.open_group(store, mode="r")["labels"][...]
+
+
+class ConvStack(nn.Module):
+    """Two 3x3 convolutions (receptive-field halo of 2 px) with integer weights.
+
+    Integer inputs and weights keep every sum exact in float32, so tiled and
+    whole-image inference must agree bit for bit wherever the halo fits.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 5, 3, padding=1)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                conv.weight.copy_(torch.randint(-2, 3, conv.weight.shape, generator=g).float())
+                conv.bias.copy_(torch.randint(-3, 4, conv.bias.shape, generator=g).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def conv_model() -> LoadedModel:
+    meta = ModelMeta(arch="convstack", in_channels=3, output_stride=1,
+                     classes=tuple(ClassInfo(name=f"c{i}") for i in range(5)))
+    return LoadedModel(meta=meta, module=ConvStack().eval(), sha256="convstack", path=None, runtime="torch")
+
+
+def whole_image_labels(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(image.astype(np.float32))[None])[0]
+    return torch.argmax(logits, dim=0).numpy().astype(np.uint8)
+
+
+def test_center_crop_equals_whole_image_inference_exactly(tmp_path):
+    image = (textured((203, 177), 3, seed=1) // 16).astype(np.uint8)  # small integers
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    model = conv_model()
+    out = segment(path, model, tmp_path / "out.zarr", patch_size=48, overlap=8, blend="center",
+                  chunk_size=64, device="cpu")
+    assert out.status == "complete"
+    expected = whole_image_labels(model.module, image)
+    np.testing.assert_array_equal(labels_of(tmp_path / "out.zarr"), expected)
+
+
+def test_gaussian_blending_agrees_with_whole_image_inference(tmp_path):
+    from segflow.models import create_model
+    from segflow.models.meta import Normalization
+
+    torch.manual_seed(0)
+    module = create_model("unet2d", in_channels=3, classes=4, depth=3, base_channels=8).eval()
+    norm = Normalization(mean=(128.0,) * 3, std=(64.0,) * 3)
+    meta = ModelMeta(arch="unet2d", in_channels=3, output_stride=8, normalization=norm,
+                     classes=tuple(ClassInfo(name=f"c{i}") for i in range(4)))
+    model = LoadedModel(meta=meta, module=module, sha256="unet2d", path=None, runtime="torch")
+    image = textured((320, 264), 3, seed=2)
+    path = write_tif(tmp_path / "in.tif", image)
+    segment(path, model, tmp_path / "g.zarr", patch_size=128, overlap=0.25, blend="gaussian", device="cpu")
+    with torch.inference_mode():
+        x = torch.from_numpy((image.astype(np.float32) - 128.0) / 64.0)[None]
+        expected = torch.argmax(module(x)[0], dim=0).numpy()
+    agreement = (labels_of(tmp_path / "g.zarr") == expected).mean()
+    assert agreement >= 0.999, agreement
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "center", "hann"])
+def test_chunk_size_does_not_change_a_single_bit(tmp_path, blend):
+    image = textured((333, 287), 3, seed=3)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    model = conv_model()
+    results = []
+    for chunk in (64, 100, 333):
+        out = tmp_path / f"c{chunk}.zarr"
+        segment(path, model, out, patch_size=64, overlap=0.25, blend=blend, chunk_size=chunk,
+                probabilities="float16", device="cpu")
+        group = zarr.open_group(out, mode="r")
+        results.append((group["labels"][...], group["probabilities"][...]))
+    for labels, probs in results[1:]:
+        np.testing.assert_array_equal(labels, results[0][0])
+        np.testing.assert_array_equal(probs.view(np.uint16), results[0][1].view(np.uint16))
+
+
+def test_threaded_and_local_cluster_outputs_are_bit_identical(tmp_path):
+    from distributed import Client, LocalCluster
+
+    image = textured((260, 300), 3, seed=4)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    model = conv_model()
+    kwargs = dict(patch_size=64, overlap=0.25, chunk_size=96, probabilities="uint8", device="cpu")
+    segment(path, model, tmp_path / "threads.zarr", **kwargs)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        segment(path, model, tmp_path / "cluster.zarr", scheduler=client, **kwargs)
+    a = zarr.open_group(tmp_path / "threads.zarr", mode="r")
+    b = zarr.open_group(tmp_path / "cluster.zarr", mode="r")
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["probabilities"][...], b["probabilities"][...])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 257), (257, 1), (5, 7), (31, 500), (129, 131)])
+def test_every_pixel_of_odd_and_tiny_images_is_predicted(tmp_path, shape):
+    image = textured(shape, 1, seed=5)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    # class 1 exactly where the value exceeds 100: a per-pixel truth to compare against
+    model = pixel_model([[0.0], [1.0]], [0.0, -100.0])
+    segment(path, model, tmp_path / "o.zarr", patch_size=64, overlap=0.25, device="cpu")
+    np.testing.assert_array_equal(labels_of(tmp_path / "o.zarr"), (image[0] > 100).astype(np.uint8))
+
+
+def test_nodata_is_written_where_the_input_is_nodata_and_skipped_patches(tmp_path):
+    image = textured((300, 300), 2, seed=6).astype(np.uint16) + 1
+    image[:, :, :130] = 0  # a wide nodata border: whole patches are nodata
+    image[:, 200:203, 250:260] = 0  # a small hole
+    path = write_tif(tmp_path / "in.tif", image, nodata=0, tile=None)
+    model = pixel_model([[0.0, 0.0], [1.0, 0.0]], [0.0, -100.0])
+    result = segment(path, model, tmp_path / "o.zarr", patch_size=64, overlap=0.25, device="cpu")
+    labels = labels_of(tmp_path / "o.zarr")
+    nodata_mask = (image == 0).all(axis=0)
+    assert (labels[nodata_mask] == 255).all()
+    np.testing.assert_array_equal(labels[~nodata_mask], (image[0][~nodata_mask] > 100).astype(np.uint8))
+    assert result.stats["patches_skipped_nodata"] > 0
+
+
+def test_float_nan_is_nodata(tmp_path):
+    image = textured((100, 90), 1, seed=7).astype(np.float32)
+    image[0, 10:20, 10:30] = np.nan
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    model = pixel_model([[0.0], [1.0]], [0.0, -100.0])
+    segment(path, model, tmp_path / "o.zarr", patch_size=32, device="cpu")
+    labels = labels_of(tmp_path / "o.zarr")
+    assert (labels[10:20, 10:30] == 255).all()
+    assert (labels[30:] != 255).all()
+
+
+def test_normalization_is_global_not_per_tile(tmp_path):
+    from segflow.models.meta import Normalization
+
+    # a flat image: per-tile normalization would map every tile to the same values
+    image = np.full((1, 128, 128), 50, np.uint8)
+    image[:, :, 64:] = 150
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    model = pixel_model([[0.0], [1.0]], [0.0, 0.0], normalization=Normalization(mean=(100.0,), std=(10.0,)))
+    segment(path, model, tmp_path / "o.zarr", patch_size=32, overlap=0, device="cpu")
+    labels = labels_of(tmp_path / "o.zarr")
+    assert (labels[:, :64] == 0).all() and (labels[:, 64:] == 1).all()
