@@ -1,0 +1,246 @@
+"""Export a volume store's labels as a NIfTI mask that overlays its input exactly.
+
+The mask is written in the store's voxel order (the input file's own (i, j, k) order;
+nothing is reoriented) with the input's affine as sform and qform and the input's
+sform/qform codes, so a viewer places every voxel where the input's voxel is. With
+``reference`` (the input file), its header's spatial fields are copied verbatim
+(quaternions, srows, codes, units), so even the float32 header bytes match.
+
+The voxels are streamed to the file (gzip for ``.nii.gz``) one k-slab of store
+chunks at a time: memory is one slab, never the whole volume. Label names go to
+sidecars next to the mask: ``<name>.labels.json``, an ITK-SNAP label description
+(``<name>.label_description.txt``) and a 3D Slicer colour table (``<name>.ctbl``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+
+from segflow.errors import ConfigError, OutputError, ReaderError
+from segflow.io.cog import display_colors
+from segflow.io.source import VolumeGeometry
+from segflow.io.zarr_sink import ZarrSink
+from segflow.models.meta import ClassInfo
+
+NIFTI1_MAX_DIM = 32767  # dim[] is int16 in NIfTI-1; larger volumes need NIfTI-2
+GZIP_LEVEL = 4
+# header fields that place voxels in the world, copied from a reference header
+SPATIAL_FIELDS = (
+    "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units",
+)
+
+
+@dataclass(frozen=True)
+class NiftiExport:
+    """What :func:`export_nifti` wrote."""
+
+    path: Path
+    sidecars: dict[str, Path] = field(default_factory=dict)  # "json", "itksnap", "slicer"
+
+
+def export_nifti(
+    store: str | os.PathLike[str] | ZarrSink,
+    output: str | os.PathLike[str],
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    nodata_value: int | None = None,
+    sidecars: bool = True,
+    overwrite: bool = False,
+) -> NiftiExport:
+    """Write the labels of a complete volume store to ``output`` (.nii or .nii.gz).
+
+    ``nodata_value`` replaces the store's nodata label (255 or 65535) in the mask, e.g.
+    0 to merge it into the background; by default it is kept and named "nodata".
+    """
+    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
+    geometry = sink.geometry
+    if not isinstance(geometry, VolumeGeometry):
+        raise ConfigError(f"{sink.path} is a raster output; export it with --to cog")
+    if sink.labels_path is None:
+        raise OutputError(f"{sink.path} holds no labels (written with --no-labels); nothing to export")
+    if not sink.is_complete:
+        raise OutputError(
+            f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
+        )
+    target = Path(output).expanduser()
+    if not target.name.lower().endswith((".nii", ".nii.gz")):
+        raise ConfigError(f"{target} must end in .nii or .nii.gz")
+    _check_target(target, overwrite)
+    dtype = sink.label_dtype
+    if nodata_value is not None and not 0 <= nodata_value <= np.iinfo(dtype).max:
+        raise ConfigError(f"nodata value {nodata_value} does not fit the {dtype} labels")
+
+    header = nifti_header(sink.layout.spatial_shape, dtype, geometry, sink.layout.num_classes)
+    if reference is not None:
+        copy_spatial_header(header, reference, sink.layout.spatial_shape, geometry)
+    part = target.with_name(target.name + ".part")
+    try:
+        with _open(part) as f:
+            header.write_to(f)
+            f.write(b"\x00" * (int(header.get_data_offset()) - f.tell()))
+            _write_voxels(f, sink, header, nodata_value)
+        os.replace(part, target)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    written: dict[str, Path] = {}
+    if sidecars:
+        nodata = sink.label_nodata if nodata_value is None else None
+        written = write_label_sidecars(target, sink.classes, nodata)
+    return NiftiExport(target, written)
+
+
+def nifti_header(
+    shape: Sequence[int], dtype: np.dtype, geometry: VolumeGeometry, num_classes: int
+) -> nib.Nifti1Header | nib.Nifti2Header:
+    """A single-file header carrying the geometry's affine with its sform/qform codes."""
+    header: nib.Nifti1Header | nib.Nifti2Header = (
+        nib.Nifti2Header() if max(shape) > NIFTI1_MAX_DIM else nib.Nifti1Header()
+    )
+    affine = np.asarray(geometry.affine, dtype=np.float64)
+    header.set_data_shape(tuple(int(n) for n in shape))
+    header.set_data_dtype(dtype)
+    header.set_qform(affine, code=int(geometry.qform_code))  # also sets pixdim (zooms, qfac)
+    header.set_sform(affine, code=int(geometry.sform_code))
+    header.set_xyzt_units("mm")
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("label", name="segflow")
+    header["cal_min"] = 0
+    header["cal_max"] = max(num_classes - 1, 0)
+    header["descrip"] = b"segflow labels"
+    return header
+
+
+def copy_spatial_header(
+    header: nib.Nifti1Header | nib.Nifti2Header,
+    reference: str | os.PathLike[str],
+    shape: Sequence[int],
+    geometry: VolumeGeometry,
+) -> None:
+    """Copy the reference's spatial header fields after checking it is the store's input grid."""
+    path = Path(reference)
+    try:
+        ref = nib.load(path)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise ReaderError(f"{path}: cannot be read as NIfTI ({exc})") from exc
+    if not isinstance(ref, nib.Nifti1Image | nib.Nifti2Image):
+        raise ReaderError(f"{path}: is not a NIfTI image")
+    ref_header: Any = ref.header
+    if tuple(ref.shape[:3]) != tuple(shape):
+        raise ConfigError(
+            f"reference {path} has voxel grid {tuple(ref.shape[:3])}, the store has "
+            f"{tuple(shape)}; pass the input the store was made from"
+        )
+    if not np.allclose(ref_header.get_best_affine(), np.asarray(geometry.affine), atol=1e-4):
+        raise ConfigError(
+            f"reference {path} has a different affine than the store; pass the input the "
+            "store was made from"
+        )
+    for name in SPATIAL_FIELDS:
+        header[name] = ref_header[name]
+    pixdim = header["pixdim"].copy()
+    pixdim[:4] = ref_header["pixdim"][:4]  # qfac and voxel sizes
+    header["pixdim"] = pixdim
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite to replace it")
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder; give a file name ending in .nii.gz")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.name.lower().endswith(".gz.part"):
+        return gzip.open(path, "wb", compresslevel=GZIP_LEVEL)  # type: ignore[return-value]
+    return path.open("wb")
+
+
+def _write_voxels(
+    f: IO[bytes],
+    sink: ZarrSink,
+    header: nib.Nifti1Header | nib.Nifti2Header,
+    nodata_value: int | None,
+) -> None:
+    """NIfTI stores i fastest, then j, then k: one (I, J, ck) slab is one contiguous run."""
+    array = sink.labels_array()
+    disk = header.get_data_dtype()
+    depth = sink.layout.spatial_shape[2]
+    step = sink.layout.chunk_shape[2]
+    for k0 in range(0, depth, step):
+        slab = np.asarray(array[:, :, k0 : min(k0 + step, depth)])
+        if nodata_value is not None:
+            slab = np.where(slab == sink.label_nodata, slab.dtype.type(nodata_value), slab)
+        f.write(slab.astype(disk, copy=False).tobytes(order="F"))
+
+
+# --- sidecars ---------------------------------------------------------------------------------
+
+
+def write_label_sidecars(
+    mask: Path, classes: Sequence[ClassInfo], nodata: int | None
+) -> dict[str, Path]:
+    """JSON, ITK-SNAP and 3D Slicer label tables beside ``mask``; returns them by kind."""
+    stem = mask.name
+    for suffix in (".nii.gz", ".nii"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    folder = mask.parent
+    colors = display_colors(classes)
+    entries = [(v, c.name, rgb, 255) for v, (c, rgb) in enumerate(zip(classes, colors, strict=True))]
+    if nodata is not None:
+        entries.append((nodata, "nodata", (0, 0, 0), 0))
+    paths = {
+        "json": folder / f"{stem}.labels.json",
+        "itksnap": folder / f"{stem}.label_description.txt",
+        "slicer": folder / f"{stem}.ctbl",
+    }
+    labels = [
+        {"value": v, "name": name, "color": list(color), "nodata": alpha == 0}
+        for v, name, color, alpha in entries
+    ]
+    paths["json"].write_text(
+        json.dumps({"mask": mask.name, "labels": labels}, indent=2) + "\n", encoding="utf-8"
+    )
+    paths["itksnap"].write_text(itksnap_label_description(entries), encoding="utf-8")
+    paths["slicer"].write_text(slicer_color_table(entries), encoding="utf-8")
+    return paths
+
+
+def itksnap_label_description(entries: Sequence[tuple[int, str, tuple[int, int, int], int]]) -> str:
+    """ITK-SNAP's label description format: IDX R G B A VIS MSH "LABEL"."""
+    lines = [
+        "################################################",
+        "# ITK-SnAP Label Description File (written by segflow)",
+        "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+        "################################################",
+    ]
+    for value, name, (r, g, b), alpha in entries:
+        visible = 1 if alpha else 0
+        text = name.replace('"', "'")
+        lines.append(
+            f"{value:5d} {r:5d} {g:4d} {b:4d} {alpha / 255:8.2f} {visible:2d} {visible:2d}    \"{text}\""
+        )
+    return "\n".join(lines) + "\n"
+
+
+def slicer_color_table(entries: Sequence[tuple[int, str, tuple[int, int, int], int]]) -> str:
+    """3D Slicer colour table (.ctbl): ``value name R G B A``, names without blanks."""
+    lines = ["# Color table file written by segflow", f"# {len(entries)} values"]
+    for value, name, (r, g, b), alpha in entries:
+        lines.append(f"{value} {'_'.join(name.split()) or f'label_{value}'} {r} {g} {b} {alpha}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""``open_source``: the one entry point from a path to a Source.
+
+The suffix picks the reader (.tif/.tiff/.gtiff: GeoTIFF, .nii/.nii.gz: NIfTI);
+any other file is offered to rasterio, which reads most raster formats.
+Options that only make sense for the other kind of file are refused rather
+than silently ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from segflow.errors import ConfigError, ReaderError
+from segflow.io.geotiff import GeoTiffSource, NotARasterError
+from segflow.io.lazy import check_input_file
+from segflow.io.nifti import NiftiSource
+from segflow.io.source import Source
+
+__all__ = ["RASTER_SUFFIXES", "VOLUME_SUFFIXES", "open_source", "source_kind"]
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".gtiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+def source_kind(path: str | Path) -> str | None:
+    """``"raster"`` or ``"volume"`` from the file name alone; None when it does not say."""
+    name = Path(path).name.lower()
+    if name.endswith(VOLUME_SUFFIXES):
+        return "volume"
+    if name.endswith(RASTER_SUFFIXES):
+        return "raster"
+    return None
+
+
+def open_source(
+    path: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    volume: int | None = None,
+    volumes_as_channels: bool = False,
+) -> Source:
+    """Open ``path`` lazily with the reader its suffix calls for.
+
+    ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
+    NIfTI volumes; ``nodata`` to both.
+    """
+    path = Path(path)
+    kind = source_kind(path)
+    if kind == "volume":
+        if bands is not None:
+            raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
+        return NiftiSource(
+            path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
+        )
+    if volume is not None or volumes_as_channels:
+        raise ConfigError(
+            f"volume= / volumes_as_channels= apply to 4-D NIfTI volumes; {path.name} is not one"
+        )
+    if kind == "raster":
+        return GeoTiffSource(path, bands=bands, nodata=nodata)
+    check_input_file(path)  # a missing file says so, not "unknown format"
+    try:
+        return GeoTiffSource(path, bands=bands, nodata=nodata)
+    except NotARasterError:
+        raise ReaderError(
+            f"{path}: is not a GeoTIFF or NIfTI file; segflow reads .tif/.tiff/.nii/.nii.gz"
+        ) from None
