@@ -105,3 +105,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared sample data not present")
     return SHARED_DATA
+
+
+def save(model: LoadedModel, path: Path) -> Path:
+    """Write an in-memory test model to a real segflow model file."""
+    from segflow.models import save_model
+
+    save_model(model.module, model.meta, path)
+    return path

@@ -1,0 +1,150 @@
+"""End to end through segflow.segment: geometry survives, volumes in any orientation, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+
+from segflow import segment
+from segflow.errors import InputDataError, ModelError, OutputError
+
+from .conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform"),
+    [
+        ("EPSG:32618", from_origin(300000.0, 4500000.0, 30.0, 30.0)),
+        ("EPSG:4326", from_origin(-73.5, 41.2, 0.0003, 0.0003)),
+        (None, None),
+    ],
+)
+def test_geometry_round_trips_through_xarray_and_rioxarray(tmp_path, crs, transform):
+    image = textured((150, 170), 1, seed=1)
+    path = write_tif(tmp_path / "in.tif", image, crs=crs, transform=transform, tile=None)
+    with pytest.warns(UserWarning) if crs is None else _no_warning():
+        segment(path, threshold_model(100, spatial_dims=2), tmp_path / "o.zarr", patch_size=64,
+                chunk_size=64, device="cpu")
+    ds = xr.open_zarr(tmp_path / "o.zarr")
+    labels = ds["labels"]
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels.values, (image[0] > 100).astype(np.uint8))
+    if crs is None:
+        assert labels.rio.crs is None
+        assert labels.rio.transform() == Affine.identity()
+    else:
+        assert labels.rio.crs == CRS.from_string(crs)
+        assert labels.rio.transform() == transform
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+OBLIQUE = np.array(
+    [[0.9, -0.3, 0.1, -40.0], [0.3, 0.95, -0.2, 12.5], [-0.1, 0.2, 1.1, 7.0], [0, 0, 0, 1]]
+)
+AFFINES = {
+    "RAS": np.diag([1.5, 1.5, 2.0, 1.0]),
+    "LPS": np.diag([-1.0, -1.0, 3.0, 1.0]),
+    "LIA": np.array([[-1.0, 0, 0, 128], [0, 0, 1.0, -128], [0, -1.0, 0, 128], [0, 0, 0, 1]]),
+    "oblique": OBLIQUE,
+}
+
+
+@pytest.mark.parametrize("orientation", list(AFFINES))
+@pytest.mark.parametrize("model_orientation", [None, "RAS"])
+def test_threshold_model_reproduces_numpy_in_any_orientation(tmp_path, orientation, model_orientation):
+    rng = np.random.default_rng(0)
+    volume = rng.integers(-200, 200, size=(37, 29, 23)).astype(np.int16)
+    path = write_nifti(tmp_path / "in.nii.gz", volume, AFFINES[orientation])
+    model = threshold_model(17.0, orientation=model_orientation)
+    segment(path, model, tmp_path / "o.zarr", patch_size=16, overlap=0.25, device="cpu")
+    group = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    np.testing.assert_array_equal(group["0"][...], (volume > 17).astype(np.uint8))
+    stored = np.asarray(group.attrs["segflow"]["geometry"]["affine"])
+    np.testing.assert_allclose(stored, AFFINES[orientation], atol=1e-6)
+
+
+def test_reorientation_for_the_model_is_exactly_inverted(tmp_path):
+    # a model that looks at its neighbours along its first axis: wrong axis order or flips show
+    import torch
+    from torch import nn
+
+    from segflow.models import LoadedModel
+    from segflow.models.meta import ClassInfo, ModelMeta
+
+    class FirstAxisGradient(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shifted = torch.nn.functional.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :-1]
+            return torch.cat([torch.zeros_like(x), x - shifted], dim=1)
+
+    meta = ModelMeta(arch="test", spatial_dims=3, in_channels=1, output_stride=1, orientation="RAS",
+                     classes=(ClassInfo(name="flat"), ClassInfo(name="rising")))
+    model = LoadedModel(meta=meta, module=FirstAxisGradient(), sha256="grad", path=None, runtime="torch")
+    rng = np.random.default_rng(1)
+    volume = rng.integers(0, 100, size=(20, 18, 16)).astype(np.int16)
+    path = write_nifti(tmp_path / "in.nii.gz", volume, AFFINES["LIA"])
+    segment(path, model, tmp_path / "o.zarr", patch_size=32, device="cpu")
+    labels = zarr.open_group(tmp_path / "o.zarr", mode="r")["0"][...]
+    # LIA -> RAS: the model's first axis (R) is the file's first axis reversed (L)
+    ras = np.flip(volume, 0).astype(np.int32)
+    rising = np.zeros_like(ras, dtype=bool)
+    rising[1:] = ras[1:] > ras[:-1]
+    rising[0] = ras[0] > 0
+    np.testing.assert_array_equal(labels, np.flip(rising, 0).astype(np.uint8))
+
+
+def test_two_dimensional_model_runs_slice_by_slice_on_a_volume(tmp_path):
+    rng = np.random.default_rng(2)
+    volume = rng.integers(0, 100, size=(30, 20, 9)).astype(np.int16)
+    path = write_nifti(tmp_path / "in.nii", volume, AFFINES["RAS"])
+    result = segment(path, threshold_model(50.0, spatial_dims=2), tmp_path / "o.zarr", patch_size=16,
+                     device="cpu")
+    labels = zarr.open_group(tmp_path / "o.zarr", mode="r")["0"][...]
+    np.testing.assert_array_equal(labels, (volume > 50).astype(np.uint8))
+    assert result.stats["patches_predicted"] >= 9  # at least one patch per slice
+
+
+def test_wrong_band_count_is_a_model_error_and_writes_nothing(tmp_path):
+    path = write_tif(tmp_path / "in.tif", textured((64, 64), 4), tile=None)
+    with pytest.raises(ModelError, match="4 channel.*expects 1.*--bands"):
+        segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", device="cpu")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_all_nan_image_is_refused_and_leaves_no_store(tmp_path):
+    image = np.full((1, 80, 80), np.nan, np.float32)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    with pytest.raises(InputDataError, match="no valid pixels"):
+        segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", device="cpu")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_existing_output_is_never_overwritten_without_asking(tmp_path):
+    path = write_tif(tmp_path / "in.tif", textured((64, 64), 1), tile=None)
+    model = threshold_model(1, spatial_dims=2)
+    segment(path, model, tmp_path / "o.zarr", device="cpu")
+    with pytest.raises(OutputError, match="exists"):
+        segment(path, model, tmp_path / "o.zarr", device="cpu")
+    segment(path, model, tmp_path / "o.zarr", device="cpu", overwrite=True)
+
+
+def test_a_batch_keeps_going_when_one_input_fails(tmp_path):
+    good = write_tif(tmp_path / "good.tif", textured((64, 64), 1), tile=None)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"")
+    results = segment([good, bad], pixel_model([[0.0], [1.0]], [0.0, -1.0]), tmp_path / "out", device="cpu")
+    assert [r.status for r in results] == ["complete", "failed"]
+    assert "empty" in (results[1].error or "")
+    assert (tmp_path / "out" / "good.zarr").is_dir()
+    assert not (tmp_path / "out" / "bad.zarr").exists()

@@ -1,0 +1,130 @@
+"""The segflow command as users run it: real processes, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from segflow.models import create_model
+from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+
+from .conftest import LoadedModel, save, textured, threshold_model, write_tif
+
+SEGFLOW = str(Path(sys.executable).parent / "segflow")
+
+
+def run(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return subprocess.run([SEGFLOW, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return save(threshold_model(100.0, spatial_dims=2), tmp_path / "threshold.safetensors")
+
+
+def test_run_writes_a_complete_store(tmp_path, model_file):
+    image = textured((200, 150), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    result = run("run", path, "-m", model_file, "-o", tmp_path / "o.zarr", "--patch-size", "64")
+    assert result.returncode == 0, result.stderr
+    group = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    assert group.attrs["segflow"]["complete"] is True
+    np.testing.assert_array_equal(group["labels"][...], (image[0] > 100).astype(np.uint8))
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
+    good = write_tif(tmp / "good.tif", textured((300, 300), 1), tile=256)
+    truncated = tmp / "truncated.tif"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp / "empty.tif"
+    empty.write_bytes(b"")
+    text = tmp / "notes.tif"
+    text.write_text("this is not a raster\n")
+    bands = write_tif(tmp / "bands.tif", textured((64, 64), 3), tile=None)
+    nan = write_tif(tmp / "nan.tif", np.full((1, 64, 64), np.nan, np.float32), tile=None)
+    return {
+        "truncated": (truncated, "truncated"),
+        "empty": (empty, "empty"),
+        "not a raster": (text, "not a raster"),
+        "band count": (bands, "expects 1"),
+        "all nan": (nan, "no valid pixels"),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "not a raster", "band count", "all nan"])
+def test_bad_input_gets_one_line_and_no_complete_looking_output(tmp_path, model_file, case):
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "o.zarr"
+    result = run("run", path, "-m", model_file, "-o", out)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and message in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_unwritable_output_is_refused(tmp_path, model_file):
+    path = write_tif(tmp_path / "in.tif", textured((64, 64), 1), tile=None)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("run", path, "-m", model_file, "-o", blocker / "o.zarr")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:")
+
+
+def test_missing_model_file_is_one_line(tmp_path):
+    path = write_tif(tmp_path / "in.tif", textured((64, 64), 1), tile=None)
+    result = run("run", path, "-m", tmp_path / "nope.safetensors", "-o", tmp_path / "o.zarr")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:")
+
+
+def _slow_model_file(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    module = create_model("unet2d", in_channels=3, classes=3, depth=2, base_channels=16).eval()
+    meta = ModelMeta(arch="unet2d", arch_kwargs={"depth": 2, "base_channels": 16, "norm": "batch"},
+                     in_channels=3, output_stride=4, classes=tuple(ClassInfo(name=f"c{i}") for i in range(3)),
+                     normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3))
+    return save(LoadedModel(meta=meta, module=module, sha256="", path=None, runtime="torch"), tmp / "unet.safetensors")
+
+
+def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    model = _slow_model_file(tmp_path)
+    path = write_tif(tmp_path / "in.tif", textured((768, 768), 3, seed=9), tile=256)
+    args = ["-m", model, "--patch-size", "128", "--chunk-size", "128", "--workers", "1", "--device", "cpu"]
+    reference = run("run", path, "-o", tmp_path / "ref.zarr", *args)
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed.zarr"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([SEGFLOW, "run", str(path), "-o", str(out), *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = out / "_segflow" / "done"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        done = [p for p in done_dir.rglob("*") if p.is_file() and p.name != "zarr.json"] if done_dir.exists() else []
+        if len(done) >= 3 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["segflow"]["complete"] is False, "killed too late: the run had finished"
+
+    resumed = run("run", path, "-o", out, "--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    a = zarr.open_group(tmp_path / "ref.zarr", mode="r")
+    b = zarr.open_group(out, mode="r")
+    assert b.attrs["segflow"]["complete"] is True
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
