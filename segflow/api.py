@@ -110,7 +110,7 @@ def segment(
     run_options.check()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     single = isinstance(inputs, str | Path)
-    paths = [Path(inputs)] if single else [Path(p) for p in inputs]  # type: ignore[union-attr]
+    paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
     if not paths:
         raise ConfigError("no inputs given")
     outputs = output_paths(paths, Path(output))

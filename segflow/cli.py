@@ -201,11 +201,20 @@ def run_command(
 
 
 def _mount_subcommands() -> None:
-    try:
-        from segflow.cli_model import model_app
-    except ImportError:  # pragma: no cover - only while the model commands are absent
-        return
+    """Commands that live in their own modules, each registering itself on ``app``."""
+    from importlib import import_module
+
+    from segflow.cli_model import model_app
+
     app.add_typer(model_app, name="model", help="Create, inspect and export model files.")
+    for name in ("segflow.cli_outputs", "segflow.cli_flows", "segflow.cli_train"):
+        try:
+            module = import_module(name)
+        except ImportError as exc:  # an optional part whose dependencies are missing
+            if exc.name and exc.name.startswith("segflow"):
+                raise
+            continue
+        module.register(app)
 
 
 _mount_subcommands()

@@ -51,7 +51,11 @@ class ModelHandle:
     module: torch.nn.Module | None = None  # only for in-memory models (threaded runs, tests)
 
     def predictor(self, options: PredictorOptions) -> Predictor:
-        key = model_cache_key(self.path or Path("<memory>"), self.sha256, **options.__dict__)
+        # an in-memory module is only known by its identity (its sha256 may be a label)
+        identity = id(self.module) if self.module is not None else None
+        key = model_cache_key(
+            self.path or Path("<memory>"), self.sha256, module=identity, **options.__dict__
+        )
 
         def build() -> Predictor:
             module = self.module
@@ -231,7 +235,8 @@ def _batches(
             inside = clip(extent, grid.shape)
             src = shift(inside, origin)
             dst = shift(inside, tuple(s.start for s in extent))
-            batch[(n, slice(None), *dst)] = torch.from_numpy(data[(slice(None), *src)])
+            target: tuple[int | slice, ...] = (n, slice(None), *dst)
+            batch[target] = torch.from_numpy(data[(slice(None), *src)])
         yield items, batch
 
 

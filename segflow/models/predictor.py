@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def pad_to_multiple(
 
 
 def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    index = (Ellipsis, *(slice(0, s) for s in sizes))
+    index: tuple[slice | EllipsisType, ...] = (Ellipsis, *(slice(0, s) for s in sizes))
     return x[index]
 
 
