@@ -1,0 +1,50 @@
+"""Models: the architecture registry, model files, exports and transfer learning.
+
+The engine needs only :func:`load_model`: it returns a :class:`LoadedModel`
+whatever the file (segflow ``.safetensors``, legacy ``.pt`` state dict,
+TorchScript, ONNX) and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from segflow.models.export import ExportResult, export_model
+from segflow.models.files import LoadedModel, load_model, read_meta, save_model, sha256_file
+from segflow.models.info import ModelInfo, count_parameters, model_info
+from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+from segflow.models.registry import (
+    DEFAULT_VOLUME_ARCH,
+    arch_spec,
+    build_model,
+    create_model,
+    default_arch,
+    list_models,
+    new_model,
+    output_stride_of,
+)
+from segflow.models.transfer import TransferReport, load_encoder_weights
+
+__all__ = [
+    "DEFAULT_VOLUME_ARCH",
+    "ClassInfo",
+    "ExportResult",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelMeta",
+    "Normalization",
+    "TransferReport",
+    "arch_spec",
+    "build_model",
+    "count_parameters",
+    "create_model",
+    "default_arch",
+    "export_model",
+    "list_models",
+    "load_encoder_weights",
+    "load_model",
+    "model_info",
+    "new_model",
+    "output_stride_of",
+    "read_meta",
+    "save_model",
+    "sha256_file",
+]
