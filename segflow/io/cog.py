@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 import rasterio.shutil
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -67,7 +68,9 @@ def export_cog(
     if not isinstance(geometry, RasterGeometry):
         raise ConfigError(f"{sink.path} is a volume output; export it with --to nifti")
     if sink.labels_path is None:
-        raise OutputError(f"{sink.path} holds no labels (written with --no-labels); nothing to export")
+        raise OutputError(
+            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
+        )
     if not sink.is_complete:
         raise OutputError(
             f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
@@ -92,10 +95,14 @@ def export_cog(
     part = target.with_name(f".{target.name}.part")
     threads = workers or min(4, os.cpu_count() or 1)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), warnings.catch_warnings():
+            # a store without georeferencing gives a COG without it, on purpose
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
             _write_tiled(sink, geometry, tmp, blocksize, threads)
             rasterio.shutil.copy(
-                tmp, part, driver="COG",
+                tmp,
+                part,
+                driver="COG",
                 BLOCKSIZE=blocksize,
                 COMPRESS=compress.upper(),
                 OVERVIEW_RESAMPLING=method.value.upper(),
@@ -154,9 +161,18 @@ def _write_tiled(
 ) -> None:
     height, width = sink.layout.spatial_shape
     profile: dict[str, Any] = dict(
-        driver="GTiff", width=width, height=height, count=1, dtype=sink.label_dtype.name,
-        nodata=sink.label_nodata, tiled=True, blockxsize=blocksize, blockysize=blocksize,
-        compress="DEFLATE", zlevel=1, BIGTIFF="IF_SAFER",  # a scratch copy: fast, small
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype=sink.label_dtype.name,
+        nodata=sink.label_nodata,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+        compress="DEFLATE",
+        zlevel=1,
+        BIGTIFF="IF_SAFER",  # a scratch copy: fast, small
     )
     if geometry.crs_wkt is not None:
         profile["crs"] = rasterio.crs.CRS.from_wkt(geometry.crs_wkt)
@@ -246,7 +262,23 @@ class CogReport:
         return not self.errors
 
 
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
+_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 _TYPE_CODES = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q", 17: "q", 18: "Q"}
 _GHOST = "GDAL_STRUCTURAL_METADATA_SIZE="
 
@@ -295,9 +327,7 @@ def read_tiff_structure(path: str | os.PathLike[str]) -> tuple[bool, str, list[T
     return big, ghost, images
 
 
-def _read_ifd(
-    f: BinaryIO, order: str, big: bool, offset: int
-) -> tuple[dict[int, list[int]], int]:
+def _read_ifd(f: BinaryIO, order: str, big: bool, offset: int) -> tuple[dict[int, list[int]], int]:
     f.seek(offset)
     count_fmt, entry_size, value_size = ("Q", 20, 8) if big else ("H", 12, 4)
     (count,) = struct.unpack(order + count_fmt, f.read(8 if big else 2))

@@ -35,8 +35,18 @@ NIFTI1_MAX_DIM = 32767  # dim[] is int16 in NIfTI-1; larger volumes need NIfTI-2
 GZIP_LEVEL = 4
 # header fields that place voxels in the world, copied from a reference header
 SPATIAL_FIELDS = (
-    "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
-    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units",
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
 )
 
 
@@ -67,7 +77,9 @@ def export_nifti(
     if not isinstance(geometry, VolumeGeometry):
         raise ConfigError(f"{sink.path} is a raster output; export it with --to cog")
     if sink.labels_path is None:
-        raise OutputError(f"{sink.path} holds no labels (written with --no-labels); nothing to export")
+        raise OutputError(
+            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
+        )
     if not sink.is_complete:
         raise OutputError(
             f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
@@ -201,7 +213,9 @@ def write_label_sidecars(
             stem = stem[: -len(suffix)]
     folder = mask.parent
     colors = display_colors(classes)
-    entries = [(v, c.name, rgb, 255) for v, (c, rgb) in enumerate(zip(classes, colors, strict=True))]
+    entries = [
+        (v, c.name, rgb, 255) for v, (c, rgb) in enumerate(zip(classes, colors, strict=True))
+    ]
     if nodata is not None:
         entries.append((nodata, "nodata", (0, 0, 0), 0))
     paths = {
@@ -233,7 +247,7 @@ def itksnap_label_description(entries: Sequence[tuple[int, str, tuple[int, int, 
         visible = 1 if alpha else 0
         text = name.replace('"', "'")
         lines.append(
-            f"{value:5d} {r:5d} {g:4d} {b:4d} {alpha / 255:8.2f} {visible:2d} {visible:2d}    \"{text}\""
+            f'{value:5d} {r:5d} {g:4d} {b:4d} {alpha / 255:8.2f} {visible:2d} {visible:2d}    "{text}"'
         )
     return "\n".join(lines) + "\n"
 

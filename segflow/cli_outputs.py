@@ -1,0 +1,249 @@
+"""Output commands of ``segflow``: export, inspect, stats, preview, pyramid.
+
+``register(app)`` adds them to the main Typer app. Each command is a thin call into
+the library; a SegflowError prints one line and exits 1, like ``segflow run``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segflow.errors import SegflowError
+
+EXIT_ERROR = 1
+
+err = Console(stderr=True)
+out = Console()
+
+
+class ExportFormat(StrEnum):
+    COG = "cog"
+    NIFTI = "nifti"
+    PNG = "png"
+
+
+# "_labels": the store is usually named after its input, whose name must not be taken
+SUFFIXES = {
+    ExportFormat.COG: "_labels.tif",
+    ExportFormat.NIFTI: "_labels.nii.gz",
+    ExportFormat.PNG: "_preview.png",
+}
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    try:
+        yield
+    except SegflowError as exc:
+        message = " ".join(str(exc).split())
+        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _bands(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter("--bands takes band numbers like 4,3,2") from None
+
+
+def default_output(store: Path, fmt: ExportFormat) -> Path:
+    """``OUT.zarr`` -> ``OUT_labels.tif`` / ``OUT_labels.nii.gz`` / ``OUT_preview.png`` beside it."""
+    name = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
+    return store.with_name(name + SUFFIXES[fmt])
+
+
+def recorded_input(store: Path) -> Path | None:
+    """The input recorded in the store's provenance, when that file still exists."""
+    from segflow.io.zarr_sink import ZarrSink
+
+    source = ZarrSink.open(store).attrs.get("input")
+    path = source.get("path") if isinstance(source, dict) else None
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def export_command(
+    store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
+    to: Annotated[ExportFormat, typer.Option("--to", help="cog, nifti or png.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Target file (default: beside the store).")
+    ] = None,
+    resampling: Annotated[str, typer.Option(help="COG overviews: mode or nearest.")] = "mode",
+    compress: Annotated[
+        str, typer.Option(help="COG compression: deflate, lzw, zstd, none.")
+    ] = "deflate",
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="NIfTI: the input volume, to copy its header's geometry fields."),
+    ] = None,
+    nodata_value: Annotated[
+        int | None, typer.Option(help="NIfTI: write nodata voxels as this label (e.g. 0).")
+    ] = None,
+    input: Annotated[
+        Path | None, typer.Option("--input", help="PNG: the image to draw the mask over.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Export a store as a Cloud Optimized GeoTIFF, a NIfTI mask or a PNG quicklook."""
+    with _reported():
+        target = output or default_output(store, to)
+        if to is ExportFormat.COG:
+            from segflow.io.cog import export_cog
+
+            written = export_cog(
+                store, target, resampling=resampling, compress=compress, overwrite=overwrite
+            )
+            out.print(f"[green]wrote[/] {written}", highlight=False)
+        elif to is ExportFormat.NIFTI:
+            from segflow.io.nifti_export import export_nifti
+
+            result = export_nifti(
+                store, target, reference=reference, nodata_value=nodata_value, overwrite=overwrite
+            )
+            out.print(f"[green]wrote[/] {result.path}", highlight=False)
+            for path in result.sidecars.values():
+                out.print(f"[green]wrote[/] {path}", highlight=False)
+        else:
+            from segflow.preview import preview
+
+            if target.exists() and not overwrite:
+                from segflow.errors import OutputError
+
+                raise OutputError(f"{target} exists; pass --overwrite to replace it")
+            written = preview(store, target, input=input)
+            out.print(f"[green]wrote[/] {written}", highlight=False)
+
+
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="An output store (OUT.zarr) or an input image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Describe an output store (geometry, classes, completion, provenance) or an input."""
+    with _reported():
+        from segflow.inspect import inspect_path, render
+
+        info = inspect_path(path)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2, default=str))
+        else:
+            render(info, out)
+
+
+def stats_command(
+    store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write everything as JSON.")
+    ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option(help="Count an unfinished store (unwritten chunks count as nodata).")
+    ] = False,
+) -> None:
+    """Per-class pixel counts and areas (m², ha, km²) or volumes (mL)."""
+    with _reported():
+        from segflow.stats import class_statistics, write_statistics_csv, write_statistics_json
+
+        stats = class_statistics(store, allow_incomplete=allow_incomplete)
+        if csv_path is not None:
+            write_statistics_csv(stats, csv_path)
+        if json_path is not None:
+            write_statistics_json(stats, json_path)
+        out.print(_stats_table(stats))
+        for path in (csv_path, json_path):
+            if path is not None:
+                out.print(f"[green]wrote[/] {path}", highlight=False)
+
+
+def _stats_table(stats: dict[str, Any]) -> Table:
+    volume = stats["kind"] == "volume"
+    table = Table(title=f"{Path(stats['store']).name}: per-class statistics", title_justify="left")
+    table.add_column("value", justify="right")
+    table.add_column("name")
+    table.add_column("voxels" if volume else "pixels", justify="right")
+    table.add_column("%", justify="right")
+    if volume:
+        table.add_column("mL", justify="right")
+    elif stats["area_method"] is not None:  # m² is in the CSV/JSON; ha and km² fit a terminal
+        table.add_column("ha", justify="right")
+        table.add_column("km²", justify="right")
+    for c in stats["classes"]:
+        row = [
+            str(c["value"]),
+            c["name"],
+            f"{c['voxels' if volume else 'pixels']:,}",
+            f"{100 * c['fraction']:.2f}",
+        ]
+        if volume:
+            row.append(f"{c['volume_ml']:.3f}")
+        elif stats["area_method"] is not None:
+            row += [f"{c['area_ha']:,.2f}", f"{c['area_km2']:,.4f}"]
+        table.add_row(*row)
+    return table
+
+
+def preview_command(
+    store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", help="The segmented image (default: the one recorded in the store)."
+        ),
+    ] = None,
+    bands: Annotated[str | None, typer.Option(help="Rasters: display bands, e.g. 4,3,2.")] = None,
+    max_size: Annotated[int, typer.Option(help="Longest side of the PNG in pixels.")] = 1024,
+    alpha: Annotated[float, typer.Option(help="Opacity of the mask colours, 0..1.")] = 0.5,
+) -> None:
+    """A PNG quicklook: the input with the mask overlaid and a legend."""
+    with _reported():
+        from segflow.preview import preview
+
+        image = input or recorded_input(store)
+        if image is None:
+            err.print(
+                "[yellow]note:[/] no input given or found; drawing the mask alone", highlight=False
+            )
+        written = preview(
+            store, output, input=image, bands=_bands(bands), max_size=max_size, alpha=alpha
+        )
+        out.print(f"[green]wrote[/] {written}", highlight=False)
+
+
+def pyramid_command(
+    store: Annotated[Path, typer.Argument(help="A complete segflow output store (OUT.zarr).")],
+    levels: Annotated[
+        int | None, typer.Option(help="Number of levels (default: until 256 px / 32 voxels).")
+    ] = None,
+    resampling: Annotated[str, typer.Option(help="mode or nearest.")] = "mode",
+    overwrite: Annotated[bool, typer.Option(help="Rebuild an existing pyramid.")] = False,
+) -> None:
+    """Add multiscale label levels to a store (overview groups or OME-Zarr levels)."""
+    with _reported():
+        from segflow.pyramid import build_pyramid
+
+        built = build_pyramid(store, levels=levels, resampling=resampling, overwrite=overwrite)
+        for lv in built:
+            shape = " x ".join(str(n) for n in lv.shape)
+            out.print(f"level {lv.level}: {lv.path}  {shape}", highlight=False)
+        if not built:
+            out.print("the store is already small: no levels needed")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the output commands to ``app``."""
+    app.command("export")(export_command)
+    app.command("inspect")(inspect_command)
+    app.command("stats")(stats_command)
+    app.command("preview")(preview_command)
+    app.command("pyramid")(pyramid_command)
