@@ -210,8 +210,8 @@ def _mount_subcommands() -> None:
     for name in ("segflow.cli_outputs", "segflow.cli_flows", "segflow.cli_train"):
         try:
             module = import_module(name)
-        except ImportError as exc:  # an optional part whose dependencies are missing
-            if exc.name and exc.name.startswith("segflow"):
+        except ModuleNotFoundError as exc:  # a part not installed in this build
+            if exc.name != name:
                 raise
             continue
         module.register(app)
