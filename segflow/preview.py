@@ -56,7 +56,11 @@ def preview(
     max_size: int = DEFAULT_MAX_SIZE,
     alpha: float = 0.5,
 ) -> Path:
-    """Render the quicklook of ``store`` (over ``input`` when given) to a PNG file."""
+    """Render the quicklook of ``store`` (over ``input`` when given) to a PNG file.
+
+    ``alpha`` is the opacity of the class colours over the input; without an input the
+    mask is drawn opaque.
+    """
     sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
     if sink.labels_path is None:
         raise OutputError(
@@ -66,6 +70,8 @@ def preview(
         raise ConfigError(f"overlay opacity must be between 0 and 1, got {alpha}")
     if max_size < 2 * LEGEND_WIDTH:
         raise ConfigError(f"preview size must be at least {2 * LEGEND_WIDTH} px, got {max_size}")
+    if input is None:
+        alpha = 1.0  # nothing to see through
     if isinstance(sink.geometry, VolumeGeometry):
         image = render_volume(sink, input, max_size=max_size, alpha=alpha)
     else:
