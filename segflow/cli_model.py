@@ -129,7 +129,7 @@ def create_command(
             classes=class_spec,
             band_names=_strings(band_names),
             normalization=norm,
-            patch_size=_ints(patch_size, "--patch-size", spec.spatial_dims[0]),
+            patch_size=_ints(patch_size, "--patch-size", spatial_dims or spec.spatial_dims[0]),
             overlap=overlap,
             orientation=orientation,
             provenance={"created_by": "segflow model create", "seed": seed},

@@ -18,6 +18,7 @@ before export it is rewritten as an exact product with averaging matrices.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,23 +82,26 @@ def export_model(
     inputs = _check_inputs(meta, sample_size, seed)
     with torch.no_grad():
         expected = [module(x) for x in inputs]
+    sidecar = default_sidecar_path(out_path, sidecar_format)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # write next to the target and move into place only once verified
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         if to == "torchscript":
-            method = _export_torchscript(module, inputs[0], out_path)
-            exported: nn.Module = load_torchscript(out_path)
+            method = _export_torchscript(module, inputs[0], tmp)
+            exported: nn.Module = load_torchscript(tmp)
         else:
             import_onnxruntime()
             method = "onnx"
-            _export_onnx(module, inputs[0], out_path)
-            exported = OnnxModule(out_path, spatial_dims=meta.spatial_dims)
+            _export_onnx(module, inputs[0], tmp)
+            exported = OnnxModule(tmp, spatial_dims=meta.spatial_dims)
         diff = _compare(exported, inputs, expected, atol, to)
-    except BaseException:
-        if out_path.exists():
-            out_path.unlink()
-        raise
+        del exported  # release the file before moving it (onnxruntime maps it)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     digest = sha256_file(out_path)
-    sidecar = default_sidecar_path(out_path, sidecar_format)
     write_sidecar(_export_meta(meta, to, loaded, method, diff), sidecar)
     return ExportResult(
         out_path, sidecar, digest, method, diff, tuple(tuple(x.shape) for x in inputs)

@@ -4,12 +4,14 @@ FLOPs are counted by running the model once on a zero patch under
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix
 products; a multiply-add counts 2). The receptive field is estimated from the
 gradient of the centre output pixel with respect to the input: the extent of
-the input that influences it. When that extent reaches the patch border the
-model has global context (pooling or attention over the whole patch).
+the input that influences it. When it spans the whole patch, the receptive
+field is at least the patch (deep encoders, or pooling/attention over the patch).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ class ModelInfo:
     flops_per_patch: int | None
     output_stride: int
     receptive_field: tuple[int, ...] | None  # per axis, in pixels/voxels, within the patch
-    global_context: bool | None  # the centre pixel sees the whole patch
+    global_context: bool | None  # the centre pixel sees the whole patch (every axis)
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
@@ -43,7 +45,26 @@ def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
 
 
 def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one forward pass on an input of ``input_shape`` (N, C, *spatial)."""
+    """FLOPs of one forward pass on an input of ``input_shape`` (N, C, *spatial).
+
+    Counted on the meta device (shapes only, no arithmetic) where the module
+    allows it, so even large 3-D patches cost nothing to count.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if isinstance(module, torch.jit.ScriptModule):  # cannot move to the meta device
+        return count_flops_eager(module, input_shape)
+    try:
+        ghost = copy.deepcopy(module).to("meta")
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            ghost(torch.zeros(input_shape, device="meta"))
+    except Exception:  # an op without a meta implementation: count on real tensors
+        return count_flops_eager(module, input_shape)
+    return int(counter.get_total_flops())
+
+
+def count_flops_eager(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -53,31 +74,60 @@ def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def receptive_field(
-    module: nn.Module, input_shape: tuple[int, ...], samples: int = 4
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    samples: int = 4,
+    thin: int | None = None,
 ) -> tuple[tuple[int, ...], bool]:
     """Extent (per spatial axis) of the input that influences the centre output pixel.
 
     Several random inputs are used at once: on any one of them a ReLU network
     can have every unit at the centre switched off, hiding the dependence.
+    With ``thin`` (a valid input size, e.g. the output stride), each axis is
+    measured on an input that is full-length along that axis only: far
+    cheaper, and the extent along an axis does not need the others' width.
     """
+    spatial = tuple(input_shape[2:])
+    if thin is None:
+        return _support(module, (samples, input_shape[1], *spatial), range(len(spatial)))
+    extents: list[int] = []
+    whole = True
+    for axis, size in enumerate(spatial):
+        sizes = [min(thin, s) for s in spatial]
+        sizes[axis] = size
+        extent, axis_whole = _support(module, (samples, input_shape[1], *sizes), [axis])
+        extents.append(extent[0])
+        whole = whole and axis_whole
+    return tuple(extents), whole
+
+
+def _support(
+    module: nn.Module, shape: tuple[int, ...], axes: Iterable[int]
+) -> tuple[tuple[int, ...], bool]:
     gen = torch.Generator().manual_seed(0)
-    shape = (samples, *input_shape[1:])
     x = torch.randn(shape, generator=gen).requires_grad_(True)
-    spatial = input_shape[2:]
+    spatial = shape[2:]
     centre = tuple(s // 2 for s in spatial)
     with torch.enable_grad():
         out = module(x)
         out[(slice(None), slice(None), *centre)].sum().backward()
     assert x.grad is not None
-    support = x.grad.abs().sum(dim=(0, 1)) > 0
-    idx = support.nonzero()
-    if idx.numel() == 0:
-        return tuple(1 for _ in spatial), False
-    lo = idx.min(dim=0).values.tolist()
-    hi = idx.max(dim=0).values.tolist()
-    extent = tuple(int(h - low + 1) for low, h in zip(lo, hi, strict=True))
-    whole = all(low == 0 and h == s - 1 for low, h, s in zip(lo, hi, spatial, strict=True))
-    return extent, whole
+    grad = x.grad.abs().sum(dim=(0, 1))
+    extents: list[int] = []
+    whole = True
+    for axis in axes:
+        others = tuple(d for d in range(grad.ndim) if d != axis)
+        line = (grad.sum(dim=others) if others else grad) > 0
+        idx = line.nonzero().flatten()
+        if idx.numel() == 0:
+            extents.append(1)
+            whole = False
+            continue
+        lo, hi = int(idx.min()), int(idx.max())
+        extents.append(hi - lo + 1)
+        whole = whole and lo == 0 and hi == spatial[axis] - 1
+    return tuple(extents), whole
 
 
 def default_patch(meta: ModelMeta) -> tuple[int, ...]:
@@ -112,7 +162,7 @@ def model_info(
     extent: tuple[int, ...] | None = None
     whole: bool | None = None
     if receptive:
-        extent, whole = receptive_field(module, shape, samples=4 if meta.spatial_dims == 2 else 2)
+        extent, whole = receptive_field(module, shape, thin=max(meta.output_stride, 1))
     return ModelInfo(
         path=loaded.path,
         sha256=loaded.sha256,
@@ -170,4 +220,4 @@ def _rf(info: ModelInfo) -> str:
     if info.receptive_field is None:
         return "n/a"
     text = "x".join(map(str, info.receptive_field))
-    return text + (" (whole patch: global context)" if info.global_context else "")
+    return text + (" (spans the whole patch)" if info.global_context else "")

@@ -115,6 +115,13 @@ def canonical_arch_kwargs(
             f"encoder_weights={weights!r}: segflow never downloads weights; create the model, "
             "then load a local file with segflow.models.load_encoder_weights"
         )
+    if spec.family != "pixel" and "spatial_dims" in kwargs:
+        dims = kwargs.pop("spatial_dims")
+        if dims not in spec.spatial_dims:
+            other = "unet3d" if dims == 3 else "unet2d"
+            raise ConfigError(
+                f"{spec.name} is {spec.spatial_dims[0]}-D, not {dims}-D; use '{other}' for {dims}-D"
+            )
     out: dict[str, Any] = {}
     if spec.family in ("smp", "fcn"):
         out["encoder"] = encoder or spec.default_encoder
@@ -129,10 +136,6 @@ def canonical_arch_kwargs(
         out.update(_FCN_DEFAULTS)
         out.update(kwargs)
     elif spec.family == "unet":
-        dims = kwargs.pop("spatial_dims", spec.spatial_dims[0])
-        if dims != spec.spatial_dims[0]:
-            other = "unet3d" if dims == 3 else "unet2d"
-            raise ConfigError(f"{spec.name} is {spec.spatial_dims[0]}-D; use '{other}' for {dims}-D")
         out.update(_UNET_DEFAULTS[spec.name])
         out.update(kwargs)
     else:  # pixel
@@ -185,9 +188,10 @@ def new_model(
     spec = arch_spec(arch)
     infos = _class_infos(classes)
     arch_kwargs = canonical_arch_kwargs(spec.name, encoder, **kwargs)
-    module = _construct(spec, arch_kwargs, in_channels, len(infos), ConfigError)
-    stride = _required_stride(spec, module, arch_kwargs, in_channels)
-    _set_stride(module, stride)
+    module = create_model(
+        spec.name, encoder=encoder, in_channels=in_channels, classes=len(infos), **kwargs
+    )
+    stride = output_stride_of(module) or 1
     dims = int(arch_kwargs.get("spatial_dims", spec.spatial_dims[0]))
     try:
         meta = ModelMeta(

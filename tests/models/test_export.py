@@ -127,3 +127,9 @@ def test_matrix_adaptive_pool_3d() -> None:
     x = torch.randn(1, 2, 7, 9, 5)
     ref = nn.AdaptiveAvgPool3d((2, 3, 1))(x)
     torch.testing.assert_close(MatrixAdaptiveAvgPool((2, 3, 1), 3)(x), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_onnx_export_is_deterministic(tiny_file: Callable[[str], Path], tmp_path: Path) -> None:
+    first = export_model(tiny_file("unet2d"), "onnx", tmp_path / "a.onnx")
+    second = export_model(tiny_file("unet2d"), "onnx", tmp_path / "b.onnx")
+    assert first.sha256 == second.sha256

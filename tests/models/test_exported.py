@@ -112,7 +112,7 @@ def test_corrupt_onnx(tmp_path: Path, onnx_file: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(onnx_file.read_bytes()[:100])
     (tmp_path / "bad.onnx.yaml").write_text(Path(str(onnx_file) + ".yaml").read_text())
-    with pytest.raises(ModelError, match="cannot load ONNX file bad.onnx"):
+    with pytest.raises(ModelError, match=r"cannot load ONNX file bad\.onnx"):
         load_model(bad)
 
 
@@ -133,3 +133,14 @@ def test_torchscript_with_sidecar(tiny_file: Callable[[str], Path], tmp_path: Pa
     x = torch.randn(2, 1, 8, 12, 4)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), native.module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_torchscript(tiny_file: Callable[[str], Path], tmp_path: Path) -> None:
+    good = export_model(tiny_file("unet2d"), "torchscript", tmp_path / "good.ts")
+    data = good.path.read_bytes()
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(data[: len(data) // 2])
+    (tmp_path / "bad.ts.yaml").write_text(good.sidecar.read_text())
+    with pytest.raises(ModelError, match=r"bad\.ts") as info:
+        load_model(bad)
+    assert "\n" not in str(info.value)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from segflow.models.fcn import FCN, bilinear_kernel, bilinear_upsampler
 from tests.models.tiny import ENCODER
 
 
-def _fcn(arch: str, classes: int = 3) -> FCN:
+def _fcn(arch: str, classes: int = 3) -> Any:
     model = create_model(arch, encoder=ENCODER, classes=classes, head_channels=16)
     assert isinstance(model, FCN)
     return model.eval()

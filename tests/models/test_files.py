@@ -38,6 +38,7 @@ def test_save_load_gives_identical_outputs(arch: str, tmp_path: Path) -> None:
     # non-default batch-norm statistics must survive too
     for m in module.modules():
         if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     path = tmp_path / "model.safetensors"
@@ -123,7 +124,7 @@ def test_invalid_metadata_names_the_field(tmp_path: Path) -> None:
     data["in_channels"] = 0
     path = tmp_path / "bad.safetensors"
     save_file({"w": torch.zeros(3)}, str(path), metadata={META_KEY: json.dumps(data)})
-    with pytest.raises(ModelError, match="invalid model metadata.*in_channels"):
+    with pytest.raises(ModelError, match=r"invalid model metadata.*in_channels"):
         load_model(path)
 
 

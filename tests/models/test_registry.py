@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,7 +104,7 @@ def test_deeplab_exposes_output_stride_and_atrous_rates() -> None:
     assert kwargs == {
         "encoder": ENCODER, "encoder_output_stride": 16, "decoder_atrous_rates": [6, 12, 18]
     }
-    module = create_model(
+    module: Any = create_model(
         "deeplabv3", encoder=ENCODER, decoder_channels=16, output_stride=16,
         atrous_rates=[6, 12, 18],
     )
@@ -136,7 +138,7 @@ def test_unknown_encoder_is_a_config_error() -> None:
         ({"encoder_name": "resnet18"}, "encoder="),
     ],
 )
-def test_refused_arguments(kwargs: dict[str, object], match: str) -> None:
+def test_refused_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         create_model("unet", encoder=ENCODER, **kwargs)
 
@@ -171,7 +173,7 @@ def test_new_model_metadata() -> None:
     assert meta.output_stride == 4 and meta.spatial_dims == 2
     assert meta.band_names == ("vv", "vh")
     assert "torch" in meta.provenance["created_with"]
-    assert module.head.out_channels == 2
+    assert cast(Any, module).head.out_channels == 2
     with pytest.raises(ConfigError, match="multiple of"):
         new_model("unet2d", in_channels=1, patch_size=(30, 30), depth=2, base_channels=4)
     with pytest.raises(ConfigError, match="band_names"):
@@ -181,3 +183,13 @@ def test_new_model_metadata() -> None:
 def test_arguments_must_be_json() -> None:
     with pytest.raises(ConfigError, match="JSON"):
         canonical_arch_kwargs("unet", ENCODER, decoder_channels={1, 2})
+
+
+def test_spatial_dims_argument_is_checked_for_every_family() -> None:
+    module = create_model("unet", spatial_dims=2, **tiny_kwargs("unet"))
+    assert output_stride_of(module) == 32
+    with pytest.raises(ConfigError, match="use 'unet3d'"):
+        create_model("fcn8s", spatial_dims=3, **tiny_kwargs("fcn8s"))
+    pixel = create_model("pixel", in_channels=2, spatial_dims=3)
+    with torch.no_grad():
+        assert pixel(torch.zeros(1, 2, 3, 4, 5)).shape == (1, 2, 3, 4, 5)

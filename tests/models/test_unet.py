@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ def test_paper_structure_doubles_then_halves_widths(spatial_dims: int) -> None:
     model = UNet(1, 2, spatial_dims=spatial_dims, depth=3, base_channels=4)
     downs = [_convs(b)[-1].out_channels for b in model.down]
     assert downs == [4, 8, 16, 32]  # contracting path: doubling per level
-    ups = list(model.up)
+    ups: list[Any] = list(model.up)
     assert all(isinstance(u, UpBlock) for u in ups)
     assert [u.up.out_channels for u in ups] == [16, 8, 4]  # expanding path: halving
     # concatenation skips: each decoder block sees twice the width it outputs
