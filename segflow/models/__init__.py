@@ -7,21 +7,25 @@ TorchScript, ONNX) and never unpickles anything.
 
 from __future__ import annotations
 
-from segflow.models.export import ExportResult, export_model
-from segflow.models.files import LoadedModel, load_model, read_meta, save_model, sha256_file
-from segflow.models.info import ModelInfo, count_parameters, model_info
-from segflow.models.meta import ClassInfo, ModelMeta, Normalization
-from segflow.models.registry import (
-    DEFAULT_VOLUME_ARCH,
-    arch_spec,
-    build_model,
-    create_model,
-    default_arch,
-    list_models,
-    new_model,
-    output_stride_of,
-)
-from segflow.models.transfer import TransferReport, load_encoder_weights
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segflow.models.export import ExportResult, export_model
+    from segflow.models.files import LoadedModel, load_model, read_meta, save_model, sha256_file
+    from segflow.models.info import ModelInfo, count_parameters, model_info
+    from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+    from segflow.models.registry import (
+        DEFAULT_VOLUME_ARCH,
+        arch_spec,
+        build_model,
+        create_model,
+        default_arch,
+        list_models,
+        new_model,
+        output_stride_of,
+    )
+    from segflow.models.transfer import TransferReport, load_encoder_weights
 
 __all__ = [
     "DEFAULT_VOLUME_ARCH",
@@ -48,3 +52,40 @@ __all__ = [
     "save_model",
     "sha256_file",
 ]
+
+# torch and the architectures load on first use: `segflow inspect` or reading
+# model metadata should not pay for them
+_HOMES = {
+    "ExportResult": "export",
+    "export_model": "export",
+    "LoadedModel": "files",
+    "load_model": "files",
+    "read_meta": "files",
+    "save_model": "files",
+    "sha256_file": "files",
+    "ModelInfo": "info",
+    "count_parameters": "info",
+    "model_info": "info",
+    "ClassInfo": "meta",
+    "ModelMeta": "meta",
+    "Normalization": "meta",
+    "DEFAULT_VOLUME_ARCH": "registry",
+    "arch_spec": "registry",
+    "build_model": "registry",
+    "create_model": "registry",
+    "default_arch": "registry",
+    "list_models": "registry",
+    "new_model": "registry",
+    "output_stride_of": "registry",
+    "TransferReport": "transfer",
+    "load_encoder_weights": "transfer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'segflow.models' has no attribute {name!r}")
+    value = getattr(import_module(f"segflow.models.{home}"), name)
+    globals()[name] = value
+    return value
