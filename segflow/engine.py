@@ -210,8 +210,9 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
             probabilities[(slice(None), *local)] if probabilities is not None else None,
         )
         stats.chunks_written += 1
-    stats.valid_pixels = int(region_valid.sum())
-    counts = np.bincount(labels[region_valid].ravel(), minlength=work.model.num_classes)
+    stats.valid_pixels = int(np.count_nonzero(region_valid))
+    # nodata is the dtype's largest value, so it lands in a bin past the classes
+    counts = np.bincount(labels.ravel(), minlength=work.model.num_classes)
     stats.class_counts = [int(c) for c in counts[: work.model.num_classes]]
     return stats
 
@@ -230,9 +231,11 @@ def _batches(
     channels = data.shape[0]
     for start in range(0, len(todo), batch_size):
         items = todo[start : start + batch_size]
-        batch = torch.zeros((len(items), channels, *grid.patch), dtype=torch.float32)
+        batch = torch.empty((len(items), channels, *grid.patch), dtype=torch.float32)
         for n, (_, extent) in enumerate(items):
             inside = clip(extent, grid.shape)
+            if inside != extent:  # the patch passes the image edge: pad with zeros
+                batch[n].zero_()
             src = shift(inside, origin)
             dst = shift(inside, tuple(s.start for s in extent))
             target: tuple[int | slice, ...] = (n, slice(None), *dst)

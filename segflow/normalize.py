@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from segflow.models.meta import Normalization
 
@@ -11,20 +12,29 @@ def normalize(raw: np.ndarray, valid: np.ndarray, norm: Normalization | None) ->
     """``(C, *S)`` raw values -> float32 model input; nodata and NaN become 0.
 
     Zero is the mean of the training data after normalization, the most
-    neutral value a model can see where there is nothing to see.
+    neutral value a model can see where there is nothing to see. The
+    arithmetic runs in torch, whose elementwise kernels use every core.
     """
-    x = raw.astype(np.float32, copy=True)
+    source = raw if raw.dtype.isnative else raw.astype(raw.dtype.newbyteorder("="))
+    if source.dtype == np.uint16 or source.dtype == np.uint32:
+        source = source.astype(np.int64 if source.dtype == np.uint32 else np.int32)
+    x = torch.from_numpy(np.ascontiguousarray(source)).to(torch.float32)
     if norm is not None:
         channel_shape = (-1,) + (1,) * (x.ndim - 1)
+
+        def per_channel(values: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32).reshape(channel_shape)
+
         if norm.scale is not None:
-            x *= np.asarray(norm.scale, np.float32).reshape(channel_shape)
+            x.mul_(per_channel(norm.scale))
         if norm.offset is not None:
-            x += np.asarray(norm.offset, np.float32).reshape(channel_shape)
+            x.add_(per_channel(norm.offset))
         if norm.clip is not None:
-            np.clip(x, norm.clip[0], norm.clip[1], out=x)
-        x -= np.asarray(norm.mean, np.float32).reshape(channel_shape)
-        x /= np.asarray(norm.std, np.float32).reshape(channel_shape)
+            x.clamp_(norm.clip[0], norm.clip[1])
+        x.sub_(per_channel(norm.mean)).div_(per_channel(norm.std))
     if np.issubdtype(raw.dtype, np.floating):
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    x[:, ~valid] = 0.0
-    return x
+        torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+    out = x.numpy()
+    if not valid.all():
+        out[:, ~valid] = 0.0
+    return out
