@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from segflow import __version__
 from segflow.blend import BlendMode
 from segflow.engine import (
@@ -25,7 +27,7 @@ from segflow.engine import (
 )
 from segflow.errors import ConfigError, InputDataError, ModelError, SegflowError
 from segflow.execute import ProgressFn, execute
-from segflow.grid import PatchGrid, coerce_shape, make_grid, round_up
+from segflow.grid import PatchGrid, coerce_shape, iter_chunks, make_grid, round_up
 from segflow.io.open import open_source
 from segflow.io.source import Source, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
@@ -169,6 +171,8 @@ def segment_one(
         volumes_as_channels=options.volumes_as_channels,
     )
     work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
+    if resume and work.sink.is_complete:
+        return work.sink.summary or {}  # nothing left to do; keep what the finished run recorded
     checksum: dict[str, str] = {}
     hasher = threading.Thread(target=lambda: checksum.update(sha256=source.checksum()), daemon=True)
     hasher.start()  # hashing the input overlaps the run instead of delaying it
@@ -176,7 +180,11 @@ def segment_one(
     created = not resume or not work.sink.done_chunks()
     try:
         todo = pending_tasks(work) if resume else task_indices(work)
-        stats = execute(work, todo, scheduler=scheduler, workers=workers, progress=progress)
+        # an explicit CUDA device asks cluster workers for a GPU slot (one model task per GPU)
+        resources = {"GPU": 1.0} if options.device.startswith("cuda") else None
+        stats = execute(
+            work, todo, scheduler=scheduler, workers=workers, progress=progress, resources=resources
+        )
     except BaseException:
         hasher.join()
         raise
@@ -187,6 +195,9 @@ def segment_one(
         raise InputDataError(
             f"{input_path} has no valid pixels (all nodata or NaN); check the nodata value or the band selection"
         )
+    if resume:
+        # this run computed only the missing regions: count the whole store instead
+        stats.valid_pixels, stats.class_counts = _count_labels(work)
     names = [c.name for c in loaded.meta.classes]
     summary = _summary(names, stats, time.perf_counter() - started, checksum.get("sha256", ""))
     work.sink.finalize(summary)
@@ -377,6 +388,21 @@ def _summary(names: list[str], stats: RegionStats, seconds: float, checksum: str
         "patches_skipped_nodata": stats.patches_skipped,
         "class_pixel_counts": dict(zip(names, stats.class_counts, strict=False)),
     }
+
+
+def _count_labels(work: RegionWork) -> tuple[int, list[int]]:
+    """Valid pixels and per-class counts of a finished store, read chunk by chunk."""
+    num_classes = work.model.num_classes
+    counts = np.zeros(num_classes, np.int64)
+    valid = 0
+    if not work.write_labels:
+        return 0, counts.tolist()
+    for chunk in iter_chunks(work.sink.chunk_grid_shape, (1,) * len(work.sink.chunk_grid_shape)):
+        labels = work.sink.read_labels(work.sink.chunk_region(chunk))
+        histogram = np.bincount(labels.ravel(), minlength=num_classes)
+        counts += histogram[:num_classes]
+        valid += int(histogram[:num_classes].sum())
+    return valid, [int(c) for c in counts]
 
 
 def _stem(path: Path) -> str:

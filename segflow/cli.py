@@ -6,6 +6,7 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,41 +97,61 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int],
 @app.command("run")
 def run_command(
     inputs: Annotated[
-        list[Path], typer.Argument(help="GeoTIFF or NIfTI files.", show_default=False)
+        list[Path],
+        typer.Argument(help="GeoTIFF/NIfTI files, folders or globs.", show_default=False),
     ],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Model file (.safetensors, TorchScript or ONNX).")
-    ],
+        Path | None,
+        typer.Option("--model", "-m", help="Model file (.safetensors, TorchScript or ONNX)."),
+    ] = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="OUT.zarr for one input, else a folder.")
-    ],
-    patch_size: Annotated[
-        str | None, typer.Option(help="Patch size, e.g. 512 or 96,96,96.")
+    ] = Path("segflow-out"),
+    spec: Annotated[
+        Path | None, typer.Option(help="Pipeline spec (YAML); options below override it.")
     ] = None,
-    overlap: Annotated[str, typer.Option(help="Overlap: a fraction (<1) or pixels.")] = "0.25",
+    patch_size: Annotated[
+        str | None, typer.Option(help="Patch size, e.g. 512 or 96,96,96. [default: 512 / 96]")
+    ] = None,
+    overlap: Annotated[
+        str | None, typer.Option(help="Overlap: a fraction (<1) or pixels. [default: 0.25]")
+    ] = None,
     blend: Annotated[
-        str, typer.Option(help="gaussian, hann, spline, linear, constant or center.")
-    ] = "gaussian",
+        str | None,
+        typer.Option(
+            help="gaussian, hann, spline, linear, constant or center. [default: gaussian]"
+        ),
+    ] = None,
     sigma: Annotated[
-        float, typer.Option(help="Gaussian sigma as a fraction of the patch.")
-    ] = 0.125,
-    batch_size: Annotated[int, typer.Option(help="Patches per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPUs.")] = True,
-    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation.")] = False,
-    chunk_size: Annotated[str | None, typer.Option(help="Output chunk size, e.g. 1024.")] = None,
-    labels: Annotated[bool, typer.Option(help="Write the label array.")] = True,
+        float | None, typer.Option(help="Gaussian sigma, fraction of the patch. [default: 0.125]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Patches per forward pass. [default: 8]")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+    ] = None,
+    amp: Annotated[bool | None, typer.Option(help="Mixed precision on GPUs. [default: on]")] = None,
+    tta: Annotated[
+        bool | None, typer.Option(help="Flip test-time augmentation. [default: off]")
+    ] = None,
+    chunk_size: Annotated[
+        str | None, typer.Option(help="Output chunk size, e.g. 1024. [default: 1024 / 128]")
+    ] = None,
+    labels: Annotated[
+        bool | None, typer.Option(help="Write the label array. [default: on]")
+    ] = None,
     probabilities: Annotated[
-        str, typer.Option(help="Class probabilities: none, uint8 or float16.")
-    ] = "none",
+        str | None, typer.Option(help="Class probabilities: none, uint8 or float16.")
+    ] = None,
     bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
     nodata: Annotated[
         float | None, typer.Option(help="Nodata value (overrides the file's).")
     ] = None,
     volume: Annotated[int | None, typer.Option(help="4-D NIfTI: the volume to segment.")] = None,
     volumes_as_channels: Annotated[
-        bool, typer.Option(help="4-D NIfTI: volumes as channels.")
-    ] = False,
+        bool | None, typer.Option(help="4-D NIfTI: volumes as channels.")
+    ] = None,
     slice_axis: Annotated[
         int | None, typer.Option(help="2-D model on a volume: axis to slice along.")
     ] = None,
@@ -139,18 +160,27 @@ def run_command(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
     scheduler: Annotated[
-        str, typer.Option(help="threads, sync, or a Dask scheduler address tcp://host:port.")
-    ] = "threads",
-    workers: Annotated[int | None, typer.Option(help="Threads for the threaded scheduler.")] = None,
+        str | None,
+        typer.Option(help="threads, sync, local, or a Dask scheduler address tcp://host:port."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads or local Dask workers.")] = None,
+    flow: Annotated[
+        bool, typer.Option(help="Record the run as a Prefect flow run (off: call the library).")
+    ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines in the terminal.")
+    ] = False,
 ) -> None:
     """Segment INPUTS with MODEL into Zarr stores that keep the input's geometry."""
+    if not verbose:
+        # flow and task logs still reach the Prefect API (and UI); the terminal gets the
+        # progress bar, a line per result and one-line errors
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     with reported_errors():
-        from segflow.api import segment
-
         options: dict[str, Any] = dict(
             patch_size=_size(patch_size, "--patch-size"),
-            overlap=_overlap(overlap),
+            overlap=_overlap(overlap) if overlap is not None else None,
             blend=blend,
             sigma=sigma,
             batch_size=batch_size,
@@ -166,28 +196,31 @@ def run_command(
             volumes_as_channels=volumes_as_channels,
             slice_axis=slice_axis,
         )
-        from segflow.api import output_paths
-        from segflow.models import load_model
-
-        loaded = load_model(model)
-        outputs = output_paths(inputs, output)
-        results = []
+        options = {k: v for k, v in options.items() if v is not None}
         with progress_bar(progress and sys.stderr.isatty()) as bar:
-            for path, out_path in zip(inputs, outputs, strict=True):
-                result = segment(
-                    path,
-                    loaded,
-                    out_path,
+            if flow:
+                if len(inputs) == 1 and inputs[0].is_file():
+                    _check_input(inputs[0], options)  # fail in a second, not after a flow start
+                from flows.segment import run_flow
+
+
+                results = run_flow(
+                    list(inputs),
+                    model,
+                    output,
+                    options,
+                    spec=spec,
                     resume=resume,
                     overwrite=overwrite,
                     scheduler=scheduler,
                     workers=workers,
-                    progress=bar(path.name),
+                    progress=bar,
                     raise_errors=len(inputs) == 1,
-                    **options,
                 )
-                assert not isinstance(result, list)
-                results.append(result)
+            else:
+                results = _run_library(
+                    inputs, model, output, options, spec, resume, overwrite, scheduler, workers, bar
+                )
     failed = [r for r in results if r.status != "complete"]
     for r in results:
         if r.status == "complete":
@@ -198,6 +231,58 @@ def run_command(
             err.print(f"[red]failed[/] {r.input}: {r.error}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL if len(failed) < len(results) else EXIT_ERROR)
+
+
+def _check_input(path: Path, options: dict[str, Any]) -> None:
+    from segflow.io.open import open_source
+
+    keys = ("bands", "nodata", "volume", "volumes_as_channels")
+    open_source(path, **{k: options[k] for k in keys if k in options})
+
+
+def _run_library(
+    inputs: list[Path],
+    model: Path | None,
+    output: Path,
+    options: dict[str, Any],
+    spec: Path | None,
+    resume: bool,
+    overwrite: bool,
+    scheduler: str | None,
+    workers: int | None,
+    bar: Callable[[str], Callable[[int, int], None]],
+) -> list[Any]:
+    """``--no-flow``: the same work through segflow.segment, without Prefect."""
+    from segflow.api import output_paths, segment
+    from segflow.errors import ConfigError
+    from segflow.models import load_model
+
+    if spec is not None:
+        from segflow.spec import load_spec, merge_overrides
+
+        merged = merge_overrides(load_spec(spec), model=model, **options)
+        model, options = merged.model, merged.run_options()
+        options = {k: v for k, v in options.items() if v is not None}
+    if model is None:
+        raise ConfigError("no model given: pass --model FILE or a --spec that names one")
+    loaded = load_model(model)
+    results = []
+    for path, out_path in zip(inputs, output_paths(inputs, output), strict=True):
+        result = segment(
+            path,
+            loaded,
+            out_path,
+            resume=resume,
+            overwrite=overwrite,
+            scheduler=scheduler or "threads",
+            workers=workers,
+            progress=bar(path.name),
+            raise_errors=len(inputs) == 1,
+            **options,
+        )
+        assert not isinstance(result, list)
+        results.append(result)
+    return results
 
 
 def _mount_subcommands() -> None:

@@ -50,11 +50,15 @@ def execute(
     scheduler: Any = "threads",
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    resources: dict[str, float] | None = None,
 ) -> RegionStats:
     """Run ``tasks`` and merge their statistics.
 
     ``scheduler`` is "threads" (default), "sync", a ``distributed.Client``, or a
-    scheduler address such as "tcp://127.0.0.1:8786".
+    scheduler address such as "tcp://127.0.0.1:8786". ``resources`` (e.g.
+    ``{"GPU": 1}``) is required of the cluster workers that run each task, so a
+    GPU worker started with ``--resources GPU=1`` runs one model task at a time.
+    It is passed at compute time: annotations can be lost in graph optimisation.
     """
     report = progress or (lambda done, total: None)
     report(0, len(tasks))
@@ -67,13 +71,15 @@ def execute(
         with _TaskProgress(len(tasks), report):
             results = dask.compute(*graph, scheduler=name, num_workers=workers)
     else:
-        results = _run_distributed(graph, scheduler, report)
+        results = _run_distributed(graph, scheduler, report, resources)
     for result in results:
         total.merge(result)
     return total
 
 
-def _run_distributed(graph: list[Any], scheduler: Any, report: ProgressFn) -> list[RegionStats]:
+def _run_distributed(
+    graph: list[Any], scheduler: Any, report: ProgressFn, resources: dict[str, float] | None
+) -> list[RegionStats]:
     from distributed import Client, as_completed
 
     client_cm: AbstractContextManager[Any]
@@ -90,7 +96,7 @@ def _run_distributed(graph: list[Any], scheduler: Any, report: ProgressFn) -> li
             "or a scheduler address like tcp://host:8786"
         )
     with client_cm as client:
-        futures = client.compute(graph)
+        futures = client.compute(graph, resources=resources)
         results: list[RegionStats] = []
         for done, future in enumerate(as_completed(futures), start=1):
             results.append(future.result())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -35,7 +35,11 @@ def write_tif(
     """Write ``(C, H, W)`` as a GeoTIFF (tiled when the image allows it)."""
     count, height, width = data.shape
     profile: dict[str, object] = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=str(data.dtype),
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=str(data.dtype),
     )
     if crs is not None:
         profile["crs"] = crs
@@ -57,7 +61,9 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def textured(shape: Sequence[int], channels: int = 3, seed: int = 0, dtype: str = "uint8") -> np.ndarray:
+def textured(
+    shape: Sequence[int], channels: int = 3, seed: int = 0, dtype: str = "uint8"
+) -> np.ndarray:
     """Smooth blobs plus noise: structure a model can segment, values in 0..255."""
     rng = np.random.default_rng(seed)
     grids = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
@@ -86,18 +92,31 @@ def pixel_model(
         conv.weight.copy_(w.reshape(classes, channels, *([1] * spatial_dims)))
         conv.bias.copy_(torch.tensor(bias, dtype=torch.float32))
     meta = ModelMeta(
-        arch="pixel", arch_kwargs={"hidden": [], "spatial_dims": spatial_dims},
-        spatial_dims=spatial_dims, in_channels=channels,
+        arch="pixel",
+        arch_kwargs={"hidden": [], "spatial_dims": spatial_dims},
+        spatial_dims=spatial_dims,
+        in_channels=channels,
         classes=tuple(ClassInfo(name=f"class{i}") for i in range(classes)),
-        normalization=normalization, output_stride=1, orientation=orientation,
+        normalization=normalization,
+        output_stride=1,
+        orientation=orientation,
     )
-    return LoadedModel(meta=meta, module=module.eval(), sha256=f"pixel-{hash((str(weight), str(bias)))}",
-                       path=None, runtime="torch")
+    return LoadedModel(
+        meta=meta,
+        module=module.eval(),
+        sha256=f"pixel-{hash((str(weight), str(bias)))}",
+        path=None,
+        runtime="torch",
+    )
 
 
-def threshold_model(threshold: float, *, spatial_dims: int = 3, orientation: str | None = None) -> LoadedModel:
+def threshold_model(
+    threshold: float, *, spatial_dims: int = 3, orientation: str | None = None
+) -> LoadedModel:
     """Two classes; class 1 wins exactly where the voxel value exceeds ``threshold``."""
-    return pixel_model([[0.0], [1.0]], [0.0, -threshold], spatial_dims=spatial_dims, orientation=orientation)
+    return pixel_model(
+        [[0.0], [1.0]], [0.0, -threshold], spatial_dims=spatial_dims, orientation=orientation
+    )
 
 
 @pytest.fixture
@@ -113,3 +132,13 @@ def save(model: LoadedModel, path: Path) -> Path:
 
     save_model(model.module, model.meta, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A temporary Prefect server for the whole session (~8 s once); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

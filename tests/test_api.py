@@ -117,7 +117,7 @@ def test_two_dimensional_model_runs_slice_by_slice_on_a_volume(tmp_path):
 
 def test_wrong_band_count_is_a_model_error_and_writes_nothing(tmp_path):
     path = write_tif(tmp_path / "in.tif", textured((64, 64), 4), tile=None)
-    with pytest.raises(ModelError, match="4 channel.*expects 1.*--bands"):
+    with pytest.raises(ModelError, match=r"4 channel.*expects 1.*--bands"):
         segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", device="cpu")
     assert not (tmp_path / "o.zarr").exists()
 
@@ -148,3 +148,13 @@ def test_a_batch_keeps_going_when_one_input_fails(tmp_path):
     assert "empty" in (results[1].error or "")
     assert (tmp_path / "out" / "good.zarr").is_dir()
     assert not (tmp_path / "out" / "bad.zarr").exists()
+
+
+def test_resuming_a_complete_store_changes_nothing(tmp_path):
+    path = write_tif(tmp_path / "in.tif", textured((96, 80), 1), tile=None)
+    model = threshold_model(100, spatial_dims=2)
+    first = segment(path, model, tmp_path / "o.zarr", patch_size=32, chunk_size=32, device="cpu")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "o.zarr").rglob("*") if p.is_file()}
+    again = segment(path, model, tmp_path / "o.zarr", patch_size=32, chunk_size=32, device="cpu", resume=True)
+    assert again.stats["class_pixel_counts"] == first.stats["class_pixel_counts"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -22,9 +22,17 @@ from .conftest import LoadedModel, save, textured, threshold_model, write_tif
 SEGFLOW = str(Path(sys.executable).parent / "segflow")
 
 
+@pytest.fixture(autouse=True)
+def _prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Command-line runs record flow runs on one test server instead of starting their own."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+
+
 def run(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.run([SEGFLOW, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [SEGFLOW, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture
@@ -93,27 +101,54 @@ def test_missing_model_file_is_one_line(tmp_path):
 def _slow_model_file(tmp: Path) -> Path:
     torch.manual_seed(0)
     module = create_model("unet2d", in_channels=3, classes=3, depth=2, base_channels=16).eval()
-    meta = ModelMeta(arch="unet2d", arch_kwargs={"depth": 2, "base_channels": 16, "norm": "batch"},
-                     in_channels=3, output_stride=4, classes=tuple(ClassInfo(name=f"c{i}") for i in range(3)),
-                     normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3))
-    return save(LoadedModel(meta=meta, module=module, sha256="", path=None, runtime="torch"), tmp / "unet.safetensors")
+    meta = ModelMeta(
+        arch="unet2d",
+        arch_kwargs={"depth": 2, "base_channels": 16, "norm": "batch"},
+        in_channels=3,
+        output_stride=4,
+        classes=tuple(ClassInfo(name=f"c{i}") for i in range(3)),
+        normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3),
+    )
+    return save(
+        LoadedModel(meta=meta, module=module, sha256="", path=None, runtime="torch"),
+        tmp / "unet.safetensors",
+    )
 
 
 def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     model = _slow_model_file(tmp_path)
     path = write_tif(tmp_path / "in.tif", textured((768, 768), 3, seed=9), tile=256)
-    args = ["-m", model, "--patch-size", "128", "--chunk-size", "128", "--workers", "1", "--device", "cpu"]
+    args = [
+        "-m",
+        model,
+        "--patch-size",
+        "128",
+        "--chunk-size",
+        "128",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
     reference = run("run", path, "-o", tmp_path / "ref.zarr", *args)
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "killed.zarr"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([SEGFLOW, "run", str(path), "-o", str(out), *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [SEGFLOW, "run", str(path), "-o", str(out), *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     done_dir = out / "_segflow" / "done"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        done = [p for p in done_dir.rglob("*") if p.is_file() and p.name != "zarr.json"] if done_dir.exists() else []
+        done = (
+            [p for p in done_dir.rglob("*") if p.is_file() and p.name != "zarr.json"]
+            if done_dir.exists()
+            else []
+        )
         if len(done) >= 3 or proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -128,3 +163,7 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
     b = zarr.open_group(out, mode="r")
     assert b.attrs["segflow"]["complete"] is True
     np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    # the summary of a resumed run counts the whole store, not only what the resume computed
+    summary_a, summary_b = a.attrs["segflow"]["summary"], b.attrs["segflow"]["summary"]
+    assert summary_b["class_pixel_counts"] == summary_a["class_pixel_counts"]
+    assert summary_b["valid_pixels"] == summary_a["valid_pixels"]

@@ -1,0 +1,146 @@
+"""The flow commands (batch, landcover, hospital; serve is in test_deploy) through Typer."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from segflow.cli_flows import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, register, standalone_app
+
+from .conftest import truncate, write_scan, write_scene
+
+runner = CliRunner()
+app = standalone_app()
+
+
+def test_register_adds_the_flow_commands():
+    main = typer.Typer()
+    register(main)
+    names = {c.name for c in main.registered_commands}
+    assert names == {"batch", "landcover", "hospital", "serve"}
+    help_text = runner.invoke(main, ["--help"]).output
+    assert all(name in help_text for name in names)
+
+
+def test_hospital_command_partial_failure_exit_code(prefect_server, models, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(5):
+        write_scan(scans / f"p{i}.nii.gz", seed=i)
+    truncate(scans / "p2.nii.gz")
+    result = runner.invoke(
+        app,
+        [
+            "hospital",
+            str(scans),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(models["threshold3d"]),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert result.output.count("done ") == 4
+    assert "failed p2:" in result.output and "p2.nii.gz" in result.output
+    assert "Traceback" not in result.output
+    assert (tmp_path / "out" / "reports").is_dir()
+
+
+def test_batch_command_exit_codes_and_resume(prefect_server, models, tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(2):
+        write_scene(scenes / f"b{i}.tif", seed=i)
+    args = [
+        "batch",
+        str(scenes),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        str(models["rgb"]),
+        "--device",
+        "cpu",
+        "--chunk-size",
+        "64",
+    ]
+    first = runner.invoke(app, [*args, "--report", str(tmp_path / "batch.json")])
+    assert first.exit_code == EXIT_OK, first.output
+    assert (tmp_path / "batch.json").is_file() and (tmp_path / "batch.csv").is_file()
+    again = runner.invoke(app, args)  # outputs exist: every input fails, with the reason
+    assert again.exit_code == EXIT_ERROR and "--resume" in again.output
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == EXIT_OK and resumed.output.count("up to date") == 2
+
+
+def test_landcover_command_prints_areas(prefect_server, models, tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_scene(scenes / "l0.tif", seed=1)
+    result = runner.invoke(
+        app,
+        [
+            "landcover",
+            str(scenes),
+            str(tmp_path / "maps"),
+            "--model",
+            str(models["rgb"]),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == EXIT_OK, result.output
+    assert "class0:" in result.output and " ha (" in result.output and "report:" in result.output
+
+
+def test_usage_mistakes_are_one_line(prefect_server, models, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("tiling:\n  ovrlap: 0.5\n")
+    result = runner.invoke(
+        app,
+        [
+            "landcover",
+            str(tmp_path),
+            str(tmp_path / "maps"),
+            "--spec",
+            str(spec),
+            "--model",
+            str(models["rgb"]),
+        ],
+    )
+    assert result.exit_code == EXIT_ERROR
+    assert "did you mean 'overlap'" in result.output and "Traceback" not in result.output
+    missing = runner.invoke(
+        app,
+        [
+            "batch",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "nope.safetensors"),
+        ],
+    )
+    assert missing.exit_code == EXIT_ERROR and "model file" in missing.output
+    bad_cron = runner.invoke(
+        app,
+        [
+            "serve",
+            str(tmp_path),
+            str(tmp_path / "maps"),
+            "--model",
+            str(models["rgb"]),
+            "--cron",
+            "whenever",
+        ],
+    )
+    assert bad_cron.exit_code == EXIT_ERROR and "invalid schedule" in bad_cron.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(
+        app,
+        ["hospital", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--model",
+         str(models["threshold3d"])],
+    )  # fmt: skip
+    assert empty.exit_code == EXIT_ERROR and "no inputs in" in empty.output
+    assert "Traceback" not in empty.output

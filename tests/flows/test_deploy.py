@@ -1,0 +1,164 @@
+"""The scheduled deployment: prefect.yaml, the served deployment, and `segflow serve` for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.deploy import (
+    DEFAULT_CRON,
+    PROJECT_FILE,
+    cron_schedule,
+    landcover_deployment,
+    landcover_parameters,
+    validate_project_file,
+)
+from flows.landcover import landcover_mapping
+from segflow.errors import ConfigError
+
+from .conftest import write_scene
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_deployments_validate():
+    deployments = {d.name: d for d in validate_project_file(PROJECT_FILE)}
+    nightly = deployments["nightly-landcover"]
+    assert nightly.flow.name == landcover_mapping.name
+    assert [s.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.schedules[0].timezone == "UTC"
+    assert nightly.parameters["spec"].endswith("pipelines/landcover.yaml")
+    assert nightly.work_pool == "segflow"
+    assert deployments["hospital-batch"].flow.name == "hospital-batch"
+    # Prefect's own reader of prefect.yaml accepts the file as well
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(yaml.safe_load(PROJECT_FILE.read_text()))
+    assert {d.name for d in model.deployments} == set(deployments)
+
+
+def test_prefect_yaml_mistakes_are_caught(tmp_path):
+    data = yaml.safe_load(PROJECT_FILE.read_text())
+    data["deployments"][0]["parameters"]["input_dri"] = "/data/scenes"
+    bad_params = tmp_path / "params.yaml"
+    bad_params.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="parameters do not fit"):
+        validate_project_file(bad_params, root=REPO)
+    data = yaml.safe_load(PROJECT_FILE.read_text())
+    data["deployments"][0]["schedules"][0]["cron"] = "0 25 * * *"
+    bad_cron = tmp_path / "cron.yaml"
+    bad_cron.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="invalid schedule"):
+        validate_project_file(bad_cron, root=REPO)
+    data = yaml.safe_load(PROJECT_FILE.read_text())
+    data["deployments"][0]["entrypoint"] = "flows/landcover.py:no_such_flow"
+    bad_entry = tmp_path / "entry.yaml"
+    bad_entry.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="cannot load entrypoint"):
+        validate_project_file(bad_entry, root=REPO)
+
+
+def test_landcover_deployment_schedule_and_parameters(models, tmp_path):
+    deployment = landcover_deployment(
+        tmp_path / "in",
+        tmp_path / "out",
+        model=models["bands4"],
+        options={"device": "cpu"},
+        cron="30 1 * * 1-5",
+        timezone="Europe/Paris",
+    )
+    assert deployment.name == "nightly-landcover"
+    [schedule] = deployment.schedules
+    assert schedule.schedule.cron == "30 1 * * 1-5"
+    assert schedule.schedule.timezone == "Europe/Paris"
+    assert deployment.parameters == {
+        "input_dir": str(tmp_path / "in"),
+        "output_dir": str(tmp_path / "out"),
+        "concurrency": 1,
+        "model": str(models["bands4"]),
+        "options": {"device": "cpu"},
+    }
+    assert deployment.entrypoint == "flows.landcover.landcover_mapping"
+    landcover_mapping.validate_parameters(deployment.parameters)
+    assert cron_schedule(DEFAULT_CRON).cron == DEFAULT_CRON
+    with pytest.raises(ConfigError, match="invalid schedule"):
+        cron_schedule("every night")
+    with pytest.raises(ConfigError, match="parameters do not fit"):
+        landcover_parameters(tmp_path, tmp_path, options="not a dict")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_segflow_serve_starts_runs_once_and_stops(prefect_server, models, tmp_path):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_scene(scenes / "night1.tif", seed=5)
+    out = tmp_path / "maps"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    name = f"serve-test-{os.getpid()}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "segflow.cli_flows",
+            "serve",
+            str(scenes),
+            str(out),
+            "--model",
+            str(models["rgb"]),
+            "--cron",
+            "0 3 * * *",
+            "--name",
+            name,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deployment = None
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while deployment is None and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                try:
+                    deployment = client.read_deployment_by_name(f"landcover-mapping/{name}")
+                except Exception:
+                    time.sleep(0.5)
+        assert deployment is not None, "the served deployment never appeared"
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+        assert deployment.parameters["input_dir"] == str(scenes)
+        run = run_deployment(
+            f"landcover-mapping/{name}",
+            parameters={"options": {"device": "cpu"}},
+            timeout=240,
+            poll_interval=1,
+        )
+        assert run.state is not None and run.state.is_completed(), run.state
+        assert (out / "night1.zarr" / "zarr.json").is_file()
+        assert list((out / "reports").glob("landcover-*.json"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail("segflow serve did not stop on SIGTERM")
+    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""

@@ -1,0 +1,139 @@
+"""Pipeline specs: validation with one-line did-you-mean errors, overrides, shipped examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segflow.errors import ConfigError
+from segflow.spec import PipelineSpec, load_spec, merge_overrides, parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "pipelines").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_engine_defaults():
+    from segflow.api import RunOptions
+
+    options = PipelineSpec().run_options()
+    defaults = RunOptions()
+    for key, value in options.items():
+        assert getattr(defaults, key) == value, key
+
+
+def test_full_spec_to_run_options(tmp_path):
+    spec = load_spec(
+        write(
+            tmp_path,
+            """
+model: models/m.safetensors
+device: cpu
+tta: true
+tiling: {patch_size: [96, 96, 64], overlap: 16, blend: Hann, sigma: 0.2, batch_size: 2}
+outputs: {probabilities: float16, chunk_size: 64, nifti: true}
+input: {bands: [3, 2, 1], nodata: 0, slice_axis: 1}
+dask: {scheduler: tcp://10.0.0.5:8786}
+""",
+        )
+    )
+    assert spec.model == (tmp_path / "models" / "m.safetensors").resolve()  # relative to the file
+    options = spec.run_options()
+    assert options["patch_size"] == (96, 96, 64)
+    assert options["overlap"] == 16 and isinstance(options["overlap"], int)  # pixels
+    assert options["blend"] == "hann" and options["tta"] is True
+    assert options["probabilities"] == "float16" and options["chunk_size"] == 64
+    assert options["bands"] == (3, 2, 1) and options["nodata"] == 0 and options["slice_axis"] == 1
+    assert spec.outputs.nifti and spec.dask.scheduler == "tcp://10.0.0.5:8786"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tiling: {overlpa: 0.5}", "unknown key 'tiling.overlpa'; did you mean 'overlap'?"),
+        ("tilling: {overlap: 0.5}", "unknown key 'tilling'; did you mean 'tiling'?"),
+        ("modle: m.safetensors", "unknown key 'modle'; did you mean 'model'?"),
+        ("outputs: {probabilites: uint8}", "did you mean 'probabilities'?"),
+        ("tiling: {blend: gausian}", "did you mean 'gaussian'?"),
+        ("dask: {scheduler: thread}", "did you mean 'threads'?"),
+        (
+            "tiling: {batch_size: 0}",
+            "tiling.batch_size: Input should be greater than or equal to 1",
+        ),
+        ("outputs: {probabilities: uint9}", "outputs.probabilities"),
+        ("input: {slice_axis: 3}", "input.slice_axis"),
+        ("tiling: [1, 2]", "tiling"),
+        ("- a\n- b", "a mapping of keys"),
+        ("tiling: {overlap: [", "not valid YAML at line"),
+    ],
+)
+def test_mistakes_are_one_line_config_errors(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    text_of = str(info.value)
+    assert message in text_of and str(path) in text_of
+    assert "\n" not in text_of
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    assert load_spec(write(tmp_path, "")) == PipelineSpec()
+
+
+def test_merge_overrides_flat_and_dotted_names():
+    base = parse_spec({"tiling": {"patch_size": 256, "overlap": 0.5}, "device": "cuda"})
+    merged = merge_overrides(
+        base,
+        patch_size=[128, 128],
+        batch_size=None,
+        device="cpu",
+        scheduler="local",
+        workers=2,
+        nifti=True,
+        **{"tiling.sigma": 0.2},
+    )
+    assert merged.tiling.patch_size == (128, 128)
+    assert merged.tiling.overlap == 0.5  # kept
+    assert merged.tiling.batch_size == 8  # None = not given
+    assert merged.tiling.sigma == 0.2 and merged.device == "cpu"
+    assert merged.dask.scheduler == "local" and merged.dask.workers == 2
+    assert merged.outputs.nifti
+    assert base.device == "cuda"  # the original is unchanged
+    with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
+        merge_overrides(base, patchsize=3)
+    with pytest.raises(ConfigError, match=r"did you mean 'tiling\.sigma'"):
+        merge_overrides(base, **{"tiling.sigmma": 0.1})
+    with pytest.raises(ConfigError, match="batch_size"):
+        merge_overrides(base, batch_size=-1)
+
+
+def test_require_model(tmp_path):
+    with pytest.raises(ConfigError, match="no model given"):
+        PipelineSpec().require_model()
+    with pytest.raises(ConfigError, match="not found"):
+        parse_spec({"model": str(tmp_path / "x.safetensors")}).require_model()
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    assert parse_spec({"model": str(tmp_path / "x.safetensors")}).require_model().is_file()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_examples_validate(path):
+    spec = load_spec(path)
+    assert spec.model is not None and spec.model.is_absolute()
+    assert spec.name == path.stem
+    assert spec.run_options()["blend"] == "gaussian"
+
+
+def test_examples_are_the_expected_set():
+    assert {p.stem for p in EXAMPLES} >= {"landcover", "brain-mri", "ct-organs", "demo"}
