@@ -1,0 +1,244 @@
+"""Hospital scan batches: a folder or manifest of NIfTI scans, each scan isolated.
+
+A corrupt scan fails alone with its reason while the others finish; transient I/O
+errors are retried; a re-run skips finished scans and resumes interrupted ones. Each
+scan gets a Zarr store (and, on request, a NIfTI mask that overlays the scan); the
+batch report (per scan: status, reason, time, label volumes in mL) is published as
+Prefect artifacts and written as CSV and JSON. :func:`exit_code` tells complete
+success (0) from partial failure (3) and total failure (1).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+
+from flows import report
+from flows.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
+from flows.runtime import resolve_pipeline
+from flows.segment import (
+    TRANSIENT_RETRIES,
+    TRANSIENT_RETRY_DELAYS,
+    InputResult,
+    is_transient_failure,
+    run_inputs,
+)
+from flows.segment import exit_code as _exit_code
+from segflow.errors import SegflowError
+
+SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti")
+
+
+class ScanReport(BaseModel):
+    scan: str
+    input: str
+    output: str
+    status: Literal["complete", "skipped", "failed"]  # skipped: complete before this run
+    reason: str | None = None
+    seconds: float = 0.0
+    resumed: bool = False
+    nifti: str | None = None
+    voxel_ml: float | None = None
+    volumes_ml: dict[str, float] = Field(default_factory=dict)
+    voxels: dict[str, int] = Field(default_factory=dict)
+
+
+class HospitalReport(BaseModel):
+    started: float
+    seconds: float
+    counts: dict[str, int]
+    exit_code: int
+    scans: list[ScanReport]
+    report_json: str | None = None
+    report_csv: str | None = None
+
+
+def exit_code(scans: list[ScanReport]) -> int:
+    """0: all scans done; 3: some failed; 1: all failed."""
+    return _exit_code(
+        [InputResult(name=s.scan, input=s.input, output=s.output, status=s.status) for s in scans]
+    )
+
+
+@task(
+    name="export-nifti-mask",
+    task_run_name="nifti {name}",
+    retries=TRANSIENT_RETRIES,
+    retry_delay_seconds=TRANSIENT_RETRY_DELAYS,
+    retry_condition_fn=is_transient_failure,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def export_mask(name: str, store: str, target: str, reference: str) -> str | State:
+    """The store's labels as a NIfTI mask on the scan's exact header geometry."""
+    try:
+        from segflow.io.nifti_export import export_nifti
+    except ImportError:
+        return Failed(message="NIfTI export is not available in this segflow installation")
+    try:
+        written = export_nifti(store, target, reference=reference, overwrite=True)
+    except SegflowError as exc:
+        reason = " ".join(str(exc).split())
+        get_run_logger().error("%s: NIfTI export failed: %s", name, reason)
+        return Failed(message=f"NIfTI export failed: {reason}")
+    return str(written.path)
+
+
+@flow(
+    name="hospital-batch",
+    description="Segment a batch of NIfTI scans; each scan fails alone; report volumes in mL.",
+)
+def hospital_batch(
+    scans: str | list[str],
+    output_dir: str,
+    spec: str | None = None,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+    export_nifti: bool | None = None,
+    concurrency: int = 1,
+    report_dir: str | None = None,
+) -> HospitalReport | State:
+    """``scans``: a folder, a glob, a manifest (.csv with a path column and optional id
+    column, or .txt with one path per line) or a list of paths.
+
+    ``export_nifti`` defaults to the spec's ``outputs.nifti``. Reports go to
+    ``report_dir`` (default ``output_dir/reports``).
+    """
+    logger = get_run_logger()
+    started = time.time()
+    pipeline, model_path = resolve_pipeline(spec, model, options)
+    want_nifti = pipeline.outputs.nifti if export_nifti is None else export_nifti
+    items = plan_items(collect_inputs(scans, VOLUME_PATTERNS), Path(output_dir))
+    logger.info("%d scan(s) -> %s", len(items), output_dir)
+    results = run_inputs(
+        items, model_path, pipeline, resume=True, skip_complete=True, concurrency=concurrency
+    )
+    nifti = _export_masks(results) if want_nifti else {}
+    scans_out = [_scan_report(r, nifti.get(r.name), logger) for r in results]
+    counts = report.status_counts(s.status for s in scans_out)
+    batch = HospitalReport(
+        started=started,
+        seconds=round(time.time() - started, 3),
+        counts=counts,
+        exit_code=exit_code(scans_out),
+        scans=scans_out,
+    )
+    batch = _publish(batch, Path(report_dir) if report_dir else Path(output_dir) / "reports")
+    logger.info(
+        "%d segmented, %d already complete, %d failed in %.1f s",
+        counts["complete"],
+        counts["skipped"],
+        counts["failed"],
+        batch.seconds,
+    )
+    if counts["failed"]:
+        failed = [s for s in scans_out if s.status == "failed"]
+        message = f"{len(failed)} of {len(scans_out)} scans failed: " + "; ".join(
+            f"{s.scan}: {s.reason}" for s in failed[:3]
+        )
+        return Failed(message=message, data=batch)
+    return batch
+
+
+def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str | None]]:
+    """scan name -> (mask path, failure reason), for the scans whose store is complete."""
+    out: dict[str, tuple[str | None, str | None]] = {}
+    todo = []
+    for r in results:
+        target = _mask_path(r)
+        if r.status == "skipped" and target.exists():
+            out[r.name] = (str(target), None)  # finished by an earlier run, mask included
+        elif r.status != "failed":
+            todo.append((r, target))
+    if not todo:
+        return out
+    futures = export_mask.map(
+        [r.name for r, _ in todo],
+        [r.output for r, _ in todo],
+        [str(t) for _, t in todo],
+        [r.input for r, _ in todo],
+    )
+    for (r, _), future in zip(todo, futures, strict=True):
+        future.wait()
+        state = future.state
+        data = state.result(raise_on_failure=False)
+        if state.is_completed() and isinstance(data, str):
+            out[r.name] = (data, None)
+        else:
+            reason = state.message or (f"{type(data).__name__}: {data}" if data else "failed")
+            out[r.name] = (None, reason)
+    return out
+
+
+def _mask_path(result: InputResult) -> Path:
+    """``<name>.zarr`` -> ``<name>.nii.gz`` beside it."""
+    store = Path(result.output)
+    return store.with_name(f"{store.stem}.nii.gz")
+
+
+def _scan_report(
+    result: InputResult, nifti: tuple[str | None, str | None] | None, logger: Any
+) -> ScanReport:
+    scan = ScanReport(
+        scan=result.name,
+        input=result.input,
+        output=result.output,
+        status=result.status,
+        reason=result.reason,
+        seconds=result.seconds,
+        resumed=result.resumed,
+    )
+    if result.status == "failed":
+        return scan
+    if nifti is not None:
+        scan.nifti, failure = nifti
+        if failure:
+            scan.status, scan.reason = "failed", failure  # a requested output is missing
+    try:
+        volumes = report.class_volumes(result.output, recount=result.resumed)
+    except (SegflowError, OSError, ValueError) as exc:
+        logger.warning("%s: no label volumes: %s", result.name, exc)
+        scan.reason = scan.reason or f"label volumes unavailable: {exc}"
+        return scan
+    scan.voxel_ml = volumes["voxel_ml"]
+    scan.volumes_ml = {name: v["ml"] for name, v in volumes["classes"].items()}
+    scan.voxels = {name: v["voxels"] for name, v in volumes["classes"].items()}
+    return scan
+
+
+def _publish(batch: HospitalReport, report_dir: Path) -> HospitalReport:
+    names: list[str] = []
+    for scan in batch.scans:
+        names.extend(n for n in scan.volumes_ml if n not in names)
+    rows = []
+    for scan in batch.scans:
+        row: dict[str, Any] = scan.model_dump(include=set(SCAN_COLUMNS))
+        for name in names:
+            row[f"{name}_ml"] = scan.volumes_ml.get(name)
+        rows.append(row)
+    columns = [*SCAN_COLUMNS, *(f"{n}_ml" for n in names)]
+    slug = report.timestamp_slug(batch.started)
+    json_path = report_dir / f"hospital-{slug}.json"
+    csv_path = report_dir / f"hospital-{slug}.csv"
+    batch = batch.model_copy(update={"report_json": str(json_path), "report_csv": str(csv_path)})
+    report.write_json(json_path, batch.model_dump(mode="json"))
+    report.write_csv(csv_path, rows, columns)
+    c = batch.counts
+    markdown = (
+        f"# Scan batch\n\n{len(batch.scans)} scan(s): {c['complete']} segmented, "
+        f"{c['skipped']} already complete, {c['failed']} failed, in {batch.seconds:.1f} s "
+        f"(exit code {batch.exit_code}).\n\n## Scans (label volumes in mL)\n\n"
+        + report.markdown_table(rows, columns)
+        + f"\nReport files: `{json_path}`, `{csv_path}`\n"
+    )
+    report.publish_artifacts("hospital-batch", markdown, rows, "hospital scan batch")
+    return batch
+
+
+__all__ = ["HospitalReport", "ScanReport", "exit_code", "export_mask", "hospital_batch"]

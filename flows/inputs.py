@@ -1,0 +1,160 @@
+"""Inputs of a batch and where their outputs go.
+
+A batch is a folder, a glob, a manifest (a CSV with a path column and an optional id
+column, or a text file with one path per line) or a list of any of these. Each input
+gets ``<output>/<name>.zarr``; an existing output is absent, partial (a run stopped
+before finalizing it), complete, or foreign (not a segflow store).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from segflow.errors import ConfigError, SegflowError
+
+OutputState = Literal["absent", "partial", "complete", "foreign"]
+
+RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
+VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
+INPUT_PATTERNS = (*RASTER_PATTERNS, *VOLUME_PATTERNS)
+MANIFEST_SUFFIXES = (".csv", ".txt", ".lst")
+PATH_COLUMNS = ("path", "input", "file", "scan", "image", "scene", "filename")
+NAME_COLUMNS = ("id", "name", "scan_id", "scene_id", "subject")
+
+
+class InputItem(BaseModel):
+    """One input and where its output goes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    input: str
+    output: str
+
+
+def collect_inputs(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    patterns: Sequence[str] = INPUT_PATTERNS,
+) -> list[tuple[str | None, Path]]:
+    """Expand a folder, a glob, a manifest (.csv/.txt) or a list into (name or None, path).
+
+    Missing files are kept: they fail as inputs of their own, with the reader's reason,
+    instead of stopping the batch.
+    """
+    if isinstance(source, str | os.PathLike):
+        return _expand(Path(os.fspath(source)).expanduser(), patterns)
+    found: list[tuple[str | None, Path]] = []
+    for entry in source:
+        found.extend(_expand(Path(os.fspath(entry)).expanduser(), patterns))
+    return found
+
+
+def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path]]:
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise ConfigError(f"no files match {text}; check the pattern")
+        return [(None, Path(m)) for m in matches if Path(m).is_file()]
+    if path.is_dir():
+        files = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+        if not files:
+            raise ConfigError(
+                f"no inputs in {path} (looked for {', '.join(patterns)}); check the folder"
+            )
+        return [(None, p) for p in files]
+    if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+        return read_manifest(path)
+    return [(None, path)]
+
+
+def read_manifest(path: Path) -> list[tuple[str | None, Path]]:
+    """A CSV with a path column (and optionally an id column), or one path per line.
+
+    Relative paths are relative to the manifest's folder.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    rows: list[tuple[str | None, str]] = []
+    name: str | None
+    if path.suffix.lower() == ".csv":
+        table = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        if not table:
+            raise ConfigError(f"manifest {path} is empty; list one input per row")
+        header = [c.strip().lower() for c in table[0]]
+        path_col = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+        if path_col is None:
+            rows = [(None, r[0].strip()) for r in table]  # no header: first column
+        else:
+            name_col = next((header.index(c) for c in NAME_COLUMNS if c in header), None)
+            for r in table[1:]:
+                name = r[name_col].strip() if name_col is not None and name_col < len(r) else ""
+                rows.append((name or None, r[path_col].strip() if path_col < len(r) else ""))
+    else:
+        rows = [
+            (None, line.strip())
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    items: list[tuple[str | None, Path]] = []
+    for number, (name, entry) in enumerate(rows, start=1):
+        if not entry:
+            raise ConfigError(f"manifest {path}: entry {number} has no path")
+        p = Path(entry).expanduser()
+        items.append((name, p if p.is_absolute() else path.parent / p))
+    if not items:
+        raise ConfigError(f"manifest {path} lists no inputs")
+    return items
+
+
+def input_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".tiff", ".tif", ".nii", ".gtiff"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def plan_items(inputs: Sequence[tuple[str | None, Path]], output: Path) -> list[InputItem]:
+    """One input and OUT ending in .zarr: OUT itself; otherwise OUT/<name>.zarr."""
+    if not inputs:
+        raise ConfigError("no inputs given")
+    if len(inputs) == 1 and output.suffix == ".zarr":
+        name, path = inputs[0]
+        return [InputItem(name=name or input_stem(path), input=str(path), output=str(output))]
+    items = [
+        InputItem(
+            name=name or input_stem(path),
+            input=str(path),
+            output=str(output / f"{name or input_stem(path)}.zarr"),
+        )
+        for name, path in inputs
+    ]
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.output in seen:
+            raise ConfigError(
+                f"{seen[item.output]} and {item.input} would both write {item.output}; "
+                "give them distinct names (an id column in the manifest) or separate folders"
+            )
+        seen[item.output] = item.input
+    return items
+
+
+def output_state(path: str | os.PathLike[str]) -> OutputState:
+    """absent, partial (chunks may be done, not finalized), complete, or foreign (not ours)."""
+    from segflow.io.zarr_sink import ZarrSink
+
+    target = Path(path)
+    if not target.exists():
+        return "absent"
+    try:
+        return "complete" if ZarrSink.open(target).is_complete else "partial"
+    except SegflowError:
+        return "foreign"

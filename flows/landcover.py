@@ -1,0 +1,190 @@
+"""Bulk land-cover mapping, meant to run on a schedule (see flows/deploy.py and prefect.yaml).
+
+Each run looks at the scenes in an input folder and maps only those without a complete
+output: a complete store is left alone (no model work), a store a crashed run left behind
+is resumed (only its missing chunks are computed), a new scene gets a new store. The run
+summary (scenes, status, time, class areas in ha and km²) is published as Prefect
+artifacts and written as JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+
+from flows import report
+from flows.inputs import RASTER_PATTERNS, collect_inputs, plan_items
+from flows.runtime import resolve_pipeline
+from flows.segment import InputResult, run_inputs
+from segflow.errors import ConfigError, SegflowError
+
+SCENE_COLUMNS = ("scene", "status", "reason", "seconds", "resumed", "output")
+
+
+class SceneSummary(BaseModel):
+    scene: str
+    input: str
+    output: str
+    status: Literal["complete", "skipped", "failed"]  # skipped: complete before this run
+    reason: str | None = None
+    seconds: float = 0.0
+    resumed: bool = False
+    area_method: str | None = None  # planar, geodesic, or None (no CRS: pixel counts only)
+    classes: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> pixels, ha, km2
+
+
+class LandcoverSummary(BaseModel):
+    input_dir: str
+    output_dir: str
+    started: float
+    seconds: float
+    counts: dict[str, int]
+    scenes: list[SceneSummary]
+    totals: dict[str, dict[str, Any]]  # class -> pixels, ha, km2 over every mapped scene
+    report_json: str | None = None
+    report_csv: str | None = None
+
+
+@flow(
+    name="landcover-mapping",
+    description="Map the scenes of a folder that have no complete land-cover output yet.",
+)
+def landcover_mapping(
+    input_dir: str,
+    output_dir: str,
+    spec: str | None = None,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+    patterns: list[str] | None = None,
+    concurrency: int = 1,
+    report_dir: str | None = None,
+) -> LandcoverSummary | State:
+    """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
+
+    ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
+    (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``).
+    """
+    logger = get_run_logger()
+    started = time.time()
+    pipeline, model_path = resolve_pipeline(spec, model, options)
+    source = Path(input_dir).expanduser()
+    if not source.is_dir():
+        raise ConfigError(f"input folder {source} not found; check input_dir")
+    try:
+        found = collect_inputs(source, patterns or RASTER_PATTERNS)
+    except ConfigError:
+        found = []  # an empty folder is a quiet night, not an error
+    items = plan_items(found, Path(output_dir)) if found else []
+    logger.info("%d scene(s) in %s", len(items), source)
+    results = run_inputs(
+        items, model_path, pipeline, resume=True, skip_complete=True, concurrency=concurrency
+    )
+    scenes = [_scene_summary(r, logger) for r in results]
+    summary = LandcoverSummary(
+        input_dir=str(source),
+        output_dir=str(output_dir),
+        started=started,
+        seconds=round(time.time() - started, 3),
+        counts=report.status_counts(s.status for s in scenes),
+        scenes=scenes,
+        totals=_totals(scenes),
+    )
+    summary = _publish(summary, Path(report_dir) if report_dir else Path(output_dir) / "reports")
+    c = summary.counts
+    logger.info(
+        "%d mapped, %d already complete, %d failed in %.1f s",
+        c["complete"],
+        c["skipped"],
+        c["failed"],
+        summary.seconds,
+    )
+    if c["failed"]:
+        failed = [s for s in scenes if s.status == "failed"]
+        message = f"{len(failed)} of {len(scenes)} scenes failed: " + "; ".join(
+            f"{s.scene}: {s.reason}" for s in failed[:3]
+        )
+        return Failed(message=message, data=summary)
+    return summary
+
+
+def _scene_summary(result: InputResult, logger: Any) -> SceneSummary:
+    scene = SceneSummary(
+        scene=result.name,
+        input=result.input,
+        output=result.output,
+        status=result.status,
+        reason=result.reason,
+        seconds=result.seconds,
+        resumed=result.resumed,
+    )
+    if result.status == "failed":
+        return scene
+    try:
+        areas = report.class_areas(result.output, recount=result.resumed)
+    except (SegflowError, OSError, ValueError) as exc:  # the map exists; say why areas do not
+        logger.warning("%s: no class areas: %s", result.name, exc)
+        scene.reason = f"class areas unavailable: {exc}"
+        return scene
+    scene.area_method = areas["method"]
+    scene.classes = areas["classes"]
+    return scene
+
+
+def _totals(scenes: list[SceneSummary]) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {}
+    for scene in scenes:
+        for name, entry in scene.classes.items():
+            total = totals.setdefault(name, {"pixels": 0, "ha": 0.0, "km2": 0.0})
+            total["pixels"] += entry["pixels"]
+            for unit in ("ha", "km2"):
+                if total[unit] is None or entry[unit] is None:
+                    total[unit] = None
+                else:
+                    total[unit] = round(total[unit] + entry[unit], 6)
+    return totals
+
+
+def _publish(summary: LandcoverSummary, report_dir: Path) -> LandcoverSummary:
+    names = list(summary.totals)
+    rows = []
+    for scene in summary.scenes:
+        row: dict[str, Any] = scene.model_dump(include=set(SCENE_COLUMNS))
+        for name in names:
+            row[f"{name}_ha"] = scene.classes.get(name, {}).get("ha")
+        rows.append(row)
+    columns = [*SCENE_COLUMNS, *(f"{n}_ha" for n in names)]
+    slug = report.timestamp_slug(summary.started)
+    json_path = report_dir / f"landcover-{slug}.json"
+    csv_path = report_dir / f"landcover-{slug}.csv"
+    summary = summary.model_copy(
+        update={"report_json": str(json_path), "report_csv": str(csv_path)}
+    )
+    report.write_json(json_path, summary.model_dump(mode="json"))
+    report.write_csv(csv_path, rows, columns)
+    report.publish_artifacts(
+        "landcover-summary", _markdown(summary, rows, columns), rows, "land-cover mapping run"
+    )
+    return summary
+
+
+def _markdown(summary: LandcoverSummary, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    c = summary.counts
+    totals = [
+        {"class": name, "pixels": t["pixels"], "ha": t["ha"], "km²": t["km2"]}
+        for name, t in summary.totals.items()
+    ]
+    return (
+        f"# Land-cover mapping\n\n`{summary.input_dir}` -> `{summary.output_dir}`: "
+        f"{len(summary.scenes)} scene(s), {c['complete']} mapped, {c['skipped']} already "
+        f"complete, {c['failed']} failed, in {summary.seconds:.1f} s.\n\n"
+        "## Scenes (class areas in ha)\n\n"
+        + report.markdown_table(rows, columns)
+        + "\n## Class areas, all mapped scenes\n\n"
+        + report.markdown_table(totals, ("class", "pixels", "ha", "km²"))
+        + f"\nReport files: `{summary.report_json}`, `{summary.report_csv}`\n"
+    )
