@@ -13,7 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Check, near_free_model, peak_rss_mb, report, run_subprocess_json, timer, write_geotiff
+from benchmarks.common import (
+    Check,
+    near_free_model,
+    peak_rss_mb,
+    report,
+    run_subprocess_json,
+    timer,
+    write_geotiff,
+)
 
 TARGET_PEAK_MB = 1536.0
 TARGET_GROWTH = 0.10
@@ -25,8 +33,15 @@ def one_run(size: int, tmp: str) -> dict[str, Any]:
     path = Path(tmp) / f"scene{size}.tif"
     before = peak_rss_mb()
     with timer() as t:
-        segment(path, near_free_model(), Path(tmp) / f"out{size}.zarr", patch_size=512, overlap=0.25,
-                blend="gaussian", device="cpu")
+        segment(
+            path,
+            near_free_model(),
+            Path(tmp) / f"out{size}.zarr",
+            patch_size=512,
+            overlap=0.25,
+            blend="gaussian",
+            device="cpu",
+        )
     return {"size": size, "seconds": t["seconds"], "peak_mb": peak_rss_mb(), "baseline_mb": before}
 
 
@@ -41,11 +56,25 @@ def main() -> bool:
         runs = [run_subprocess_json(one_run, size, tmp) for size in (small, large)]
     a, b = runs
     growth = b["peak_mb"] / a["peak_mb"] - 1.0
-    figures = {f"{r['size']}^2 peak RSS / time": f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s" for r in runs}
+    figures = {
+        f"{r['size']}^2 peak RSS / time": f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s"
+        for r in runs
+    }
     checks = [
-        Check(f"peak RSS at {large}^2", b["peak_mb"], "MB", f"<= {TARGET_PEAK_MB:.0f}", b["peak_mb"] <= TARGET_PEAK_MB),
-        Check(f"growth {small}^2 -> {large}^2", growth * 100, "%", f"<= {TARGET_GROWTH * 100:.0f}",
-              growth <= TARGET_GROWTH),
+        Check(
+            f"peak RSS at {large}^2",
+            b["peak_mb"],
+            "MB",
+            f"<= {TARGET_PEAK_MB:.0f}",
+            b["peak_mb"] <= TARGET_PEAK_MB,
+        ),
+        Check(
+            f"growth {small}^2 -> {large}^2",
+            growth * 100,
+            "%",
+            f"<= {TARGET_GROWTH * 100:.0f}",
+            growth <= TARGET_GROWTH,
+        ),
     ]
     return report("(c) memory", figures, checks)
 

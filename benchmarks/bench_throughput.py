@@ -49,17 +49,33 @@ def main() -> bool:
         path = write_geotiff(Path(tmp) / "scene.tif", args.size)
         megapixels = args.size * args.size / 1e6
         with timer() as t:
-            segment(path, model, Path(tmp) / "out.zarr", patch_size=512, overlap=0.25,
-                    blend="gaussian", device="cpu")
+            segment(
+                path,
+                model,
+                Path(tmp) / "out.zarr",
+                patch_size=512,
+                overlap=0.25,
+                blend="gaussian",
+                device="cpu",
+            )
         ours = megapixels / t["seconds"]
-        figures = {"image": f"{args.size}x{args.size}x3 uint8", "segflow seconds": f"{t['seconds']:.2f}",
-                   "segflow Mpx/s": f"{ours:.1f}"}
-        checks = [Check("segflow throughput", ours, "Mpx/s", f">= {TARGET_MPXS}", ours >= TARGET_MPXS)]
+        figures = {
+            "image": f"{args.size}x{args.size}x3 uint8",
+            "segflow seconds": f"{t['seconds']:.2f}",
+            "segflow Mpx/s": f"{ours:.1f}",
+        }
+        checks = [
+            Check("segflow throughput", ours, "Mpx/s", f">= {TARGET_MPXS}", ours >= TARGET_MPXS)
+        ]
         if not args.skip_monai:
             theirs = monai_mpxs(path, model.module)
             figures["MONAI sliding_window Mpx/s"] = f"{theirs:.2f}"
             ratio = ours / theirs
-            checks.append(Check("speed-up over MONAI", ratio, "x", f">= {TARGET_RATIO}", ratio >= TARGET_RATIO))
+            checks.append(
+                Check(
+                    "speed-up over MONAI", ratio, "x", f">= {TARGET_RATIO}", ratio >= TARGET_RATIO
+                )
+            )
     return report("(a) near-free model throughput", figures, checks)
 
 

@@ -30,9 +30,12 @@ def unet_model(device: str) -> LoadedModel:
     torch.manual_seed(0)
     module = create_model("unet", encoder="resnet18", in_channels=3, classes=6).eval()
     meta = ModelMeta(
-        arch="unet", arch_kwargs={"encoder": "resnet18"}, in_channels=3,
+        arch="unet",
+        arch_kwargs={"encoder": "resnet18"},
+        in_channels=3,
         classes=tuple(ClassInfo(name=f"c{i}") for i in range(6)),
-        normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3), output_stride=32,
+        normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3),
+        output_stride=32,
     )
     return LoadedModel(meta=meta, module=module, sha256="unet-resnet18", path=None, runtime="torch")
 
@@ -68,8 +71,16 @@ def main() -> bool:
         path = write_geotiff(Path(tmp) / "scene.tif", args.size)
         forward = pure_forward_seconds(model.module, len(grid), args.batch_size, args.device)
         with timer() as t:
-            result = segment(path, model, Path(tmp) / "out.zarr", patch_size=512, overlap=0.25,
-                             blend="gaussian", batch_size=args.batch_size, device=args.device)
+            result = segment(
+                path,
+                model,
+                Path(tmp) / "out.zarr",
+                patch_size=512,
+                overlap=0.25,
+                blend="gaussian",
+                batch_size=args.batch_size,
+                device=args.device,
+            )
     predicted = result.stats["patches_predicted"]
     ratio = t["seconds"] / forward
     figures = {
@@ -78,7 +89,9 @@ def main() -> bool:
         "pure forward seconds": f"{forward:.2f}",
         "end-to-end seconds": f"{t['seconds']:.2f}",
     }
-    checks = [Check("end-to-end / pure forward", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO)]
+    checks = [
+        Check("end-to-end / pure forward", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO)
+    ]
     return report("(b) U-Net overhead", figures, checks)
 
 

@@ -20,7 +20,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from benchmarks.common import Check, near_free_model, peak_rss_mb, report, run_subprocess_json, timer
+from benchmarks.common import (
+    Check,
+    near_free_model,
+    peak_rss_mb,
+    report,
+    run_subprocess_json,
+    timer,
+)
 from segflow import segment
 from segflow.grid import make_grid
 from segflow.models import LoadedModel, create_model
@@ -47,9 +54,13 @@ def unet3d_model() -> LoadedModel:
     torch.manual_seed(0)
     module = create_model("unet3d", in_channels=1, classes=3, base_channels=8, depth=3).eval()
     meta = ModelMeta(
-        arch="unet3d", arch_kwargs={"base_channels": 8, "depth": 3}, spatial_dims=3, in_channels=1,
+        arch="unet3d",
+        arch_kwargs={"base_channels": 8, "depth": 3},
+        spatial_dims=3,
+        in_channels=1,
         classes=tuple(ClassInfo(name=f"c{i}") for i in range(3)),
-        normalization=Normalization(mean=(0.0,), std=(500.0,)), output_stride=8,
+        normalization=Normalization(mean=(0.0,), std=(500.0,)),
+        output_stride=8,
     )
     return LoadedModel(meta=meta, module=module, sha256="unet3d-small", path=None, runtime="torch")
 
@@ -73,7 +84,9 @@ def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
     data = np.asarray(nib.load(path).dataobj, dtype=np.float32) / 500.0
     x = torch.from_numpy(data)[None, None]
     with timer() as t, torch.inference_mode():
-        logits = sliding_window_inference(x, (PATCH,) * 3, batch, module, overlap=0.25, mode="gaussian")
+        logits = sliding_window_inference(
+            x, (PATCH,) * 3, batch, module, overlap=0.25, mode="gaussian"
+        )
         torch.argmax(logits, dim=1)
     return t["seconds"]
 
@@ -81,8 +94,14 @@ def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
 def memory_run(size: int, tmp: str) -> dict[str, Any]:
     path = Path(tmp) / f"vol{size}.nii"
     with timer() as t:
-        segment(path, near_free_model(1, 3, spatial_dims=3), Path(tmp) / f"m{size}.zarr",
-                patch_size=PATCH, overlap=0.25, device="cpu")
+        segment(
+            path,
+            near_free_model(1, 3, spatial_dims=3),
+            Path(tmp) / f"m{size}.zarr",
+            patch_size=PATCH,
+            overlap=0.25,
+            device="cpu",
+        )
     return {"size": size, "seconds": t["seconds"], "peak_mb": peak_rss_mb()}
 
 
@@ -101,13 +120,24 @@ def main() -> bool:
         grid = make_grid((args.size,) * 3, PATCH, 0.25)
         forward = pure_forward_seconds(model.module, len(grid), args.batch_size)
         with timer() as t:
-            result = segment(path, model, Path(tmp) / "out.zarr", patch_size=PATCH, overlap=0.25,
-                             batch_size=args.batch_size, device="cpu")
+            result = segment(
+                path,
+                model,
+                Path(tmp) / "out.zarr",
+                patch_size=PATCH,
+                overlap=0.25,
+                batch_size=args.batch_size,
+                device="cpu",
+            )
         figures["grid patches / predicted"] = f"{len(grid)} / {result.stats['patches_predicted']}"
         figures["pure forward seconds"] = f"{forward:.1f}"
         figures["end-to-end seconds"] = f"{t['seconds']:.1f}"
         ratio = t["seconds"] / forward
-        checks.append(Check("end-to-end / pure forward", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO))
+        checks.append(
+            Check(
+                "end-to-end / pure forward", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO
+            )
+        )
         if not args.skip_monai:
             monai = monai_seconds(path, model.module, args.batch_size)
             figures["MONAI sliding_window seconds"] = f"{monai:.1f}"
@@ -119,10 +149,19 @@ def main() -> bool:
                     write_volume(Path(tmp) / f"vol{size}.nii", size)
             runs = [run_subprocess_json(memory_run, size, tmp) for size in (256, 512)]
             for r in runs:
-                figures[f"near-free {r['size']}^3 peak RSS / time"] = f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s"
+                figures[f"near-free {r['size']}^3 peak RSS / time"] = (
+                    f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s"
+                )
             growth = runs[1]["peak_mb"] / runs[0]["peak_mb"] - 1.0
-            checks.append(Check("peak RSS growth 256^3 -> 512^3", growth * 100, "%", f"<= {TARGET_FLAT * 100:.0f}",
-                                growth <= TARGET_FLAT))
+            checks.append(
+                Check(
+                    "peak RSS growth 256^3 -> 512^3",
+                    growth * 100,
+                    "%",
+                    f"<= {TARGET_FLAT * 100:.0f}",
+                    growth <= TARGET_FLAT,
+                )
+            )
     return report("(d) volumes", figures, checks)
 
 

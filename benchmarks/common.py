@@ -25,9 +25,18 @@ def write_geotiff(path: Path, size: int, bands: int = 3, tile: int = 512, seed: 
     """A tiled uint8 GeoTIFF written block by block (never whole in memory)."""
     rng = np.random.default_rng(seed)
     profile = dict(
-        driver="GTiff", width=size, height=size, count=bands, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 6000000, 10, 10),
-        tiled=True, blockxsize=tile, blockysize=tile, compress="deflate", predictor=2,
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=bands,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 6000000, 10, 10),
+        tiled=True,
+        blockxsize=tile,
+        blockysize=tile,
+        compress="deflate",
+        predictor=2,
     )
     block = 2048
     with rasterio.open(path, "w", **profile) as dst:
@@ -38,8 +47,11 @@ def write_geotiff(path: Path, size: int, bands: int = 3, tile: int = 512, seed: 
             base = (np.sin(yy / 97.0) + np.cos(xx / 61.0)) * 60 + 128
             for b in range(bands):
                 noise = rng.integers(0, 24, size=(h, size))
-                dst.write((base + noise + 10 * b).clip(0, 255).astype(np.uint8), b + 1,
-                          window=rasterio.windows.Window(0, y, size, h))
+                dst.write(
+                    (base + noise + 10 * b).clip(0, 255).astype(np.uint8),
+                    b + 1,
+                    window=rasterio.windows.Window(0, y, size, h),
+                )
     return path
 
 
@@ -48,8 +60,11 @@ def near_free_model(in_channels: int = 3, classes: int = 6, spatial_dims: int = 
     torch.manual_seed(0)
     module = PixelClassifier(in_channels, classes, spatial_dims=spatial_dims).eval()
     meta = ModelMeta(
-        arch="pixel", arch_kwargs={"hidden": []}, spatial_dims=spatial_dims,
-        in_channels=in_channels, classes=tuple(ClassInfo(name=f"c{i}") for i in range(classes)),
+        arch="pixel",
+        arch_kwargs={"hidden": []},
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        classes=tuple(ClassInfo(name=f"c{i}") for i in range(classes)),
         normalization=Normalization(mean=(128.0,) * in_channels, std=(64.0,) * in_channels),
         output_stride=1,
     )

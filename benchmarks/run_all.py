@@ -1,6 +1,6 @@
 """Run every benchmark and print their figures next to their targets.
 
-    uv run python benchmarks/run_all.py
+uv run python benchmarks/run_all.py
 """
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_throughput", "bench_unet_overhead", "bench_memory", "bench_volume"]
+BENCHMARKS = [
+    "bench_throughput",
+    "bench_unet_overhead",
+    "bench_memory",
+    "bench_volume",
+    "bench_prefect",
+    "bench_training",
+]
 
 
 def main() -> int:
