@@ -159,6 +159,9 @@ def task_region(work: RegionWork, task: Index) -> Region:
 
 def process_region(work: RegionWork, task: Index) -> RegionStats:
     """Read, predict, blend and write every chunk of one task."""
+    # this thread's elementwise work runs on one core: region tasks already run in
+    # parallel, and OpenMP teams that compete for the same cores slow every op down
+    torch.set_num_threads(1)
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
     patches = work.grid.touching(region)
@@ -190,6 +193,9 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
                 window = patch_window(work.blend, work.grid, index, work.sigma)
                 accumulator.add(patch_logits, extent, window)
             stats.patches_predicted += len(batch_items)
+        del data  # the float input is the largest array after the accumulator: free it early
+    region_valid = region_valid.copy()
+    del raw, valid
 
     labels = accumulator.labels(work.sink.label_dtype)
     labels[~region_valid] = work.sink.label_nodata
@@ -243,7 +249,7 @@ def _batches(
         yield items, batch
 
 
-def _prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+def _prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
     """Assemble the next batches in a background thread while the model runs."""
     q: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -11,9 +11,10 @@ one batch at a time, on a CPU one forward using every core.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -116,7 +117,13 @@ class Predictor:
         self.squeeze_axis = squeeze_axis
         self.axis_order = axis_order
         self.threads = threads or _default_threads()
-        self._lock = threading.Lock()
+        # a GPU runs one batch at a time; CPU forwards may run side by side, each on
+        # its share of the cores (see ``threads`` in __call__)
+        self._lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
+        )
+        self._active = 0
+        self._active_lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         spatial = batch.ndim - 2
@@ -145,17 +152,18 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         spatial = batch.ndim - 2
         padded, sizes = pad_to_multiple(batch, self.output_stride, spatial)
-        with self._lock:
-            torch.set_num_threads(self.threads)
-            x = padded.to(self.device, non_blocking=True)
+        with self._lock, self._share_of_cores() as threads:
+            outer_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)  # per calling thread under OpenMP
             with (
                 torch.inference_mode(),
                 torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp),
             ):
-                out = self.module(x)
+                out = self.module(padded.to(self.device, non_blocking=True))
             if isinstance(out, dict | list | tuple):
                 out = _first_tensor(out)
             out = out.float().cpu()
+            torch.set_num_threads(outer_threads)
         if out.shape[1] != self.num_classes:
             raise ConfigError(
                 f"the model produced {out.shape[1]} channels but its metadata lists "
@@ -164,6 +172,22 @@ class Predictor:
         if tuple(out.shape[2:]) != tuple(padded.shape[2:]):
             out = F.interpolate(out, size=padded.shape[2:], mode="nearest")
         return crop_to(out, sizes)
+
+    @contextlib.contextmanager
+    def _share_of_cores(self) -> Iterator[int]:
+        """Cores for this forward: all of them alone, an equal share when forwards overlap.
+
+        OpenMP teams that compete for the same cores make every kernel several
+        times slower than one thread per core would.
+        """
+        with self._active_lock:
+            self._active += 1
+            threads = max(1, self.threads // self._active)
+        try:
+            yield threads
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
 
 def _first_tensor(out: object) -> torch.Tensor:
