@@ -8,7 +8,6 @@ a positive weight (no zero-weight frame around the scene).
 
 from __future__ import annotations
 
-import difflib
 import threading
 from enum import StrEnum
 from functools import lru_cache
@@ -16,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from segflow.choices import parse_choice
 from segflow.errors import ConfigError
 from segflow.grid import PatchGrid, Region, intersect, region_shape, shift
 
@@ -32,15 +32,7 @@ class BlendMode(StrEnum):
 
     @classmethod
     def parse(cls, value: str | BlendMode) -> BlendMode:
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            names = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value).lower(), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"unknown blend mode '{value}' (choose from {', '.join(names)}){hint}"
-            ) from None
+        return parse_choice(cls, value, "blend mode")
 
 
 def window_1d(mode: BlendMode, size: int, sigma: float = 0.125) -> np.ndarray:
@@ -97,7 +89,9 @@ def _zeroed_buffer(name: str, shape: tuple[int, ...]) -> torch.Tensor:
     Zeroing memory already mapped is several times cheaper than faulting in a
     fresh 100 MB allocation for every region.
     """
-    cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = _BUFFERS.__dict__.setdefault("cache", {})
+    cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = _BUFFERS.__dict__.setdefault(
+        "cache", {}
+    )
     buffer = cache.get((name, shape))
     if buffer is None:
         if len(cache) > 4:  # region shapes vary only at the image edges

@@ -86,8 +86,12 @@ def create_command(
     std: Annotated[str | None, typer.Option(help="Per-channel stds, comma-separated.")] = None,
     scale: Annotated[str | None, typer.Option(help="Per-channel scale before mean/std.")] = None,
     offset: Annotated[str | None, typer.Option(help="Per-channel offset after scale.")] = None,
-    patch_size: Annotated[str | None, typer.Option(help="Patch size hint, e.g. 512 or 96,96,96.")] = None,
-    overlap: Annotated[float | None, typer.Option(help="Overlap hint, fraction of the patch.")] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Patch size hint, e.g. 512 or 96,96,96.")
+    ] = None,
+    overlap: Annotated[
+        float | None, typer.Option(help="Overlap hint, fraction of the patch.")
+    ] = None,
     orientation: Annotated[str | None, typer.Option(help="Volume axis codes, e.g. RAS.")] = None,
     arg: Annotated[
         list[str] | None,
@@ -198,9 +202,15 @@ def export_command(
         if target not in ("torchscript", "onnx"):
             raise ConfigError(f"--to must be torchscript or onnx, got {to!r}")
         result = export_model(
-            path, target, output, atol=atol, sidecar_format=sidecar_format  # type: ignore[arg-type]
+            path,
+            target,  # type: ignore[arg-type]  # checked just above
+            output,
+            atol=atol,
+            sidecar_format=sidecar_format,
         )
-        typer.echo(f"wrote {result.path} ({result.method}, max difference {result.max_abs_diff:.2g})")
+        typer.echo(
+            f"wrote {result.path} ({result.method}, max difference {result.max_abs_diff:.2g})"
+        )
         typer.echo(f"wrote {result.sidecar}")
 
 
@@ -270,7 +280,9 @@ def _normalization(
     if preset is not None and preset.lower() != "none":
         base = _PRESETS.get(preset.lower())
         if base is None:
-            raise ConfigError(f"unknown normalization preset {preset!r}; use imagenet, uint8 or none")
+            raise ConfigError(
+                f"unknown normalization preset {preset!r}; use imagenet, uint8 or none"
+            )
         for key, values in base.items():
             if len(values) not in (1, n):
                 raise ConfigError(

@@ -16,7 +16,6 @@ worker thread, never a whole level.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import os
@@ -33,6 +32,7 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import ZstdCodec
 
+from segflow.choices import parse_choice
 from segflow.errors import ConfigError, OutputError
 from segflow.io import zarr_meta as meta
 from segflow.io.source import RasterGeometry, VolumeGeometry
@@ -50,15 +50,7 @@ class Resampling(StrEnum):
 
     @classmethod
     def parse(cls, value: str | Resampling) -> Resampling:
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            names = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value).lower(), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"unknown resampling '{value}' for labels (choose from {', '.join(names)}){hint}"
-            ) from None
+        return parse_choice(cls, value, "resampling for labels")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from enum import StrEnum
 from pathlib import Path
 
-from segflow.errors import ConfigError
+from segflow.choices import parse_choice
 from segflow.samples.landcover import (
     BAND_NAMES,
     TRUTH_NODATA,
@@ -69,15 +68,7 @@ SAMPLE_FILES: dict[str, str] = {
 
 
 def _parse_size(size: str | SampleSize) -> SampleSize:
-    try:
-        return SampleSize(str(size).lower())
-    except ValueError:
-        names = [s.value for s in SampleSize]
-        close = difflib.get_close_matches(str(size).lower(), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"sample size must be one of {', '.join(names)}, got {size!r}{hint}"
-        ) from None
+    return parse_choice(SampleSize, size, "sample size")
 
 
 def write_samples(
