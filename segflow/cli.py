@@ -203,7 +203,6 @@ def run_command(
                     _check_input(inputs[0], options)  # fail in a second, not after a flow start
                 from flows.segment import run_flow
 
-
                 results = run_flow(
                     list(inputs),
                     model,

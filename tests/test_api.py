@@ -28,8 +28,14 @@ def test_geometry_round_trips_through_xarray_and_rioxarray(tmp_path, crs, transf
     image = textured((150, 170), 1, seed=1)
     path = write_tif(tmp_path / "in.tif", image, crs=crs, transform=transform, tile=None)
     with pytest.warns(UserWarning) if crs is None else _no_warning():
-        segment(path, threshold_model(100, spatial_dims=2), tmp_path / "o.zarr", patch_size=64,
-                chunk_size=64, device="cpu")
+        segment(
+            path,
+            threshold_model(100, spatial_dims=2),
+            tmp_path / "o.zarr",
+            patch_size=64,
+            chunk_size=64,
+            device="cpu",
+        )
     ds = xr.open_zarr(tmp_path / "o.zarr")
     labels = ds["labels"]
     assert labels.dtype == np.uint8
@@ -63,7 +69,9 @@ AFFINES = {
 
 @pytest.mark.parametrize("orientation", list(AFFINES))
 @pytest.mark.parametrize("model_orientation", [None, "RAS"])
-def test_threshold_model_reproduces_numpy_in_any_orientation(tmp_path, orientation, model_orientation):
+def test_threshold_model_reproduces_numpy_in_any_orientation(
+    tmp_path, orientation, model_orientation
+):
     rng = np.random.default_rng(0)
     volume = rng.integers(-200, 200, size=(37, 29, 23)).astype(np.int16)
     path = write_nifti(tmp_path / "in.nii.gz", volume, AFFINES[orientation])
@@ -88,9 +96,17 @@ def test_reorientation_for_the_model_is_exactly_inverted(tmp_path):
             shifted = torch.nn.functional.pad(x, (0, 0, 0, 0, 1, 0))[:, :, :-1]
             return torch.cat([torch.zeros_like(x), x - shifted], dim=1)
 
-    meta = ModelMeta(arch="test", spatial_dims=3, in_channels=1, output_stride=1, orientation="RAS",
-                     classes=(ClassInfo(name="flat"), ClassInfo(name="rising")))
-    model = LoadedModel(meta=meta, module=FirstAxisGradient(), sha256="grad", path=None, runtime="torch")
+    meta = ModelMeta(
+        arch="test",
+        spatial_dims=3,
+        in_channels=1,
+        output_stride=1,
+        orientation="RAS",
+        classes=(ClassInfo(name="flat"), ClassInfo(name="rising")),
+    )
+    model = LoadedModel(
+        meta=meta, module=FirstAxisGradient(), sha256="grad", path=None, runtime="torch"
+    )
     rng = np.random.default_rng(1)
     volume = rng.integers(0, 100, size=(20, 18, 16)).astype(np.int16)
     path = write_nifti(tmp_path / "in.nii.gz", volume, AFFINES["LIA"])
@@ -108,8 +124,13 @@ def test_two_dimensional_model_runs_slice_by_slice_on_a_volume(tmp_path):
     rng = np.random.default_rng(2)
     volume = rng.integers(0, 100, size=(30, 20, 9)).astype(np.int16)
     path = write_nifti(tmp_path / "in.nii", volume, AFFINES["RAS"])
-    result = segment(path, threshold_model(50.0, spatial_dims=2), tmp_path / "o.zarr", patch_size=16,
-                     device="cpu")
+    result = segment(
+        path,
+        threshold_model(50.0, spatial_dims=2),
+        tmp_path / "o.zarr",
+        patch_size=16,
+        device="cpu",
+    )
     labels = zarr.open_group(tmp_path / "o.zarr", mode="r")["0"][...]
     np.testing.assert_array_equal(labels, (volume > 50).astype(np.uint8))
     assert result.stats["patches_predicted"] >= 9  # at least one patch per slice
@@ -143,7 +164,9 @@ def test_a_batch_keeps_going_when_one_input_fails(tmp_path):
     good = write_tif(tmp_path / "good.tif", textured((64, 64), 1), tile=None)
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"")
-    results = segment([good, bad], pixel_model([[0.0], [1.0]], [0.0, -1.0]), tmp_path / "out", device="cpu")
+    results = segment(
+        [good, bad], pixel_model([[0.0], [1.0]], [0.0, -1.0]), tmp_path / "out", device="cpu"
+    )
     assert [r.status for r in results] == ["complete", "failed"]
     assert "empty" in (results[1].error or "")
     assert (tmp_path / "out" / "good.zarr").is_dir()
@@ -155,6 +178,8 @@ def test_resuming_a_complete_store_changes_nothing(tmp_path):
     model = threshold_model(100, spatial_dims=2)
     first = segment(path, model, tmp_path / "o.zarr", patch_size=32, chunk_size=32, device="cpu")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "o.zarr").rglob("*") if p.is_file()}
-    again = segment(path, model, tmp_path / "o.zarr", patch_size=32, chunk_size=32, device="cpu", resume=True)
+    again = segment(
+        path, model, tmp_path / "o.zarr", patch_size=32, chunk_size=32, device="cpu", resume=True
+    )
     assert again.stats["class_pixel_counts"] == first.stats["class_pixel_counts"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -73,4 +73,6 @@ def test_argmax_channels_matches_torch_argmax(classes):
 
     logits = torch.randn(classes, 37, 41)
     logits[:, 0, 0] = 1.0  # a tie everywhere: the first class wins, as in torch.argmax
-    np.testing.assert_array_equal(argmax_channels(logits).long().numpy(), torch.argmax(logits, 0).numpy())
+    np.testing.assert_array_equal(
+        argmax_channels(logits).long().numpy(), torch.argmax(logits, 0).numpy()
+    )

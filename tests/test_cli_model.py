@@ -37,8 +37,18 @@ def test_list() -> None:
 
 def test_create_the_documented_example(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
-    out = _ok("create", "unet", "--encoder", "resnet18", "--in-channels", "3", "--classes", "6",
-              "-o", str(path))
+    out = _ok(
+        "create",
+        "unet",
+        "--encoder",
+        "resnet18",
+        "--in-channels",
+        "3",
+        "--classes",
+        "6",
+        "-o",
+        str(path),
+    )
     loaded = load_model(path)
     assert loaded.meta.arch == "unet" and loaded.meta.arch_kwargs == {"encoder": "resnet18"}
     assert loaded.meta.num_classes == 6 and loaded.meta.in_channels == 3
@@ -54,11 +64,36 @@ def test_create_the_documented_example(tmp_path: Path) -> None:
 
 def test_create_with_metadata_options(tmp_path: Path) -> None:
     path = tmp_path / "landsat.safetensors"
-    _ok("create", "deeplabv3plus", "--encoder", "tu-test_resnet", "--in-channels", "6",
-        "--class-names", "water,forest,urban", "--band-names", "b1,b2,b3,b4,b5,b6",
-        "--mean", "0.1", "--std", "0.2,0.2,0.2,0.3,0.3,0.3", "--scale", "0.0001",
-        "--patch-size", "256", "--overlap", "0.25", "--arg", "decoder_channels=16",
-        "--arg", "output_stride=8", "--arg", "atrous_rates=[6,12,18]", "-o", str(path))
+    _ok(
+        "create",
+        "deeplabv3plus",
+        "--encoder",
+        "tu-test_resnet",
+        "--in-channels",
+        "6",
+        "--class-names",
+        "water,forest,urban",
+        "--band-names",
+        "b1,b2,b3,b4,b5,b6",
+        "--mean",
+        "0.1",
+        "--std",
+        "0.2,0.2,0.2,0.3,0.3,0.3",
+        "--scale",
+        "0.0001",
+        "--patch-size",
+        "256",
+        "--overlap",
+        "0.25",
+        "--arg",
+        "decoder_channels=16",
+        "--arg",
+        "output_stride=8",
+        "--arg",
+        "atrous_rates=[6,12,18]",
+        "-o",
+        str(path),
+    )
     meta = load_model(path).meta
     assert [c.name for c in meta.classes] == ["water", "forest", "urban"]
     assert meta.band_names == ("b1", "b2", "b3", "b4", "b5", "b6")
@@ -72,16 +107,43 @@ def test_create_with_metadata_options(tmp_path: Path) -> None:
 
 def test_create_volume_model_with_preset(tmp_path: Path) -> None:
     path = tmp_path / "ct.safetensors"
-    _ok("create", "unet3d", "--in-channels", "1", "--classes", "3", "--spatial-dims", "3",
-        "--arg", "base_channels=2", "--arg", "norm=instance", "--orientation", "RAS",
-        "--normalization", "uint8", "-o", str(path))
+    _ok(
+        "create",
+        "unet3d",
+        "--in-channels",
+        "1",
+        "--classes",
+        "3",
+        "--spatial-dims",
+        "3",
+        "--arg",
+        "base_channels=2",
+        "--arg",
+        "norm=instance",
+        "--orientation",
+        "RAS",
+        "--normalization",
+        "uint8",
+        "-o",
+        str(path),
+    )
     meta = load_model(path).meta
     assert meta.spatial_dims == 3 and meta.orientation == "RAS" and meta.output_stride == 8
     assert meta.arch_kwargs["norm"] == "instance"
     assert meta.normalization is not None and meta.normalization.scale == (1 / 255,)
     imagenet = tmp_path / "rgb.safetensors"
-    _ok("create", "unet2d", "--arg", "depth=1", "--arg", "base_channels=2",
-        "--normalization", "imagenet", "-o", str(imagenet))
+    _ok(
+        "create",
+        "unet2d",
+        "--arg",
+        "depth=1",
+        "--arg",
+        "base_channels=2",
+        "--normalization",
+        "imagenet",
+        "-o",
+        str(imagenet),
+    )
     norm = load_model(imagenet).meta.normalization
     assert norm is not None and norm.mean == (0.485, 0.456, 0.406)
 
@@ -91,10 +153,23 @@ def test_create_volume_model_with_preset(tmp_path: Path) -> None:
     [
         (["create", "unte", "-o", "{tmp}/a.safetensors"], "did you mean 'unet'"),
         (["create", "unet", "--spatial-dims", "3", "-o", "{tmp}/a.safetensors"], "unet3d"),
-        (["create", "unet2d", "--classes", "3", "--class-names", "a,b", "-o", "{tmp}/a.st"],
-         "--class-names"),
-        (["create", "unet2d", "--in-channels", "4", "--normalization", "imagenet", "-o",
-          "{tmp}/a.st"], "preset imagenet"),
+        (
+            ["create", "unet2d", "--classes", "3", "--class-names", "a,b", "-o", "{tmp}/a.st"],
+            "--class-names",
+        ),
+        (
+            [
+                "create",
+                "unet2d",
+                "--in-channels",
+                "4",
+                "--normalization",
+                "imagenet",
+                "-o",
+                "{tmp}/a.st",
+            ],
+            "preset imagenet",
+        ),
         (["create", "unet2d", "--arg", "depth", "-o", "{tmp}/a.st"], "KEY=VALUE"),
         (["info", "{tmp}/missing.safetensors"], "not found"),
         (["export", "{tmp}/missing.safetensors", "--to", "tflite"], "torchscript or onnx"),
@@ -110,8 +185,16 @@ def test_errors_are_one_line(args: list[str], message: str, tmp_path: Path) -> N
 
 def test_info_prints_parameter_count(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    _ok("create", "fcn8s", "--encoder", "tu-test_resnet", "--arg", "head_channels=16", "-o",
-        str(path))
+    _ok(
+        "create",
+        "fcn8s",
+        "--encoder",
+        "tu-test_resnet",
+        "--arg",
+        "head_channels=16",
+        "-o",
+        str(path),
+    )
     n = sum(p.numel() for p in load_model(path).module.parameters())
     out = _ok("info", str(path), "--patch-size", "64")
     assert f"parameters:       {n:,}" in out
@@ -125,12 +208,30 @@ def test_info_prints_parameter_count(tmp_path: Path) -> None:
 def test_export_both_formats(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     path = tmp_path / "m.safetensors"
-    _ok("create", "unet2d", "--arg", "depth=2", "--arg", "base_channels=4", "--classes", "3",
-        "-o", str(path))
+    _ok(
+        "create",
+        "unet2d",
+        "--arg",
+        "depth=2",
+        "--arg",
+        "base_channels=4",
+        "--classes",
+        "3",
+        "-o",
+        str(path),
+    )
     out = _ok("export", str(path), "--to", "onnx")
     assert "m.onnx" in out and (tmp_path / "m.onnx.yaml").is_file()
-    out = _ok("export", str(path), "--to", "torchscript", "-o", str(tmp_path / "m.pt"),
-              "--sidecar-format", "json")
+    out = _ok(
+        "export",
+        str(path),
+        "--to",
+        "torchscript",
+        "-o",
+        str(tmp_path / "m.pt"),
+        "--sidecar-format",
+        "json",
+    )
     assert (tmp_path / "m.pt.json").is_file()
     native = load_model(path)
     x = torch.randn(2, 3, 12, 20)

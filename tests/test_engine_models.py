@@ -43,7 +43,9 @@ def test_every_architecture_predicts_through_the_engine_on_odd_sizes(tmp_path, a
     patch = 32 if dims == 3 else 128
     if arch == "pan":
         patch = 128  # PAN needs inputs of at least its output stride (128)
-    result = segment(source, model_path, tmp_path / "o.zarr", patch_size=patch, overlap=0.25, device="cpu")
+    result = segment(
+        source, model_path, tmp_path / "o.zarr", patch_size=patch, overlap=0.25, device="cpu"
+    )
     labels = _labels(tmp_path / "o.zarr")
     expected_shape = (37, 29, 21) if dims == 3 else (157, 203)
     assert labels.shape == expected_shape
@@ -61,7 +63,9 @@ def test_exports_give_the_same_labels_as_the_native_model(tmp_path, arch, runtim
         for p in loaded.module.parameters():
             p.mul_(1.5)
     save_model(loaded.module, loaded.meta, model_path)
-    exported = export_model(model_path, to=runtime, out=tmp_path / f"m.{'onnx' if runtime == 'onnx' else 'pt'}")
+    exported = export_model(
+        model_path, to=runtime, out=tmp_path / f"m.{'onnx' if runtime == 'onnx' else 'pt'}"
+    )
     source = _input(tmp_path, dims)
     patch = 32 if dims == 3 else 96
     segment(source, model_path, tmp_path / "native.zarr", patch_size=patch, device="cpu")

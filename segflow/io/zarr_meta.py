@@ -175,8 +175,12 @@ def geometry_from_attrs(attrs: Mapping[str, Any]) -> Geometry:
             return RasterGeometry(
                 crs_wkt=None if crs is None else str(crs),
                 transform=(
-                    transform[0], transform[1], transform[2],
-                    transform[3], transform[4], transform[5],
+                    transform[0],
+                    transform[1],
+                    transform[2],
+                    transform[3],
+                    transform[4],
+                    transform[5],
                 ),
                 georeferenced=bool(attrs["georeferenced"]),
             )
@@ -213,7 +217,9 @@ def classes_to_attrs(classes: Sequence[ClassInfo]) -> list[dict[str, JSON]]:
 def classes_from_attrs(attrs: Sequence[Mapping[str, Any]]) -> tuple[ClassInfo, ...]:
     ordered = sorted(attrs, key=lambda c: int(c["value"]))
     return tuple(
-        ClassInfo(name=str(c["name"]), color=(int(c["color"][0]), int(c["color"][1]), int(c["color"][2])))
+        ClassInfo(
+            name=str(c["name"]), color=(int(c["color"][0]), int(c["color"][1]), int(c["color"][2]))
+        )
         for c in ordered
     )
 
@@ -459,7 +465,9 @@ def _check_multiscale(ms: Mapping[str, Any]) -> list[str]:
             values = t.get(t["type"])
             if not isinstance(values, list) or len(values) != len(axes):
                 problems.append(f"datasets[{n}]: {t['type']} needs {len(axes)} values")
-        scales.append([s for s, ty in zip(transforms[0]["scale"], types, strict=False) if ty == "space"])
+        scales.append(
+            [s for s, ty in zip(transforms[0]["scale"], types, strict=False) if ty == "space"]
+        )
     if scales != sorted(scales):
         problems.append("datasets must go from finest to coarsest scale")
     return problems
@@ -481,7 +489,8 @@ def _check_image_label(label: Mapping[str, Any]) -> list[str]:
             for e in entries:
                 rgba = e.get("rgba")
                 if not (
-                    isinstance(rgba, list) and len(rgba) == 4
+                    isinstance(rgba, list)
+                    and len(rgba) == 4
                     and all(isinstance(v, int) and 0 <= v <= 255 for v in rgba)
                 ):
                     problems.append(f"colors: bad rgba {rgba!r} for label {e.get('label-value')}")

@@ -55,8 +55,14 @@ from segflow.io.zarr_meta import (
 from segflow.models.meta import ClassInfo
 
 __all__ = [  # the quantization helpers live in zarr_meta, next to the attributes describing them
-    "OutputLayout", "ProbabilityMode", "ZarrSink", "consolidate_store", "dequantize_probabilities",
-    "label_dtype_for", "quantize_probabilities", "read_geometry",
+    "OutputLayout",
+    "ProbabilityMode",
+    "ZarrSink",
+    "consolidate_store",
+    "dequantize_probabilities",
+    "label_dtype_for",
+    "quantize_probabilities",
+    "read_geometry",
 ]
 
 DONE_PATH = "_segflow/done"
@@ -80,7 +86,9 @@ class OutputLayout:
         object.__setattr__(self, "spatial_shape", tuple(int(s) for s in self.spatial_shape))
         object.__setattr__(self, "chunk_shape", tuple(int(c) for c in self.chunk_shape))
         if len(self.spatial_shape) not in (2, 3) or any(s < 1 for s in self.spatial_shape):
-            raise ConfigError(f"output shape must be 2 or 3 positive sizes, got {self.spatial_shape}")
+            raise ConfigError(
+                f"output shape must be 2 or 3 positive sizes, got {self.spatial_shape}"
+            )
         if len(self.chunk_shape) != len(self.spatial_shape) or any(c < 1 for c in self.chunk_shape):
             raise ConfigError(
                 f"chunk shape {self.chunk_shape} must have one positive size per axis of "
@@ -100,7 +108,9 @@ class OutputLayout:
 
     @property
     def chunk_grid_shape(self) -> tuple[int, ...]:
-        return tuple(math.ceil(s / c) for s, c in zip(self.spatial_shape, self.chunk_shape, strict=True))
+        return tuple(
+            math.ceil(s / c) for s, c in zip(self.spatial_shape, self.chunk_shape, strict=True)
+        )
 
 
 class ZarrSink:
@@ -194,7 +204,9 @@ class ZarrSink:
         try:
             return cls(target, info)
         except (KeyError, TypeError, ValueError) as exc:
-            raise OutputError(f"{target} has damaged segflow attributes ({exc}); pass --overwrite") from exc
+            raise OutputError(
+                f"{target} has damaged segflow attributes ({exc}); pass --overwrite"
+            ) from exc
 
     # --- description -----------------------------------------------------------------------
 
@@ -231,7 +243,9 @@ class ZarrSink:
         index = self._check_index(index)
         return tuple(
             slice(i * c, min((i + 1) * c, s))
-            for i, c, s in zip(index, self.layout.chunk_shape, self.layout.spatial_shape, strict=True)
+            for i, c, s in zip(
+                index, self.layout.chunk_shape, self.layout.spatial_shape, strict=True
+            )
         )
 
     def done_chunks(self) -> set[tuple[int, ...]]:
@@ -245,7 +259,7 @@ class ZarrSink:
         found: set[tuple[int, ...]] = set()
         grid = self.chunk_grid_shape
         for key in sync(keys()):
-            parts = key[len(prefix):].split("/")
+            parts = key[len(prefix) :].split("/")
             if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
                 continue  # not a chunk object (e.g. a temporary file)
             index = tuple(int(p) for p in parts)
@@ -273,7 +287,9 @@ class ZarrSink:
             if labels is None:
                 raise ValueError("this store records labels; write_chunk needs them")
             if labels.shape != shape:
-                raise ValueError(f"labels for chunk {index} have shape {labels.shape}, expected {shape}")
+                raise ValueError(
+                    f"labels for chunk {index} have shape {labels.shape}, expected {shape}"
+                )
             if labels.dtype != self.label_dtype:
                 raise ValueError(f"labels must be {self.label_dtype}, got {labels.dtype}")
         elif labels is not None:
@@ -283,7 +299,9 @@ class ZarrSink:
             expected = (self.layout.num_classes, *shape)
             if probabilities is None or probabilities.shape != expected:
                 got = None if probabilities is None else probabilities.shape
-                raise ValueError(f"probabilities for chunk {index} must have shape {expected}, got {got}")
+                raise ValueError(
+                    f"probabilities for chunk {index} must have shape {expected}, got {got}"
+                )
         elif probabilities is not None:
             raise ValueError("this store was created without probabilities")
 
@@ -386,7 +404,9 @@ class ZarrSink:
         checks.append(("geometry", have.get("geometry"), wanted["geometry"]))
         for what, old, new in checks:
             if old != new:
-                shown = (old, new) if what not in ("classes", "geometry") else ("stored", "requested")
+                shown = (
+                    (old, new) if what not in ("classes", "geometry") else ("stored", "requested")
+                )
                 raise OutputError(
                     f"cannot resume {self.path}: {what} differs ({shown[0]} vs {shown[1]}); "
                     "pass --overwrite to replace it or choose another output"
@@ -403,7 +423,9 @@ class ZarrSink:
         if self.labels_path is not None:
             expected.append((self.labels_path, layout.spatial_shape, chunks))
         if self.probabilities_path is not None:
-            expected.append((self.probabilities_path, (layout.num_classes, *layout.spatial_shape), None))
+            expected.append(
+                (self.probabilities_path, (layout.num_classes, *layout.spatial_shape), None)
+            )
         for name, shape, chunk in expected:
             try:
                 array = self._array(name, writable=False)
@@ -467,7 +489,9 @@ def _check_can_create(target: Path) -> None:
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot create {target}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create {target}: {parent} is not writable; choose another output")
+        raise OutputError(
+            f"cannot create {target}: {parent} is not writable; choose another output"
+        )
 
 
 def _remove_store(target: Path) -> None:
@@ -523,9 +547,15 @@ def _create(
     compress: bool = True,
 ) -> zarr.Array:
     return group.create_array(
-        path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+        path,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill,
         compressors=ZstdCodec(level=ZSTD_LEVEL) if compress else None,
-        dimension_names=list(dims), attributes=dict(attrs), chunk_key_encoding=CHUNK_KEY_ENCODING,
+        dimension_names=list(dims),
+        attributes=dict(attrs),
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
     )
 
 
@@ -546,8 +576,14 @@ def _write_store(
         root = zarr.create_group(target, zarr_format=3, attributes=attrs)
         dims = ("y", "x") if isinstance(geometry, RasterGeometry) else meta.VOLUME_AXES
         _create(
-            root, DONE_PATH, layout.chunk_grid_shape, (1,) * len(dims), np.uint8, 0,
-            [f"chunk_{d}" for d in dims], {"description": "1 where that output chunk is written"},
+            root,
+            DONE_PATH,
+            layout.chunk_grid_shape,
+            (1,) * len(dims),
+            np.uint8,
+            0,
+            [f"chunk_{d}" for d in dims],
+            {"description": "1 where that output chunk is written"},
             compress=False,
         )
         if isinstance(geometry, RasterGeometry):
@@ -575,11 +611,22 @@ def _write_raster_arrays(
     chunks = _clip_chunks(layout)
     if layout.write_labels:
         label_attrs = meta.cf_label_attrs(classes, nodata)
-        _create(root, "labels", layout.spatial_shape, chunks, dtype, nodata, ("y", "x"), label_attrs)
+        _create(
+            root, "labels", layout.spatial_shape, chunks, dtype, nodata, ("y", "x"), label_attrs
+        )
     if layout.probabilities != "none":
         shape, prob_chunks, prob_dtype, fill = _probability_spec(layout)
         prob_attrs = meta.cf_probability_attrs(layout.probabilities)
-        _create(root, "probabilities", shape, prob_chunks, prob_dtype, fill, ("class", "y", "x"), prob_attrs)
+        _create(
+            root,
+            "probabilities",
+            shape,
+            prob_chunks,
+            prob_dtype,
+            fill,
+            ("class", "y", "x"),
+            prob_attrs,
+        )
         k = layout.num_classes
         class_attrs = {"long_name": "class index", "flag_meanings": meta.flag_meanings(classes)}
         _create(root, "class", (k,), (k,), np.uint16, 0, ("class",), class_attrs)[:] = np.arange(k)
@@ -596,7 +643,16 @@ def _write_volume_arrays(
     nodata = int(np.iinfo(dtype).max)
     if layout.write_labels:
         attrs = {"long_name": "class label", "nodata": nodata}
-        _create(root, "0", layout.spatial_shape, _clip_chunks(layout), dtype, nodata, meta.VOLUME_AXES, attrs)
+        _create(
+            root,
+            "0",
+            layout.spatial_shape,
+            _clip_chunks(layout),
+            dtype,
+            nodata,
+            meta.VOLUME_AXES,
+            attrs,
+        )
     if layout.probabilities != "none":
         ome = meta.ome_probability_image_attrs(f"{name} probabilities", geometry)
         group = root.create_group("probabilities", attributes={"ome": ome})

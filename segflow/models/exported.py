@@ -68,7 +68,9 @@ def parse_meta(data: dict[str, Any] | str, where: str) -> ModelMeta:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err.get("loc", ())) or "metadata"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ModelError(f"invalid model metadata in {where}: {field}: {err['msg']}{more}") from None
+        raise ModelError(
+            f"invalid model metadata in {where}: {field}: {err['msg']}{more}"
+        ) from None
 
 
 def write_sidecar(meta: ModelMeta, path: Path) -> Path:
@@ -138,7 +140,10 @@ class OnnxModule(nn.Module):
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 index = self.device.index if self.device.index is not None else 0
-                providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+                providers = [
+                    ("CUDAExecutionProvider", {"device_id": index}),
+                    "CPUExecutionProvider",
+                ]
             else:
                 warnings.warn(
                     "onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
@@ -151,7 +156,9 @@ class OnnxModule(nn.Module):
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"cannot load ONNX file {self.path.name}: {_first_line(exc)}") from None
+            raise ModelError(
+                f"cannot load ONNX file {self.path.name}: {_first_line(exc)}"
+            ) from None
         return self._session
 
     def to(self, *args: Any, **kwargs: Any) -> OnnxModule:

@@ -80,13 +80,18 @@ def save_model(module: nn.Module, meta: ModelMeta, path: str | Path) -> str:
             f"this {meta.arch} model needs; set output_stride={required} (or a multiple)"
         )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    check_state_dict(_reference_state(meta), state, f"{meta.arch} ({_arch_summary(meta)})", "module")
+    check_state_dict(
+        _reference_state(meta), state, f"{meta.arch} ({_arch_summary(meta)})", "module"
+    )
     metadata = {META_KEY: meta.model_dump_json(), "format": "pt"}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a model is shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -119,8 +124,9 @@ def load_model(path: str | Path, *, sidecar: str | Path | None = None) -> Loaded
         return LoadedModel(meta, module.eval(), digest, path, "torch")
     meta = _sidecar_meta(path, sidecar)
     if kind == "onnx":
-        return LoadedModel(meta, OnnxModule(path, spatial_dims=meta.spatial_dims), digest, path,
-                           "onnx")
+        return LoadedModel(
+            meta, OnnxModule(path, spatial_dims=meta.spatial_dims), digest, path, "onnx"
+        )
     if kind == "torchscript":
         return LoadedModel(meta, load_torchscript(path), digest, path, "torchscript")
     state = legacy.read_state_dict(path)

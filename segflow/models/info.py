@@ -39,9 +39,7 @@ class ModelInfo:
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
-    return int(
-        sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-    )
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only))
 
 
 def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -154,8 +152,17 @@ def model_info(
     if loaded.runtime == "onnx":
         params = onnx_parameter_count(loaded.path) if loaded.path is not None else None
         return ModelInfo(
-            loaded.path, loaded.sha256, loaded.runtime, meta, params, None, patch, None,
-            meta.output_stride, None, None,
+            loaded.path,
+            loaded.sha256,
+            loaded.runtime,
+            meta,
+            params,
+            None,
+            patch,
+            None,
+            meta.output_stride,
+            None,
+            None,
         )
     module = loaded.module.eval()
     n_flops = count_flops(module, shape) if flops else None
@@ -190,15 +197,25 @@ def format_info(info: ModelInfo) -> list[tuple[str, str]]:
         ("architecture", meta.arch),
         ("arguments", ", ".join(f"{k}={v}" for k, v in meta.arch_kwargs.items()) or "-"),
         ("spatial dims", f"{meta.spatial_dims}-D"),
-        ("in channels", str(meta.in_channels)
-         + (f" ({', '.join(meta.band_names)})" if meta.band_names else "")),
+        (
+            "in channels",
+            str(meta.in_channels) + (f" ({', '.join(meta.band_names)})" if meta.band_names else ""),
+        ),
         ("classes", f"{meta.num_classes} ({classes})"),
-        ("normalization", f"mean={list(norm.mean)} std={list(norm.std)}"
-         + (f" scale={list(norm.scale)}" if norm.scale else "")
-         + (f" offset={list(norm.offset)}" if norm.offset else "") if norm else "none"),
+        (
+            "normalization",
+            f"mean={list(norm.mean)} std={list(norm.std)}"
+            + (f" scale={list(norm.scale)}" if norm.scale else "")
+            + (f" offset={list(norm.offset)}" if norm.offset else "")
+            if norm
+            else "none",
+        ),
         ("parameters", f"{info.parameters:,}" if info.parameters is not None else "n/a"),
-        ("patch", "x".join(map(str, info.patch_size))
-         + (f" (overlap {meta.overlap})" if meta.overlap is not None else "")),
+        (
+            "patch",
+            "x".join(map(str, info.patch_size))
+            + (f" (overlap {meta.overlap})" if meta.overlap is not None else ""),
+        ),
         ("FLOPs per patch", _flops(info.flops_per_patch)),
         ("output stride", str(info.output_stride)),
         ("receptive field", _rf(info)),

@@ -73,7 +73,9 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
         kind = type(obj).__name__
-        keys = f" with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, Mapping) else ""
+        keys = (
+            f" with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, Mapping) else ""
+        )
         raise ModelError(
             f"{path.name} holds a {kind}{keys}, not a state dict of tensors; save "
             "model.state_dict() (optionally under a 'state_dict' key)"
@@ -81,7 +83,7 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     for prefix in _STRIP_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

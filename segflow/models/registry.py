@@ -101,9 +101,7 @@ def default_arch(spatial_dims: int) -> str:
     return DEFAULT_VOLUME_ARCH if spatial_dims == 3 else DEFAULT_IMAGE_ARCH
 
 
-def canonical_arch_kwargs(
-    arch: str, encoder: str | None = None, **kwargs: Any
-) -> dict[str, Any]:
+def canonical_arch_kwargs(arch: str, encoder: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """The JSON-safe ``arch_kwargs`` a model file records for this architecture."""
     spec = arch_spec(arch)
     for key, why in _REFUSED.items():

@@ -66,8 +66,7 @@ def load_encoder_weights(
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise ConfigError(
-            f"{type(model).__name__} has no .encoder; transfer works for smp architectures "
-            "and FCNs"
+            f"{type(model).__name__} has no .encoder; transfer works for smp architectures and FCNs"
         )
     source = weights if isinstance(weights, dict) else read_weights(weights)
     target = encoder.state_dict()
@@ -145,7 +144,7 @@ def _canon(key: str) -> str:
     while True:
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
                 break
         else:
             return re.sub(r"[._]", ".", key)

@@ -50,7 +50,9 @@ def json_roundtrip(value: object) -> object:
     ],
     ids=["utm", "no-crs", "rotated", "oblique-volume"],
 )
-def test_geometry_attrs_roundtrip_exactly_through_json(geometry: RasterGeometry | VolumeGeometry) -> None:
+def test_geometry_attrs_roundtrip_exactly_through_json(
+    geometry: RasterGeometry | VolumeGeometry,
+) -> None:
     attrs = json_roundtrip(meta.geometry_to_attrs(geometry))
     assert isinstance(attrs, dict)
     assert meta.geometry_from_attrs(attrs) == geometry
@@ -122,7 +124,10 @@ def test_xy_coordinate_attrs() -> None:
     assert (y["standard_name"], y["units"], y["axis"]) == ("latitude", "degrees_north", "Y")
     assert (x["standard_name"], x["units"], x["axis"]) == ("longitude", "degrees_east", "X")
     y, x = meta.cf_xy_coordinate_attrs(UTM.crs_wkt)
-    assert (y["standard_name"], x["standard_name"]) == ("projection_y_coordinate", "projection_x_coordinate")
+    assert (y["standard_name"], x["standard_name"]) == (
+        "projection_y_coordinate",
+        "projection_x_coordinate",
+    )
     y, x = meta.cf_xy_coordinate_attrs(None)
     assert (y["axis"], x["axis"]) == ("Y", "X")
 
@@ -168,7 +173,10 @@ def test_ome_label_image_structure() -> None:
         "path": "0",
         "coordinateTransformations": [
             {"type": "scale", "scale": list(OBLIQUE_LIA.zooms)},
-            {"type": "translation", "translation": [127.49999999999997, 145.1, -109.33333333333333]},
+            {
+                "type": "translation",
+                "translation": [127.49999999999997, 145.1, -109.33333333333333],
+            },
         ],
     }
     label = ome["image-label"]
@@ -228,7 +236,15 @@ def _broken(change: str) -> dict:
 
 @pytest.mark.parametrize(
     "change",
-    ["version", "axis-order", "axis-names", "translation-first", "scale-length", "duplicate-label", "rgba"],
+    [
+        "version",
+        "axis-order",
+        "axis-names",
+        "translation-first",
+        "scale-length",
+        "duplicate-label",
+        "rgba",
+    ],
 )
 def test_check_ome_image_finds_problems(change: str) -> None:
     assert meta.check_ome_image(_broken(change)), change

@@ -50,7 +50,11 @@ LIA = VolumeGeometry(
     orientation=("L", "I", "A"),
     zooms=(1.0, 1.0000000000000002, 1.0),
 )
-PROVENANCE = {"model": {"name": "unet", "sha256": "ab" * 32}, "input": Path("/data/in.tif"), "patch": (256, 256)}
+PROVENANCE = {
+    "model": {"name": "unet", "sha256": "ab" * 32},
+    "input": Path("/data/in.tif"),
+    "patch": (256, 256),
+}
 
 
 def classes(n: int) -> list[ClassInfo]:
@@ -132,7 +136,9 @@ def node_json(store: Path, node: str = "") -> dict[str, Any]:
     def refuse(constant: str) -> None:
         raise ValueError(f"non-standard JSON constant {constant}")
 
-    doc: dict[str, Any] = json.loads((store / node / "zarr.json").read_text(), parse_constant=refuse)
+    doc: dict[str, Any] = json.loads(
+        (store / node / "zarr.json").read_text(), parse_constant=refuse
+    )
     return doc
 
 
@@ -141,10 +147,16 @@ def node_json(store: Path, node: str = "") -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("crs", "transform"),
-    [(CRS.from_epsg(32618), UTM_TRANSFORM), (CRS.from_epsg(4326), GEO_TRANSFORM), (None, PIXEL_TRANSFORM)],
+    [
+        (CRS.from_epsg(32618), UTM_TRANSFORM),
+        (CRS.from_epsg(4326), GEO_TRANSFORM),
+        (None, PIXEL_TRANSFORM),
+    ],
     ids=["epsg32618", "epsg4326", "no-crs"],
 )
-def test_raster_geometry_survives_plain_open_zarr(tmp_path: Path, crs: CRS | None, transform: Affine) -> None:
+def test_raster_geometry_survives_plain_open_zarr(
+    tmp_path: Path, crs: CRS | None, transform: Affine
+) -> None:
     geometry = raster_geometry(crs, transform)
     sink = make_sink(tmp_path / "out.zarr", geometry)
     labels = expected_labels((37, 53), 3, sink.label_nodata)
@@ -211,7 +223,9 @@ def test_real_nifti_geometry_survives(
     assert isinstance(recovered, VolumeGeometry)
     np.testing.assert_array_equal(np.array(recovered.affine), img.affine)
     ome = node_json(tmp_path / "out.zarr")["attributes"]["ome"]
-    translation = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]["translation"]
+    translation = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][1][
+        "translation"
+    ]
     assert translation == [float(v) for v in img.affine[:3, 3]]
 
 
@@ -220,7 +234,9 @@ def test_real_nifti_geometry_survives(
 
 def test_volume_store_is_an_ome_label_image(tmp_path: Path) -> None:
     shape = (10, 11, 12)
-    sink = make_sink(tmp_path / "scan.zarr", LIA, shape=shape, chunk=(4, 4, 4), probabilities="uint8")
+    sink = make_sink(
+        tmp_path / "scan.zarr", LIA, shape=shape, chunk=(4, 4, 4), probabilities="uint8"
+    )
     assert sink.kind == "volume"
     assert (sink.labels_path, sink.probabilities_path) == ("0", "probabilities/0")
     labels = expected_labels(shape, 3, sink.label_nodata)
@@ -236,7 +252,9 @@ def test_volume_store_is_an_ome_label_image(tmp_path: Path) -> None:
     (ms,) = ome["multiscales"]
     assert ms["name"] == "scan"
     assert [(a["name"], a["type"], a["unit"]) for a in ms["axes"]] == [
-        ("i", "space", "millimeter"), ("j", "space", "millimeter"), ("k", "space", "millimeter")
+        ("i", "space", "millimeter"),
+        ("j", "space", "millimeter"),
+        ("k", "space", "millimeter"),
     ]
     (ds,) = ms["datasets"]
     assert ds["path"] == "0"
@@ -351,8 +369,13 @@ def test_float16_probabilities_in_the_store(tmp_path: Path) -> None:
 
 
 def test_large_class_counts_split_probability_chunks(tmp_path: Path) -> None:
-    sink = make_sink(tmp_path / "out.zarr", shape=(600, 600), chunk=(512, 512), num_classes=300,
-                     probabilities="float16")
+    sink = make_sink(
+        tmp_path / "out.zarr",
+        shape=(600, 600),
+        chunk=(512, 512),
+        num_classes=300,
+        probabilities="float16",
+    )
     class_chunk = sink.probabilities_array().chunks[0]
     assert 1 <= class_chunk < 300
     assert class_chunk * 512 * 512 * 2 <= 8 * 2**20
@@ -374,7 +397,9 @@ def test_chunk_regions_are_clipped_at_the_edge(tmp_path: Path) -> None:
 
 def test_four_threads_write_concurrently(tmp_path: Path) -> None:
     shape = (61, 45)
-    sink = make_sink(tmp_path / "out.zarr", shape=shape, chunk=(8, 8), num_classes=5, probabilities="uint8")
+    sink = make_sink(
+        tmp_path / "out.zarr", shape=shape, chunk=(8, 8), num_classes=5, probabilities="uint8"
+    )
     labels = expected_labels(shape, 5, 255)
     probs = expected_probabilities(shape, 5)
     todo: queue.Queue[tuple[int, ...]] = queue.Queue()
@@ -439,7 +464,9 @@ def test_completion_and_finalize(tmp_path: Path) -> None:
     assert reopened.is_complete
     assert reopened.summary == {"class_counts": [1, 2, 3], "seconds": 1.5}
     assert reopened.attrs == {
-        "model": {"name": "unet", "sha256": "ab" * 32}, "input": "/data/in.tif", "patch": [256, 256]
+        "model": {"name": "unet", "sha256": "ab" * 32},
+        "input": "/data/in.tif",
+        "patch": [256, 256],
     }
     assert reopened.fingerprint == "fp-1"
     assert reopened.classes == tuple(classes(3))
@@ -481,8 +508,14 @@ def test_create_checks_geometry_and_classes(tmp_path: Path) -> None:
         make_sink(tmp_path / "a.zarr", LIA, shape=(4, 4), chunk=(2, 2))
     layout = OutputLayout((4, 4), (2, 2), 3)
     with pytest.raises(ConfigError, match="2 class names"):
-        ZarrSink.create(tmp_path / "b.zarr", layout, raster_geometry(None, PIXEL_TRANSFORM),
-                        classes(2), {}, "fp")
+        ZarrSink.create(
+            tmp_path / "b.zarr",
+            layout,
+            raster_geometry(None, PIXEL_TRANSFORM),
+            classes(2),
+            {},
+            "fp",
+        )
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
 
 
@@ -492,7 +525,9 @@ def test_create_checks_geometry_and_classes(tmp_path: Path) -> None:
 def test_existing_store_needs_resume_or_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "out.zarr"
     make_sink(path)
-    with pytest.raises(OutputError, match="exists; pass --resume to continue it or --overwrite to replace it"):
+    with pytest.raises(
+        OutputError, match="exists; pass --resume to continue it or --overwrite to replace it"
+    ):
         make_sink(path)
     with pytest.raises(ConfigError, match="exclude"):
         make_sink(path, resume=True, overwrite=True)
@@ -516,7 +551,9 @@ def test_resume_keeps_done_chunks_and_gives_the_same_bytes(tmp_path: Path) -> No
     write_chunks(resumed, labels, probs, only=all_chunks(resumed) - resumed.done_chunks())
     resumed.finalize({})
     for array in ("labels", "probabilities"):
-        assert stored_objects(tmp_path / "resumed.zarr", array) == stored_objects(tmp_path / "whole.zarr", array)
+        assert stored_objects(tmp_path / "resumed.zarr", array) == stored_objects(
+            tmp_path / "whole.zarr", array
+        )
 
     # resuming a store that does not exist yet simply creates it
     fresh = make_sink(tmp_path / "new.zarr", resume=True)
@@ -535,7 +572,9 @@ def test_resume_keeps_done_chunks_and_gives_the_same_bytes(tmp_path: Path) -> No
         ({"geometry": LIA, "shape": (37, 53, 2), "chunk": (16, 16, 2)}, "kind differs"),
     ],
 )
-def test_resume_refuses_a_different_store(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+def test_resume_refuses_a_different_store(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
     path = tmp_path / "out.zarr"
     make_sink(path)
     write_chunks(ZarrSink.open(path), expected_labels((37, 53), 3, 255), None, only={(0, 0)})
@@ -637,7 +676,9 @@ def test_sink_pickles_without_open_arrays(tmp_path: Path) -> None:
     copy = pickle.loads(pickle.dumps(sink))
     assert copy.done_chunks() == {(0, 0)}
     assert (copy.layout, copy.label_dtype, copy.chunk_grid_shape) == (
-        sink.layout, sink.label_dtype, sink.chunk_grid_shape
+        sink.layout,
+        sink.label_dtype,
+        sink.chunk_grid_shape,
     )
     write_chunks(copy, labels, None, only={(1, 1)})
     assert sink.done_chunks() == {(0, 0), (1, 1)}
@@ -655,7 +696,10 @@ def test_worker_processes_write_through_pickled_sinks(tmp_path: Path) -> None:
     labels = expected_labels(shape, 3, 255)
     context = multiprocessing.get_context("spawn")  # what Dask's nanny uses; nothing inherited
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        futures = [pool.submit(sink.write_chunk, index, block, None) for index, block in _chunk_args(sink, labels)]
+        futures = [
+            pool.submit(sink.write_chunk, index, block, None)
+            for index, block in _chunk_args(sink, labels)
+        ]
         for future in futures:
             future.result()
     assert sink.done_chunks() == all_chunks(sink)

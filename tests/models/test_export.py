@@ -71,7 +71,9 @@ def test_sidecar_records_the_export(tiny_file: Callable[[str], Path], tmp_path: 
     assert export["opset"] == 17
 
 
-def test_default_output_name_and_no_overwrite(tiny_file: Callable[[str], Path], tmp_path: Path) -> None:
+def test_default_output_name_and_no_overwrite(
+    tiny_file: Callable[[str], Path], tmp_path: Path
+) -> None:
     src = tmp_path / "m.safetensors"
     src.write_bytes(tiny_file("unet2d").read_bytes())
     result = export_model(src, "torchscript")
@@ -117,7 +119,9 @@ def test_exports_of_exports_are_refused(tiny_file: Callable[[str], Path], tmp_pa
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 7), (6, 6), (13, 4)])
 @pytest.mark.parametrize("in_size", [(6, 6), (17, 23), (5, 9)])
-def test_matrix_adaptive_pool_matches_torch(size: tuple[int, int], in_size: tuple[int, int]) -> None:
+def test_matrix_adaptive_pool_matches_torch(
+    size: tuple[int, int], in_size: tuple[int, int]
+) -> None:
     x = torch.randn(2, 3, *in_size)
     ref = nn.AdaptiveAvgPool2d(size)(x)
     torch.testing.assert_close(MatrixAdaptiveAvgPool(size, 2)(x), ref, atol=1e-6, rtol=1e-5)

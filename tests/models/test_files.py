@@ -142,7 +142,9 @@ def test_legacy_state_dict_with_sidecar(tmp_path: Path) -> None:
     module, meta = tiny_model("fcn8s")
     module.eval()
     pt = tmp_path / "trained.pth"
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in module.state_dict().items()}}, pt)
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in module.state_dict().items()}}, pt
+    )
     with pytest.raises(ModelError, match="sidecar"):
         load_model(pt)
     (tmp_path / "trained.yaml").write_text(yaml.safe_dump(meta.model_dump(mode="json")))

@@ -33,7 +33,9 @@ def test_receptive_field_of_a_conv_stack() -> None:
     extent, whole = receptive_field(stack, (1, 1, 32, 32))
     assert extent == (7, 7) and not whole
     pooled = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AdaptiveAvgPool2d(1))
-    extent, whole = receptive_field(nn.Sequential(pooled, nn.Upsample(size=(16, 16))), (1, 1, 16, 16))
+    extent, whole = receptive_field(
+        nn.Sequential(pooled, nn.Upsample(size=(16, 16))), (1, 1, 16, 16)
+    )
     assert extent == (16, 16) and whole
 
 
@@ -83,7 +85,10 @@ def test_info_of_exports(tiny_file: Callable[[str], Path], tmp_path: Path) -> No
 
 def test_default_patch_uses_the_hint() -> None:
     meta = ModelMeta(
-        arch="pixel", in_channels=1, classes=(ClassInfo(name="a"),), patch_size=(40, 40),
+        arch="pixel",
+        in_channels=1,
+        classes=(ClassInfo(name="a"),),
+        patch_size=(40, 40),
         output_stride=16,
     )
     loaded = LoadedModel(meta, nn.Conv2d(1, 1, 1), "x", None, "torch")

@@ -62,12 +62,14 @@ def test_malicious_pickle_is_refused_and_never_runs(
 
 def test_wrapped_and_prefixed_state_dicts(tmp_path: Path) -> None:
     weights = {"a.weight": torch.ones(2), "b.bias": torch.zeros(1)}
-    for i, obj in enumerate([
-        weights,
-        {"state_dict": weights, "epoch": 4, "lr": 0.1},
-        {"model": {f"module.{k}": v for k, v in weights.items()}},
-        {f"_orig_mod.{k}": v for k, v in weights.items()},
-    ]):
+    for i, obj in enumerate(
+        [
+            weights,
+            {"state_dict": weights, "epoch": 4, "lr": 0.1},
+            {"model": {f"module.{k}": v for k, v in weights.items()}},
+            {f"_orig_mod.{k}": v for k, v in weights.items()},
+        ]
+    ):
         path = tmp_path / f"w{i}.pt"
         torch.save(obj, path)
         got = read_state_dict(path)

@@ -21,8 +21,17 @@ from segflow.models.registry import canonical_arch_kwargs
 from tests.models.tiny import ENCODER, tiny_in_channels, tiny_kwargs, tiny_model
 
 SMP_ARCHS = [
-    "unet", "unetplusplus", "fpn", "pspnet", "deeplabv3", "deeplabv3plus",
-    "linknet", "manet", "pan", "upernet", "segformer",
+    "unet",
+    "unetplusplus",
+    "fpn",
+    "pspnet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "linknet",
+    "manet",
+    "pan",
+    "upernet",
+    "segformer",
 ]
 
 
@@ -102,14 +111,20 @@ def test_output_strides_per_architecture() -> None:
 def test_deeplab_exposes_output_stride_and_atrous_rates() -> None:
     kwargs = canonical_arch_kwargs("deeplabv3", ENCODER, output_stride=16, atrous_rates=[6, 12, 18])
     assert kwargs == {
-        "encoder": ENCODER, "encoder_output_stride": 16, "decoder_atrous_rates": [6, 12, 18]
+        "encoder": ENCODER,
+        "encoder_output_stride": 16,
+        "decoder_atrous_rates": [6, 12, 18],
     }
     module: Any = create_model(
-        "deeplabv3", encoder=ENCODER, decoder_channels=16, output_stride=16,
+        "deeplabv3",
+        encoder=ENCODER,
+        decoder_channels=16,
+        output_stride=16,
         atrous_rates=[6, 12, 18],
     )
     dilations = {
-        m.dilation[0] for m in module.decoder.modules()
+        m.dilation[0]
+        for m in module.decoder.modules()
         if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
     }
     assert {6, 12, 18} <= dilations
@@ -164,8 +179,13 @@ def test_build_model_rejects_unknown_and_exported_archs() -> None:
 
 def test_new_model_metadata() -> None:
     module, meta = new_model(
-        "unet2d", in_channels=2, classes=["water", "land"], band_names=["vv", "vh"],
-        patch_size=(64, 64), depth=2, base_channels=4,
+        "unet2d",
+        in_channels=2,
+        classes=["water", "land"],
+        band_names=["vv", "vh"],
+        patch_size=(64, 64),
+        depth=2,
+        base_channels=4,
     )
     assert [c.name for c in meta.classes] == ["water", "land"]
     assert meta.classes[0].color != meta.classes[1].color

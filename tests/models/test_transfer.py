@@ -17,7 +17,9 @@ from tests.models.tiny import ENCODER
 
 
 @pytest.fixture(scope="module")
-def torchvision_resnet18(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+def torchvision_resnet18(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, torch.Tensor]]:
     torch.manual_seed(1)
     state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path_factory.mktemp("tv") / "resnet18.pth"
@@ -83,8 +85,9 @@ def test_timm_state_dict_into_tu_encoder(tmp_path: Path) -> None:
 
 def test_smp_model_state_dict_into_another_decoder(tmp_path: Path) -> None:
     torch.manual_seed(3)
-    donor: Any = create_model("fpn", encoder=ENCODER, decoder_pyramid_channels=32,
-                         decoder_segmentation_channels=32)
+    donor: Any = create_model(
+        "fpn", encoder=ENCODER, decoder_pyramid_channels=32, decoder_segmentation_channels=32
+    )
     path = tmp_path / "donor.pt"
     torch.save({"model": {f"module.{k}": v for k, v in donor.state_dict().items()}}, path)
     model: Any = create_model("deeplabv3plus", encoder=ENCODER, decoder_channels=16, classes=4)
@@ -92,8 +95,9 @@ def test_smp_model_state_dict_into_another_decoder(tmp_path: Path) -> None:
     assert report.missing == () and report.mismatched == ()
     # the DataParallel "module." prefix is dropped when reading
     assert all(k.startswith(("decoder.", "segmentation_head.")) for k in report.unexpected)
-    for (name, a), b in zip(model.encoder.state_dict().items(), donor.encoder.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(
+        model.encoder.state_dict().items(), donor.encoder.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 

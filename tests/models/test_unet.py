@@ -67,8 +67,12 @@ def test_registry_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"depth": 0}, "depth"), ({"base_channels": 0}, "base_channels"), ({"norm": "group"}, "norm"),
-     ({"spatial_dims": 4}, "spatial_dims")],
+    [
+        ({"depth": 0}, "depth"),
+        ({"base_channels": 0}, "base_channels"),
+        ({"norm": "group"}, "norm"),
+        ({"spatial_dims": 4}, "spatial_dims"),
+    ],
 )
 def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,1 @@
+"""Model files shipped with segflow (package data); see README.md in this folder."""

@@ -1,0 +1,304 @@
+"""``segflow train`` and ``segflow demo``.
+
+``register(app)`` adds both commands to the main Typer app; ``python -m
+segflow.cli_train`` runs them alone. User mistakes (SegflowError) print one
+line and exit 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from segflow.errors import ConfigError, SegflowError
+
+EXIT_ERROR = 1
+err = Console(stderr=True)
+out = Console()
+
+CLASS_PRESETS = ("landcover", "phantom")
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except SegflowError as exc:
+        err.print(
+            f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _numbers(value: str | None, name: str, kind: type = float) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(kind(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{name} takes numbers separated by commas, got {value!r}"
+        ) from None
+
+
+def _size(value: str | None, name: str) -> int | tuple[int, ...] | None:
+    values = _numbers(value, name, int)
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def parse_classes(value: str | None) -> list[Any] | None:
+    """Class list from a preset (landcover, phantom), a JSON file, or comma-separated names."""
+    from segflow.models.meta import ClassInfo, default_colors
+
+    if value is None:
+        return None
+    if value in CLASS_PRESETS:
+        from segflow.samples import landcover_classes, phantom_classes
+
+        return landcover_classes() if value == "landcover" else phantom_classes()
+    path = Path(value)
+    if value.endswith(".json"):
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read classes from {path}: {exc}") from None
+        try:
+            return [
+                ClassInfo.model_validate(e) if isinstance(e, dict) else ClassInfo(name=str(e))
+                for e in entries
+            ]
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: entries must be {{'name': ..., 'color': [r, g, b]}} ({exc})"
+            ) from None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--classes needs names like water,forest,field,urban")
+    colors = default_colors(len(names))
+    return [ClassInfo(name=n, color=c) for n, c in zip(names, colors, strict=True)]
+
+
+def parse_arch_args(values: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse (numbers, lists), else strings."""
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--arch-arg takes key=value, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def train_command(
+    images: Annotated[
+        list[Path], typer.Option("--images", "-i", help="Training images or folders.")
+    ],
+    masks: Annotated[
+        list[Path], typer.Option("--masks", "-k", help="Masks / label volumes, or folders.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).")
+    ],
+    val_images: Annotated[
+        list[Path] | None, typer.Option(help="Validation images or folders.")
+    ] = None,
+    val_masks: Annotated[
+        list[Path] | None, typer.Option(help="Validation masks or folders.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Without validation pairs: share of each input held out.")
+    ] = 0.1,
+    classes: Annotated[
+        str | None, typer.Option(help="landcover, phantom, names a,b,c, or a JSON file.")
+    ] = None,
+    arch: Annotated[str, typer.Option(help="Architecture (segflow model list).")] = "unet2d",
+    encoder: Annotated[str | None, typer.Option(help="Encoder for smp/FCN architectures.")] = None,
+    arch_arg: Annotated[
+        list[str] | None, typer.Option(help="Architecture argument key=value (repeatable).")
+    ] = None,
+    slice_axis: Annotated[int, typer.Option(help="2-D model on volumes: axis to slice along.")] = 2,
+    bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
+    nodata: Annotated[
+        float | None, typer.Option(help="Image nodata value (overrides the file's).")
+    ] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Training patch, e.g. 256 or 64,64,64.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 8,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs (validation and checkpoint after each).")
+    ] = 10,
+    steps_per_epoch: Annotated[int, typer.Option(help="Optimizer steps per epoch.")] = 100,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up + cosine).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    ignore_index: Annotated[int, typer.Option(help="Mask value that is not trained on.")] = 255,
+    balance: Annotated[bool, typer.Option(help="Class-balanced patch sampling.")] = False,
+    class_weights: Annotated[
+        str, typer.Option(help="none, auto, or one weight per class.")
+    ] = "none",
+    dice_weight: Annotated[
+        float, typer.Option(help="Weight of the soft Dice term (0: off).")
+    ] = 0.0,
+    augment: Annotated[
+        bool, typer.Option(help="Augment at all (--no-augment: none of the below).")
+    ] = True,
+    flip: Annotated[
+        bool, typer.Option(help="Random flips (off for anatomy with a fixed left/right).")
+    ] = True,
+    rotate: Annotated[bool, typer.Option(help="Random quarter turns.")] = True,
+    rotate_axes: Annotated[
+        str | None, typer.Option(help="3-D: plane for quarter turns, e.g. 0,1.")
+    ] = None,
+    gain: Annotated[float, typer.Option(help="Intensity gain jitter (fraction).")] = 0.1,
+    bias: Annotated[float, typer.Option(help="Intensity offset jitter (normalized units).")] = 0.1,
+    noise: Annotated[float, typer.Option(help="Gaussian noise (normalized units).")] = 0.0,
+    encoder_weights: Annotated[
+        Path | None, typer.Option(help="Local encoder weights to start from.")
+    ] = None,
+    freeze_encoder_epochs: Annotated[int, typer.Option(help="Epochs with the encoder frozen.")] = 0,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without gain.")
+    ] = None,
+    val_patches: Annotated[int, typer.Option(help="Most validation patches per epoch.")] = 64,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoints (default OUTPUT.ckpt).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    clip_percentiles: Annotated[
+        str | None, typer.Option(help="Clip inputs to percentiles, e.g. 0.5,99.5.")
+    ] = None,
+    scale: Annotated[str | None, typer.Option(help="Raw-value scale per channel (or one).")] = None,
+    offset: Annotated[
+        str | None, typer.Option(help="Raw-value offset per channel (or one).")
+    ] = None,
+    time_limit: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    infer_patch: Annotated[
+        str | None, typer.Option(help="Patch-size hint written for inference.")
+    ] = None,
+    half: Annotated[
+        bool, typer.Option(help="Store float16 weights when labels stay the same.")
+    ] = True,
+    flow: Annotated[bool, typer.Option(help="Run as a Prefect flow (flows/train.py).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a segmentation model on image/mask pairs and write a segflow model file."""
+    with _one_line_errors():
+        from segflow.train import AugmentConfig, TrainConfig
+
+        axes = _numbers(rotate_axes, "--rotate-axes", int)
+        if axes is not None and len(axes) != 2:
+            raise ConfigError("--rotate-axes takes two spatial axes, e.g. 0,1")
+        if augment:
+            aug = AugmentConfig(
+                flip=flip,
+                rotate90=rotate,
+                rotate_axes=((axes[0], axes[1]),) if axes else None,
+                gain=gain,
+                bias=bias,
+                noise=noise,
+            )
+        else:
+            aug = AugmentConfig(flip=False, rotate90=False, gain=0.0, bias=0.0, noise=0.0)
+        weights: str | list[float] = class_weights
+        if class_weights not in ("none", "auto"):
+            weights = list(_numbers(class_weights, "--class-weights") or ())
+        clip = _numbers(clip_percentiles, "--clip-percentiles")
+        if clip is not None and len(clip) != 2:
+            raise ConfigError("--clip-percentiles takes two numbers, e.g. 0.5,99.5")
+        config = TrainConfig(
+            images=list(images), masks=list(masks), output=output,
+            val_images=list(val_images or []), val_masks=list(val_masks or []),
+            val_fraction=val_fraction, classes=parse_classes(classes), arch=arch, encoder=encoder,
+            arch_kwargs=parse_arch_args(arch_arg), slice_axis=slice_axis,
+            bands=_numbers(bands, "--bands", int), nodata=nodata,
+            patch_size=_size(patch_size, "--patch-size"), batch_size=batch_size, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
+            ignore_index=ignore_index, balance=balance, class_weights=weights,
+            dice_weight=dice_weight, augment=aug, encoder_weights=encoder_weights,
+            freeze_encoder_epochs=freeze_encoder_epochs, patience=patience,
+            val_patches=val_patches, checkpoint_dir=checkpoint_dir, resume=resume, seed=seed,
+            threads=threads, scale=_numbers(scale, "--scale"), offset=_numbers(offset, "--offset"),
+            clip_percentiles=(clip[0], clip[1]) if clip else None,
+            time_limit_s=time_limit * 60 if time_limit else None,
+            infer_patch=_size(infer_patch, "--infer-patch"), half=half,
+        )  # fmt: skip
+        show = progress and sys.stderr.isatty()
+        if flow:
+            from flows.train import train_flow
+
+            summary = train_flow(config=config)
+        else:
+            from segflow.train import train
+
+            result = train(config, log=lambda m: err.print(m, highlight=False), progress=show)
+            summary = {
+                "model": str(result.model_path), "epochs": result.epochs, "steps": result.steps,
+                "stopped": result.stopped, "seconds": result.seconds,
+                "best_epoch": result.best_epoch, "miou": result.metrics.get("miou"),
+                "weights_dtype": result.weights_dtype,
+            }  # fmt: skip
+    out.print(
+        f"[green]wrote[/] {summary['model']}: {summary['epochs']} epochs, {summary['steps']} steps, "
+        f"best epoch {summary['best_epoch']} (val mIoU {summary['miou']}), "
+        f"{summary['seconds']:.0f} s, stopped by {summary['stopped']}",
+        highlight=False,
+    )
+
+
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "segflow-demo"
+    ),
+    size: Annotated[
+        str, typer.Option(help="Sample size: default (2048² scene) or small.")
+    ] = "default",
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the sample data (the bundled models never saw seeds below 100)."
+        ),
+    ] = 0,
+    phantom: Annotated[bool, typer.Option(help="Also segment the CT phantom.")] = True,
+    flow: Annotated[bool, typer.Option(help="Run through the Prefect segment flow.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """The main job: sample data -> bundled models -> Zarr, preview PNG, statistics, accuracy."""
+    with _one_line_errors():
+        from segflow.demo import print_summary, run_demo
+
+        result = run_demo(
+            out_dir, size=size, seed=seed, phantom=phantom, use_flow=flow,
+            log=lambda m: err.print(m, highlight=False) if progress else None,
+        )  # fmt: skip
+    print_summary(result, out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``demo`` to the ``segflow`` command."""
+    app.command("train")(train_command)
+    app.command("demo")(demo_command)
+
+
+def main() -> None:
+    app = typer.Typer(name="segflow", no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_show_locals=False)  # fmt: skip
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
