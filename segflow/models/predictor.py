@@ -12,6 +12,7 @@ one batch at a time, on a CPU one forward using every core.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -109,7 +110,9 @@ class Predictor:
         threads: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.module = module.eval().to(self.device)
+        # .to() moves a module in place: copy it first, so a caller's module stays on the CPU
+        on_cpu = self.device.type == "cpu"
+        self.module = module.eval() if on_cpu else copy.deepcopy(module).eval().to(self.device)
         self.num_classes = num_classes
         self.output_stride = max(int(output_stride), 1)
         self.amp = amp and self.device.type == "cuda"
