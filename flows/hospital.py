@@ -130,20 +130,16 @@ def hospital_batch(
         scans=scans_out,
     )
     batch = _publish(batch, Path(report_dir) if report_dir else Path(output_dir) / "reports")
-    logger.info(
-        "%d segmented, %d already complete, %d failed in %.1f s",
-        counts["complete"],
-        counts["skipped"],
-        counts["failed"],
-        batch.seconds,
+    return report.batch_outcome(
+        batch,
+        counts=counts,
+        seconds=batch.seconds,
+        failures=[(s.scan, s.reason) for s in scans_out if s.status == "failed"],
+        total=len(scans_out),
+        what="scans",
+        done="segmented",
+        logger=logger,
     )
-    if counts["failed"]:
-        failed = [s for s in scans_out if s.status == "failed"]
-        message = f"{len(failed)} of {len(scans_out)} scans failed: " + "; ".join(
-            f"{s.scan}: {s.reason}" for s in failed[:3]
-        )
-        return Failed(message=message, data=batch)
-    return batch
 
 
 def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str | None]]:
@@ -185,15 +181,7 @@ def _mask_path(result: InputResult) -> Path:
 def _scan_report(
     result: InputResult, nifti: tuple[str | None, str | None] | None, logger: Any
 ) -> ScanReport:
-    scan = ScanReport(
-        scan=result.name,
-        input=result.input,
-        output=result.output,
-        status=result.status,
-        reason=result.reason,
-        seconds=result.seconds,
-        resumed=result.resumed,
-    )
+    scan = ScanReport(scan=result.name, **report.input_result_fields(result))
     if result.status == "failed":
         return scan
     if nifti is not None:
@@ -223,19 +211,14 @@ def _publish(batch: HospitalReport, report_dir: Path) -> HospitalReport:
             row[f"{name}_ml"] = scan.volumes_ml.get(name)
         rows.append(row)
     columns = [*SCAN_COLUMNS, *(f"{n}_ml" for n in names)]
-    slug = report.timestamp_slug(batch.started)
-    json_path = report_dir / f"hospital-{slug}.json"
-    csv_path = report_dir / f"hospital-{slug}.csv"
-    batch = batch.model_copy(update={"report_json": str(json_path), "report_csv": str(csv_path)})
-    report.write_json(json_path, batch.model_dump(mode="json"))
-    report.write_csv(csv_path, rows, columns)
+    batch = report.write_run_reports(batch, batch.started, report_dir, "hospital", rows, columns)
     c = batch.counts
     markdown = (
         f"# Scan batch\n\n{len(batch.scans)} scan(s): {c['complete']} segmented, "
         f"{c['skipped']} already complete, {c['failed']} failed, in {batch.seconds:.1f} s "
         f"(exit code {batch.exit_code}).\n\n## Scans (label volumes in mL)\n\n"
         + report.markdown_table(rows, columns)
-        + f"\nReport files: `{json_path}`, `{csv_path}`\n"
+        + f"\nReport files: `{batch.report_json}`, `{batch.report_csv}`\n"
     )
     report.publish_artifacts("hospital-batch", markdown, rows, "hospital scan batch")
     return batch

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import State
 from pydantic import BaseModel, Field
 
 from flows import report
@@ -95,33 +95,20 @@ def landcover_mapping(
         totals=_totals(scenes),
     )
     summary = _publish(summary, Path(report_dir) if report_dir else Path(output_dir) / "reports")
-    c = summary.counts
-    logger.info(
-        "%d mapped, %d already complete, %d failed in %.1f s",
-        c["complete"],
-        c["skipped"],
-        c["failed"],
-        summary.seconds,
+    return report.batch_outcome(
+        summary,
+        counts=summary.counts,
+        seconds=summary.seconds,
+        failures=[(s.scene, s.reason) for s in scenes if s.status == "failed"],
+        total=len(scenes),
+        what="scenes",
+        done="mapped",
+        logger=logger,
     )
-    if c["failed"]:
-        failed = [s for s in scenes if s.status == "failed"]
-        message = f"{len(failed)} of {len(scenes)} scenes failed: " + "; ".join(
-            f"{s.scene}: {s.reason}" for s in failed[:3]
-        )
-        return Failed(message=message, data=summary)
-    return summary
 
 
 def _scene_summary(result: InputResult, logger: Any) -> SceneSummary:
-    scene = SceneSummary(
-        scene=result.name,
-        input=result.input,
-        output=result.output,
-        status=result.status,
-        reason=result.reason,
-        seconds=result.seconds,
-        resumed=result.resumed,
-    )
+    scene = SceneSummary(scene=result.name, **report.input_result_fields(result))
     if result.status == "failed":
         return scene
     try:
@@ -158,14 +145,9 @@ def _publish(summary: LandcoverSummary, report_dir: Path) -> LandcoverSummary:
             row[f"{name}_ha"] = scene.classes.get(name, {}).get("ha")
         rows.append(row)
     columns = [*SCENE_COLUMNS, *(f"{n}_ha" for n in names)]
-    slug = report.timestamp_slug(summary.started)
-    json_path = report_dir / f"landcover-{slug}.json"
-    csv_path = report_dir / f"landcover-{slug}.csv"
-    summary = summary.model_copy(
-        update={"report_json": str(json_path), "report_csv": str(csv_path)}
+    summary = report.write_run_reports(
+        summary, summary.started, report_dir, "landcover", rows, columns
     )
-    report.write_json(json_path, summary.model_dump(mode="json"))
-    report.write_csv(csv_path, rows, columns)
     report.publish_artifacts(
         "landcover-summary", _markdown(summary, rows, columns), rows, "land-cover mapping run"
     )

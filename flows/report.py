@@ -16,7 +16,9 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
@@ -28,6 +30,14 @@ from segflow.stats import (
     planar_pixel_area_m2,
     voxel_volume_mm3,
 )
+
+if TYPE_CHECKING:
+    from prefect.states import State
+
+ReportT = TypeVar("ReportT", bound=BaseModel)
+
+# the per-input fields every report row copies from the flow's InputResult
+INPUT_RESULT_FIELDS = ("input", "output", "status", "reason", "seconds", "resumed")
 
 # --- measurements -----------------------------------------------------------------------------
 
@@ -137,6 +147,29 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def write_run_reports(
+    summary: ReportT,
+    started: float,
+    report_dir: Path,
+    prefix: str,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+) -> ReportT:
+    """``<prefix>-<UTC start>.json`` (the summary) and ``.csv`` (the rows) in ``report_dir``.
+
+    Returns the summary with ``report_json`` and ``report_csv`` set to those paths.
+    """
+    slug = timestamp_slug(started)
+    json_path = report_dir / f"{prefix}-{slug}.json"
+    csv_path = report_dir / f"{prefix}-{slug}.csv"
+    summary = summary.model_copy(
+        update={"report_json": str(json_path), "report_csv": str(csv_path)}
+    )
+    write_json(json_path, summary.model_dump(mode="json"))
+    write_csv(csv_path, rows, columns)
+    return summary
+
+
 # --- markdown and Prefect artifacts -----------------------------------------------------------
 
 
@@ -176,6 +209,48 @@ def publish_artifacts(
     rows = [{k: _cell(v) for k, v in row.items()} for row in table]
     create_table_artifact(rows, key=artifact_key(key, "table"), description=description)
     return True
+
+
+def input_result_fields(result: BaseModel) -> dict[str, Any]:
+    """The :data:`INPUT_RESULT_FIELDS` of a flow's InputResult, as keyword arguments."""
+    return result.model_dump(include=set(INPUT_RESULT_FIELDS))
+
+
+def failure_message(what: str, total: int, failures: Sequence[tuple[str, str | None]]) -> str:
+    """``"2 of 5 scans failed: a: why; b: why"``, naming at most the first three failures."""
+    return f"{len(failures)} of {total} {what} failed: " + "; ".join(
+        f"{name}: {reason}" for name, reason in failures[:3]
+    )
+
+
+def batch_outcome(
+    summary: ReportT,
+    *,
+    counts: Mapping[str, int],
+    seconds: float,
+    failures: Sequence[tuple[str, str | None]],
+    total: int,
+    what: str,
+    done: str,
+    logger: Any,
+) -> ReportT | State:
+    """Log the run's counts; Failed (carrying ``summary``) when an input failed, else ``summary``.
+
+    ``failures`` are the (name, reason) of failed inputs, ``what`` names the inputs
+    ("scenes") and ``done`` the complete ones ("mapped").
+    """
+    from prefect.states import Failed
+
+    logger.info(
+        f"%d {done}, %d already complete, %d failed in %.1f s",
+        counts["complete"],
+        counts["skipped"],
+        counts["failed"],
+        seconds,
+    )
+    if counts["failed"]:
+        return Failed(message=failure_message(what, total, failures), data=summary)
+    return summary
 
 
 def status_counts(statuses: Iterable[str]) -> dict[str, int]:

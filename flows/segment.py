@@ -281,9 +281,7 @@ def batch_state(batch: BatchResult, what: str) -> BatchResult | State:
     failed = batch.failed
     if not failed:
         return batch
-    message = f"{len(failed)} of {len(batch.items)} {what} failed: " + "; ".join(
-        f"{r.name}: {r.reason}" for r in failed[:3]
-    )
+    message = report.failure_message(what, len(batch.items), [(r.name, r.reason) for r in failed])
     return Failed(message=message, data=batch)
 
 

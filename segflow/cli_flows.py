@@ -9,15 +9,15 @@ traceback).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from segflow.errors import ConfigError, SegflowError
+from segflow.cli_common import one_line_errors
+from segflow.errors import ConfigError
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -47,17 +47,6 @@ BatchSizeOpt = Annotated[int | None, typer.Option(help="Patches per forward pass
 PatchOpt = Annotated[str | None, typer.Option(help="Patch size, e.g. 512 or 96,96,96.")]
 ChunkOpt = Annotated[str | None, typer.Option(help="Output chunk size, e.g. 1024.")]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Inputs processed at the same time.")]
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except SegflowError as exc:
-        err.print(
-            f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _size(value: str | None, name: str) -> int | tuple[int, ...] | None:
@@ -98,7 +87,21 @@ def _checked(
             server.join()
 
 
-def _flow_data(state: State[Any]) -> Any:
+def _text(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _one_or_many(inputs: list[str]) -> str | list[str]:
+    return inputs if len(inputs) > 1 else inputs[0]
+
+
+def _run_flow(
+    flow: Callable[..., Any], *args: Any, spec: Path | None, model: Path | None, **kwargs: Any
+) -> Any:
+    """Run ``flow`` (spec and model given as strings) and return its data; raise its error."""
+    state: State[Any] = flow(
+        *args, spec=_text(spec), model=_text(model), return_state=True, **kwargs
+    )
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
@@ -129,7 +132,7 @@ def batch_command(
     ] = None,
 ) -> None:
     """Segment many inputs as one Prefect flow run (one task per input)."""
-    with _one_line_errors():
+    with one_line_errors():
         options = _options(
             scheduler=scheduler,
             workers=workers,
@@ -141,20 +144,19 @@ def batch_command(
         _checked(spec, model, options, inputs)
         from flows.segment import exit_code, segment_batch
 
-        state = segment_batch(
-            inputs if len(inputs) > 1 else inputs[0],
+        batch = _run_flow(
+            segment_batch,
+            _one_or_many(inputs),
             str(output),
-            model=str(model) if model else None,
-            spec=str(spec) if spec else None,
+            spec=spec,
+            model=model,
             options=options,
             resume=resume,
             overwrite=overwrite,
             skip_complete=skip_complete,
             concurrency=concurrency,
-            report_path=str(report) if report else None,
-            return_state=True,
+            report_path=_text(report),
         )
-        batch = _flow_data(state)
     for item in batch.items:
         _print_item(item.name, item.status, item.reason, item.seconds, item.output)
     raise typer.Exit(exit_code(batch.items))
@@ -174,24 +176,23 @@ def landcover_command(
     ] = None,
 ) -> None:
     """One land-cover mapping run: only scenes without a complete output are computed."""
-    with _one_line_errors():
+    with one_line_errors():
         options = _options(scheduler=scheduler, workers=workers, device=device)
         _checked(spec, model, options)
         if not input_dir.is_dir():
             raise ConfigError(f"input folder {input_dir} not found; check the path")
         from flows.landcover import landcover_mapping
 
-        state = landcover_mapping(
+        summary = _run_flow(
+            landcover_mapping,
             str(input_dir),
             str(output_dir),
-            spec=str(spec) if spec else None,
-            model=str(model) if model else None,
+            spec=spec,
+            model=model,
             options=options,
             concurrency=concurrency,
-            report_dir=str(report_dir) if report_dir else None,
-            return_state=True,
+            report_dir=_text(report_dir),
         )
-        summary = _flow_data(state)
     for scene in summary.scenes:
         _print_item(scene.scene, scene.status, scene.reason, scene.seconds, scene.output)
     for name, total in summary.totals.items():
@@ -223,25 +224,24 @@ def hospital_command(
     ] = None,
 ) -> None:
     """A batch of scans; each fails alone. Exit 0: all done, 3: some failed, 1: all failed."""
-    with _one_line_errors():
+    with one_line_errors():
         options = _options(scheduler=scheduler, workers=workers, device=device)
         from flows.inputs import VOLUME_PATTERNS
 
         _checked(spec, model, options, scans, VOLUME_PATTERNS)
         from flows.hospital import hospital_batch
 
-        state = hospital_batch(
-            scans if len(scans) > 1 else scans[0],
+        batch = _run_flow(
+            hospital_batch,
+            _one_or_many(scans),
             str(output),
-            spec=str(spec) if spec else None,
-            model=str(model) if model else None,
+            spec=spec,
+            model=model,
             options=options,
             export_nifti=nifti,
             concurrency=concurrency,
-            report_dir=str(report_dir) if report_dir else None,
-            return_state=True,
+            report_dir=_text(report_dir),
         )
-        batch = _flow_data(state)
     for scan in batch.scans:
         _print_item(scan.scan, scan.status, scan.reason, scan.seconds, scan.output)
     out.print(f"report: {batch.report_csv}", highlight=False)
@@ -261,7 +261,7 @@ def serve_command(
     limit: Annotated[int, typer.Option(help="Flow runs at the same time.")] = 1,
 ) -> None:
     """Serve the scheduled land-cover deployment until Ctrl-C / SIGTERM."""
-    with _one_line_errors():
+    with one_line_errors():
         options = _options(scheduler=scheduler, workers=workers)
         _checked(spec, model, options)
         from flows.deploy import landcover_deployment, serve_landcover

@@ -9,32 +9,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from segflow.errors import ConfigError, SegflowError
+from segflow.cli_common import one_line_errors
+from segflow.errors import ConfigError
 
-EXIT_ERROR = 1
 err = Console(stderr=True)
 out = Console()
 
 CLASS_PRESETS = ("landcover", "phantom")
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except SegflowError as exc:
-        err.print(
-            f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _numbers(value: str | None, name: str, kind: type = float) -> tuple[Any, ...] | None:
@@ -196,7 +183,7 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a segmentation model on image/mask pairs and write a segflow model file."""
-    with _one_line_errors():
+    with one_line_errors():
         from segflow.train import AugmentConfig, TrainConfig
 
         axes = _numbers(rotate_axes, "--rotate-axes", int)
@@ -277,7 +264,7 @@ def demo_command(
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """The main job: sample data -> bundled models -> Zarr, preview PNG, statistics, accuracy."""
-    with _one_line_errors():
+    with one_line_errors():
         from segflow.demo import print_summary, run_demo
 
         result = run_demo(

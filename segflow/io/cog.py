@@ -38,6 +38,7 @@ from rasterio.windows import Window
 
 from segflow import __version__
 from segflow.errors import ConfigError, OutputError
+from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import RasterGeometry
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import ClassInfo, default_colors
@@ -63,31 +64,15 @@ def export_cog(
 ) -> Path:
     """Write the labels of a complete raster store to ``output`` as a COG; returns its path."""
     method = Resampling.parse(resampling)
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    geometry = sink.geometry
-    if not isinstance(geometry, RasterGeometry):
-        raise ConfigError(f"{sink.path} is a volume output; export it with --to nifti")
-    if sink.labels_path is None:
-        raise OutputError(
-            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
-        )
-    if not sink.is_complete:
-        raise OutputError(
-            f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
-        )
+    sink, geometry = open_exportable(
+        store, RasterGeometry, "is a volume output; export it with --to nifti"
+    )
     if compress.lower() not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if blocksize < 16 or blocksize % 16:
         raise ConfigError(f"COG block size must be a multiple of 16, got {blocksize}")
     target = Path(output).expanduser()
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} exists; pass --overwrite to replace it")
-    if target.is_dir():
-        raise OutputError(f"{target} is a folder; give a file name ending in .tif")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+    prepare_target(target, overwrite, ".tif")
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.tif", dir=target.parent)
     os.close(fd)

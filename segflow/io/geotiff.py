@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from segflow.errors import ReaderError
 from segflow.io.lazy import (
+    FileSourceBase,
     ThreadHandles,
     check_input_file,
     check_user_nodata,
@@ -32,7 +33,6 @@ from segflow.io.lazy import (
     normalize_region,
     one_line,
     region_shape,
-    sha256_file,
     valid_mask,
 )
 from segflow.io.source import RasterGeometry, ReadResult, Region
@@ -117,7 +117,7 @@ def _uses_mask(flags: Sequence[MaskFlags]) -> bool:
     return MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags
 
 
-class GeoTiffSource:
+class GeoTiffSource(FileSourceBase[DatasetReader]):
     """A GeoTIFF read lazily as ``(C, y, x)``.
 
     ``bands`` selects 1-based bands in the given order (default: all).
@@ -286,36 +286,12 @@ class GeoTiffSource:
             valid &= mask != 0
         return ReadResult(data, valid)
 
-    def checksum(self) -> str:
-        if self._checksum is None:
-            self._checksum = sha256_file(self.path)
-        return self._checksum
-
     def _band_nodata(self) -> tuple[float | None, ...]:
         if self._user_nodata is not None:
             return (self._user_nodata,) * self.channels
         return self._file_nodata
 
-    # -- lifecycle, pickling, identity ---------------------------------------
-
-    def close(self) -> None:
-        """Close the open handles (only when no read is in flight); reads reopen them."""
-        self._handles.close()
-
-    def __enter__(self) -> GeoTiffSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_handles"]  # open handles never travel to another process
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._handles = self._new_handles()
+    # -- identity ------------------------------------------------------------
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
         return ("GeoTiffSource", *file_token(self.path), self._bands, self._user_nodata)

@@ -5,7 +5,8 @@ need, ``normalize_region`` checks the regions readers are asked for, ``ThreadHan
 keeps one open file handle per thread and process (GDAL and nibabel handles
 are not thread-safe, and Sources are pickled to worker processes), and
 ``as_dask`` / ``valid_as_dask`` expose any Source as a Dask array built from
-``source.read`` block by block.
+``source.read`` block by block. ``FileSourceBase`` gives both readers their shared
+checksum, close, context-manager and pickling behaviour.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -183,6 +184,45 @@ class ThreadHandles(Generic[H]):
 
     def __len__(self) -> int:
         return len(self._handles)
+
+
+class FileSourceBase(Generic[H]):
+    """Checksum, close, ``with`` and pickling for a file Source with per-thread handles.
+
+    Subclasses set ``path``, ``_checksum = None`` and ``_handles = self._new_handles()``
+    in ``__init__``; ``_new_handles`` is called again after unpickling.
+    """
+
+    path: Path
+    _checksum: str | None
+    _handles: ThreadHandles[H]
+
+    def _new_handles(self) -> ThreadHandles[H]:
+        raise NotImplementedError
+
+    def checksum(self) -> str:
+        if self._checksum is None:
+            self._checksum = sha256_file(self.path)
+        return self._checksum
+
+    def close(self) -> None:
+        """Close the open handles (only when no read is in flight); reads reopen them."""
+        self._handles.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_handles"]  # open handles never travel to another process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._handles = self._new_handles()
 
 
 def coerce_chunks(chunks: Chunks, shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:

@@ -26,6 +26,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from segflow.errors import ConfigError, ReaderError
 from segflow.io.lazy import (
+    FileSourceBase,
     ThreadHandles,
     check_input_file,
     check_user_nodata,
@@ -33,7 +34,6 @@ from segflow.io.lazy import (
     normalize_region,
     one_line,
     region_shape,
-    sha256_file,
     valid_mask,
 )
 from segflow.io.source import ReadResult, Region, VolumeGeometry
@@ -120,7 +120,7 @@ def _select_volumes(
     return volume, 1
 
 
-class NiftiSource:
+class NiftiSource(FileSourceBase[NiftiImage]):
     """A NIfTI volume read lazily as ``(C, i, j, k)`` in the file's voxel order.
 
     A 3-D file gives one channel. A 4-D file needs ``volume`` (one channel)
@@ -271,31 +271,7 @@ class NiftiSource:
         fourth: slice | int = slice(None) if self._volume is None else self._volume
         return (*spatial, fourth, *rest)
 
-    def checksum(self) -> str:
-        if self._checksum is None:
-            self._checksum = sha256_file(self.path)
-        return self._checksum
-
-    # -- lifecycle, pickling, identity ---------------------------------------
-
-    def close(self) -> None:
-        """Close the open handles (only when no read is in flight); reads reopen them."""
-        self._handles.close()
-
-    def __enter__(self) -> NiftiSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_handles"]  # open handles never travel to another process
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._handles = self._new_handles()
+    # -- identity ------------------------------------------------------------
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
         return ("NiftiSource", *file_token(self.path), self._volume, self._channels, self._nodata)

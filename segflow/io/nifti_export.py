@@ -27,6 +27,7 @@ import numpy as np
 
 from segflow.errors import ConfigError, OutputError, ReaderError
 from segflow.io.cog import display_colors
+from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import ClassInfo
@@ -72,22 +73,13 @@ def export_nifti(
     ``nodata_value`` replaces the store's nodata label (255 or 65535) in the mask, e.g.
     0 to merge it into the background; by default it is kept and named "nodata".
     """
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    geometry = sink.geometry
-    if not isinstance(geometry, VolumeGeometry):
-        raise ConfigError(f"{sink.path} is a raster output; export it with --to cog")
-    if sink.labels_path is None:
-        raise OutputError(
-            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
-        )
-    if not sink.is_complete:
-        raise OutputError(
-            f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
-        )
+    sink, geometry = open_exportable(
+        store, VolumeGeometry, "is a raster output; export it with --to cog"
+    )
     target = Path(output).expanduser()
     if not target.name.lower().endswith((".nii", ".nii.gz")):
         raise ConfigError(f"{target} must end in .nii or .nii.gz")
-    _check_target(target, overwrite)
+    prepare_target(target, overwrite, ".nii.gz")
     dtype = sink.label_dtype
     if nodata_value is not None and not 0 <= nodata_value <= np.iinfo(dtype).max:
         raise ConfigError(f"nodata value {nodata_value} does not fit the {dtype} labels")
@@ -163,17 +155,6 @@ def copy_spatial_header(
     pixdim = header["pixdim"].copy()
     pixdim[:4] = ref_header["pixdim"][:4]  # qfac and voxel sizes
     header["pixdim"] = pixdim
-
-
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} exists; pass --overwrite to replace it")
-    if target.is_dir():
-        raise OutputError(f"{target} is a folder; give a file name ending in .nii.gz")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
 
 
 def _open(path: Path) -> IO[bytes]:

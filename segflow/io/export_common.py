@@ -1,0 +1,51 @@
+"""Checks shared by the label exporters (COG, NIfTI) before they write anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TypeVar
+
+from segflow.errors import ConfigError, OutputError
+from segflow.io.source import RasterGeometry, VolumeGeometry
+from segflow.io.zarr_sink import ZarrSink
+
+G = TypeVar("G", RasterGeometry, VolumeGeometry)
+
+
+def open_exportable(
+    store: str | os.PathLike[str] | ZarrSink, kind: type[G], wrong_kind: str
+) -> tuple[ZarrSink, G]:
+    """The store and its geometry, once it is known to hold complete labels of ``kind``.
+
+    ``wrong_kind`` ends the ConfigError raised for the other kind of store,
+    e.g. "is a volume output; export it with --to nifti".
+    """
+    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
+    geometry = sink.geometry
+    if not isinstance(geometry, kind):
+        raise ConfigError(f"{sink.path} {wrong_kind}")
+    if sink.labels_path is None:
+        raise OutputError(
+            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
+        )
+    if not sink.is_complete:
+        raise OutputError(
+            f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
+        )
+    return sink, geometry
+
+
+def prepare_target(target: Path, overwrite: bool, ending: str) -> None:
+    """Refuse an existing file (unless ``overwrite``) or a folder; create the parent folder.
+
+    ``ending`` is the file ending the folder error suggests, e.g. ".tif".
+    """
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite to replace it")
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder; give a file name ending in {ending}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
