@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import threading
 import time
@@ -32,7 +33,7 @@ from segflow.io.open import open_source
 from segflow.io.source import Source, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models import LoadedModel, load_model
-from segflow.models.predictor import AxisOrder
+from segflow.models.predictor import AxisOrder, resolve_device
 
 DEFAULT_PATCH_2D = 512
 DEFAULT_PATCH_3D = 96
@@ -52,7 +53,7 @@ class RunOptions:
     overlap: float | int = 0.25
     blend: str = "gaussian"
     sigma: float = 0.125
-    batch_size: int = 8
+    batch_size: int | None = None  # None: as many patches as fit the device's sweet spot
     device: str = "auto"
     amp: bool = True
     tta: bool = False
@@ -68,7 +69,7 @@ class RunOptions:
 
     def check(self) -> None:
         BlendMode.parse(self.blend)
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.probabilities not in ("none", "uint8", "float16"):
             raise ConfigError(
@@ -280,11 +281,30 @@ def plan(
         normalization=meta.normalization,
         blend=blend,
         sigma=options.sigma,
-        batch_size=options.batch_size,
+        batch_size=options.batch_size
+        or auto_batch_size(options.device, meta.num_classes, grid.patch),
         task_chunks=default_task_chunks(chunk, task_target),
         write_labels=options.labels,
         write_probabilities=options.probabilities != "none",
     )
+
+
+CPU_BATCH_LOGITS_BYTES = 16 * 2**20
+GPU_BATCH_SIZE = 8
+
+
+def auto_batch_size(device: str, num_classes: int, patch: tuple[int, ...]) -> int:
+    """Patches per forward when none is asked for.
+
+    A GPU wants full batches. A CPU gains nothing from them, and a batch whose
+    float32 logits stay under ~16 MB reuses heap memory instead of mapping
+    fresh pages for every batch: on the near-free benchmark, batches of 2
+    instead of 8 made the whole run 1.4x faster.
+    """
+    if resolve_device(device).type != "cpu":
+        return GPU_BATCH_SIZE
+    patch_bytes = num_classes * math.prod(patch) * 4
+    return max(1, min(GPU_BATCH_SIZE, CPU_BATCH_LOGITS_BYTES // patch_bytes))
 
 
 def _grid(

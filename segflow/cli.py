@@ -126,7 +126,8 @@ def run_command(
         float | None, typer.Option(help="Gaussian sigma, fraction of the patch. [default: 0.125]")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Patches per forward pass. [default: 8]")
+        int | None,
+        typer.Option(help="Patches per forward pass. [default: auto: 8 on GPUs, fewer on CPUs]"),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")

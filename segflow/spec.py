@@ -41,7 +41,7 @@ class TilingSpec(_Section):
     )  # a fraction (< 1) of the patch, or whole pixels (>= 1)
     blend: str = "gaussian"
     sigma: float = Field(default=0.125, gt=0, le=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)  # None: auto (see segflow.api)
 
     @field_validator("blend")
     @classmethod

@@ -105,7 +105,7 @@ def test_merge_overrides_flat_and_dotted_names():
     )
     assert merged.tiling.patch_size == (128, 128)
     assert merged.tiling.overlap == 0.5  # kept
-    assert merged.tiling.batch_size == 8  # None = not given
+    assert merged.tiling.batch_size is None  # not given: stays automatic
     assert merged.tiling.sigma == 0.2 and merged.device == "cpu"
     assert merged.dask.scheduler == "local" and merged.dask.workers == 2
     assert merged.outputs.nifti
