@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import sys
+import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -13,9 +10,11 @@ from typing import Any
 import dask
 from dask.callbacks import Callback
 
-from segflow.engine import RegionStats, RegionWork, process_region
+from segflow.engine import RegionStats, RegionWork, process_region, task_region
 from segflow.errors import ConfigError
 from segflow.grid import Index
+from segflow.heap import limit_malloc_arenas
+from segflow.shared_patches import sharing
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"
@@ -35,27 +34,6 @@ class _TaskProgress(Callback):
         if isinstance(name, str) and name.startswith(TASK_PREFIX):
             self.done += 1
             self.report(self.done, self.total)
-
-
-_M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-@functools.cache
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's per-thread heap arenas (Linux), unless MALLOC_ARENA_MAX is set.
-
-    Every thread that allocates gets its own arena by default, and each arena
-    keeps the large, short-lived buffers of its region tasks: with two worker
-    threads and a prefetch thread, peak memory was 1.6x what two arenas give,
-    at the same speed. Returns whether the cap was applied.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 def build_tasks(work: RegionWork, tasks: list[Index]) -> list[Any]:
@@ -91,13 +69,15 @@ def execute(
     total = RegionStats(class_counts=[0] * work.model.num_classes)
     if not tasks:
         return total
-    graph = build_tasks(work, tasks)
     if scheduler in ("threads", "sync", "synchronous", None):
         name = "sync" if scheduler in ("sync", "synchronous") else "threads"
-        with _TaskProgress(len(tasks), report):
-            results = dask.compute(*graph, scheduler=name, num_workers=workers)
+        # tasks in one process share the patches their regions have in common
+        with sharing(work.grid, [task_region(work, t) for t in tasks]) as key:
+            graph = build_tasks(dataclasses.replace(work, sharing_key=key), tasks)
+            with _TaskProgress(len(tasks), report):
+                results = dask.compute(*graph, scheduler=name, num_workers=workers)
     else:
-        results = _run_distributed(graph, scheduler, report, resources)
+        results = _run_distributed(build_tasks(work, tasks), scheduler, report, resources)
     for result in results:
         total.merge(result)
     return total

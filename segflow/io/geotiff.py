@@ -51,7 +51,7 @@ class NotARasterError(ReaderError):
 # Each region is read once (plus thin halos), so GDAL's block cache buys little, while
 # its default (5 % of RAM) grows with the image until it holds most of the scene: cap it,
 # unless the user configured it. GDAL reads this once, before its first block read.
-os.environ.setdefault("GDAL_CACHEMAX", "128")  # MB
+os.environ.setdefault("GDAL_CACHEMAX", "32")  # MB: about one row of tiles of a 16384-wide scene
 
 # catch_warnings() swaps the process-wide filter list; serialise our own uses of it
 _OPEN_LOCK = threading.Lock()
