@@ -108,9 +108,10 @@ class RegionWork:
     task_chunks: tuple[int, ...]  # storage chunks per task, per axis
     write_labels: bool
     write_probabilities: bool
-    sharing_key: str | None = (
-        None  # this run's shared patches in a local process (see shared_patches)
-    )
+    # set for local runs by execute(): cores for a task's own elementwise work (a
+    # forward takes its own share), and the key of the run's shared patches
+    task_threads: int = 1
+    sharing_key: str | None = None
 
 
 @dataclass
@@ -165,9 +166,9 @@ def task_region(work: RegionWork, task: Index) -> Region:
 
 def process_region(work: RegionWork, task: Index) -> RegionStats:
     """Read, predict, blend and write every chunk of one task."""
-    # this thread's elementwise work runs on one core: region tasks already run in
-    # parallel, and OpenMP teams that compete for the same cores slow every op down
-    torch.set_num_threads(1)
+    # this thread's elementwise work runs on its share of the cores: OpenMP teams
+    # that compete for the same cores slow every op down several times
+    torch.set_num_threads(work.task_threads)
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
     patches = work.grid.touching(region)

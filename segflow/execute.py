@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -12,12 +14,13 @@ from dask.callbacks import Callback
 
 from segflow.engine import RegionStats, RegionWork, process_region, task_region
 from segflow.errors import ConfigError
-from segflow.grid import Index
+from segflow.grid import Index, region_shape
 from segflow.heap import limit_malloc_arenas
 from segflow.shared_patches import sharing
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"
+ACCUMULATORS_BUDGET_BYTES = 256 * 2**20  # float32 accumulators of the region tasks in flight
 
 
 class _TaskProgress(Callback):
@@ -71,16 +74,37 @@ def execute(
         return total
     if scheduler in ("threads", "sync", "synchronous", None):
         name = "sync" if scheduler in ("sync", "synchronous") else "threads"
+        in_flight = 1 if name == "sync" else (workers or tasks_in_flight(work, tasks))
         # tasks in one process share the patches their regions have in common
         with sharing(work.grid, [task_region(work, t) for t in tasks]) as key:
-            graph = build_tasks(dataclasses.replace(work, sharing_key=key), tasks)
+            local = dataclasses.replace(
+                work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
+            )
             with _TaskProgress(len(tasks), report):
-                results = dask.compute(*graph, scheduler=name, num_workers=workers)
+                results = dask.compute(
+                    *build_tasks(local, tasks), scheduler=name, num_workers=in_flight
+                )
     else:
         results = _run_distributed(build_tasks(work, tasks), scheduler, report, resources)
     for result in results:
         total.merge(result)
     return total
+
+
+def tasks_in_flight(work: RegionWork, tasks: list[Index]) -> int:
+    """Region tasks to run at once in this process: one per core while their accumulators fit.
+
+    A 2048^2 region of 6 classes accumulates in 100 MB, so two run side by
+    side; a 256^3 region of 3 classes needs 200 MB and runs alone (its
+    forwards still use every core), which keeps peak memory flat as volumes grow.
+    """
+    largest = max(math.prod(region_shape(task_region(work, t))) for t in tasks)
+    per_task = 4 * largest * (work.model.num_classes + int(work.write_probabilities))
+    return max(1, min(_cores(), ACCUMULATORS_BUDGET_BYTES // per_task))
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
 
 
 def _run_distributed(

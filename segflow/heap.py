@@ -63,7 +63,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     return bool(libc.mallopt(_M_ARENA_MAX, arenas))
 
 
-def release_free_heap(limit_bytes: int = FREE_HEAP_LIMIT_BYTES) -> bool:
+def release_free_heap(limit_bytes: int | None = None) -> bool:
     """Give free heap pages back to the system once more than ``limit_bytes`` are free.
 
     Trimming after every region would cost page faults when the memory is
@@ -71,7 +71,8 @@ def release_free_heap(limit_bytes: int = FREE_HEAP_LIMIT_BYTES) -> bool:
     whether it trimmed.
     """
     libc = _glibc()
-    if libc is None or libc.mallinfo2().fordblks <= limit_bytes:
+    limit = FREE_HEAP_LIMIT_BYTES if limit_bytes is None else limit_bytes
+    if libc is None or libc.mallinfo2().fordblks <= limit:
         return False
     libc.malloc_trim(0)
     return True
