@@ -20,7 +20,8 @@ from segflow.shared_patches import sharing
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"
-ACCUMULATORS_BUDGET_BYTES = 256 * 2**20  # float32 accumulators of the region tasks in flight
+# the accumulators of the region tasks in flight plus the patches they share
+REGION_MEMORY_BYTES = 256 * 2**20
 
 
 class _TaskProgress(Callback):
@@ -74,9 +75,10 @@ def execute(
         return total
     if scheduler in ("threads", "sync", "synchronous", None):
         name = "sync" if scheduler in ("sync", "synchronous") else "threads"
-        in_flight = 1 if name == "sync" else (workers or tasks_in_flight(work, tasks))
+        in_flight, shared_bytes = local_memory_plan(work, tasks, 1 if name == "sync" else workers)
         # tasks in one process share the patches their regions have in common
-        with sharing(work.grid, [task_region(work, t) for t in tasks]) as key:
+        regions = [task_region(work, t) for t in tasks]
+        with sharing(work.grid, regions, shared_bytes) as key:
             local = dataclasses.replace(
                 work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
             )
@@ -91,16 +93,21 @@ def execute(
     return total
 
 
-def tasks_in_flight(work: RegionWork, tasks: list[Index]) -> int:
-    """Region tasks to run at once in this process: one per core while their accumulators fit.
+def local_memory_plan(
+    work: RegionWork, tasks: list[Index], workers: int | None = None
+) -> tuple[int, int]:
+    """Region tasks to run at once in this process, and the bytes left for shared patches.
 
-    A 2048^2 region of 6 classes accumulates in 100 MB, so two run side by
-    side; a 256^3 region of 3 classes needs 200 MB and runs alone (its
-    forwards still use every core), which keeps peak memory flat as volumes grow.
+    One task per core while their float32 accumulators fit REGION_MEMORY_BYTES;
+    what they leave of it holds shared patches. A 2048^2 region of 6 classes
+    accumulates in 100 MB, so two run side by side; a 256^3 region of 3
+    classes needs 200 MB and runs alone (its forwards still use every core),
+    which keeps peak memory flat as images and volumes grow.
     """
     largest = max(math.prod(region_shape(task_region(work, t))) for t in tasks)
     per_task = 4 * largest * (work.model.num_classes + int(work.write_probabilities))
-    return max(1, min(_cores(), ACCUMULATORS_BUDGET_BYTES // per_task))
+    in_flight = workers or max(1, min(_cores(), REGION_MEMORY_BYTES // per_task))
+    return in_flight, max(0, REGION_MEMORY_BYTES - in_flight * per_task)
 
 
 def _cores() -> int:

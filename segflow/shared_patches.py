@@ -29,8 +29,6 @@ import torch
 
 from segflow.grid import Index, PatchGrid, Region, intersect, union
 
-DEFAULT_BUDGET_BYTES = 64 * 2**20
-
 
 @dataclass(frozen=True)
 class SharedPatch:
@@ -44,9 +42,7 @@ class SharedPatch:
 class SharedPatches:
     """Claims, publishes and hands out the predictions of patches several regions touch."""
 
-    def __init__(
-        self, users: dict[Index, list[Region]], budget_bytes: int = DEFAULT_BUDGET_BYTES
-    ) -> None:
+    def __init__(self, users: dict[Index, list[Region]], budget_bytes: int) -> None:
         # users: for every patch touched by more than one region, the regions that touch it
         self._users = users
         self._remaining = {index: len(regions) for index, regions in users.items()}
@@ -55,14 +51,18 @@ class SharedPatches:
         self._claimed: dict[Index, object] = {}  # patch -> the task predicting it
         # kept logits live in whole-patch slots allocated once and reused: buffers
         # freed by one thread and allocated by another would fragment the heap
+        self._pool: torch.Tensor | None = None
         self._free_slots: list[torch.Tensor] = []
-        self._slots = 0
         self._changed = threading.Condition()
 
     @property
     def slots(self) -> int:
-        """Whole-patch buffers allocated so far (never more than the budget holds)."""
-        return self._slots
+        """Whole-patch slots the budget holds (0 until a patch is first kept)."""
+        return 0 if self._pool is None else self._pool.shape[0]
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
 
     def is_shared(self, index: Index) -> bool:
         return index in self._users
@@ -96,12 +96,15 @@ class SharedPatches:
             self._changed.notify_all()
 
     def _slot(self, logits: torch.Tensor) -> torch.Tensor | None:
-        if self._free_slots:
-            return self._free_slots.pop()
-        if (self._slots + 1) * logits.numel() * logits.element_size() > self._budget:
+        if self._pool is None:
+            # one allocation for every slot: large enough to be mapped on its own, outside
+            # the heap, and its pages count only once a slot is first written
+            slots = self._budget // (logits.numel() * logits.element_size())
+            self._pool = torch.empty((slots, *logits.shape), dtype=logits.dtype)
+            self._free_slots = list(self._pool.unbind(0))[::-1]
+        if not self._free_slots:
             return None
-        self._slots += 1
-        return torch.empty(logits.shape, dtype=logits.dtype)
+        return self._free_slots.pop()
 
     def take(self, index: Index, owner: object) -> SharedPatch | None:
         """The published part of ``index``, waiting while another task predicts it.
@@ -146,14 +149,11 @@ _RUNS_LOCK = threading.Lock()
 
 
 @contextmanager
-def sharing(
-    grid: PatchGrid, regions: Iterable[Region], budget_bytes: int | None = None
-) -> Iterator[str]:
+def sharing(grid: PatchGrid, regions: Iterable[Region], budget_bytes: int) -> Iterator[str]:
     """Register a run's shared patches in this process; yields the key its tasks look up."""
     key = uuid.uuid4().hex
     with _RUNS_LOCK:
-        budget = DEFAULT_BUDGET_BYTES if budget_bytes is None else budget_bytes
-        _RUNS[key] = SharedPatches(patch_users(grid, regions), budget)
+        _RUNS[key] = SharedPatches(patch_users(grid, regions), budget_bytes)
     try:
         yield key
     finally:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import segflow.api
-import segflow.shared_patches
+import segflow.execute
 from segflow import segment
 from segflow.grid import make_grid
 from segflow.io.zarr_sink import ZarrSink
@@ -48,12 +48,11 @@ def test_a_claimed_patch_is_published_for_the_other_region_only():
     assert part is not None
     assert part.extent == (slice(0, 8), slice(8, 12))  # the half inside the right region
     torch.testing.assert_close(part.logits, logits[:, :, 4:], rtol=0, atol=0)
+    assert shared.free_slots == shared.slots - 1
     shared.release(index)
+    assert shared.free_slots == shared.slots - 1  # the right task still holds it
     shared.release(index)
-    assert shared.slots == 1
-    # the slot is reused, not allocated again
-    shared2 = SharedPatches(patch_users(make_grid((8, 16), 8, 4), [LEFT, RIGHT]), 2**20)
-    assert shared2.slots == 0
+    assert shared.free_slots == shared.slots == 2**20 // logits.nbytes  # back in the pool
 
 
 def test_a_patch_over_budget_is_predicted_again_by_its_next_user():
@@ -82,7 +81,7 @@ def test_a_failed_claimer_does_not_leave_its_neighbour_waiting():
 
 def test_runs_are_registered_only_while_they_last():
     grid = make_grid((8, 16), 8, 4)
-    with sharing(grid, [LEFT, RIGHT]) as key:
+    with sharing(grid, [LEFT, RIGHT], 2**20) as key:
         assert shared_patches(key) is not None
     assert shared_patches(key) is None
     assert shared_patches(None) is None
@@ -103,7 +102,7 @@ def test_regions_predict_each_patch_once_and_write_the_same_bits(tmp_path, monke
     monkeypatch.setattr(segflow.api, "TASK_TARGET_2D", 64)  # 6 x 5 regions
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=64, scheduler=scheduler)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
-    monkeypatch.setattr(segflow.shared_patches, "DEFAULT_BUDGET_BYTES", 0)
+    monkeypatch.setattr(segflow.execute, "REGION_MEMORY_BYTES", 0)
     alone_stats, alone_labels, alone_probs = _run(tmp_path, "alone", path, model, **kwargs)
 
     assert stats["patches_predicted"] == len(make_grid((333, 287), 64, 16))
@@ -123,7 +122,7 @@ def test_volume_regions_share_patches(tmp_path, monkeypatch):
     monkeypatch.setattr(segflow.api, "TASK_TARGET_3D", 16)
     kwargs = dict(patch_size=16, overlap=0.25, chunk_size=16)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
-    monkeypatch.setattr(segflow.shared_patches, "DEFAULT_BUDGET_BYTES", 0)
+    monkeypatch.setattr(segflow.execute, "REGION_MEMORY_BYTES", 0)
     alone_stats, alone_labels, alone_probs = _run(tmp_path, "alone", path, model, **kwargs)
     assert stats["patches_predicted"] == len(make_grid((40, 36, 30), 16, 4))
     assert alone_stats["patches_predicted"] > 2 * stats["patches_predicted"]
