@@ -10,6 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import dask
+import dask.local
+import dask.threaded
 from dask.callbacks import Callback
 
 from segflow.engine import RegionStats, RegionWork, process_region, task_region
@@ -82,9 +84,12 @@ def execute(
             local = dataclasses.replace(
                 work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
             )
+            # the scheduler's function itself: named ones make dask import distributed
+            # (half a second) to look for a default client first
+            get = dask.local.get_sync if name == "sync" else dask.threaded.get
             with _TaskProgress(len(tasks), report):
                 results = dask.compute(
-                    *build_tasks(local, tasks), scheduler=name, num_workers=in_flight
+                    *build_tasks(local, tasks), scheduler=get, num_workers=in_flight
                 )
     else:
         results = _run_distributed(build_tasks(work, tasks), scheduler, report, resources)

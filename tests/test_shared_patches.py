@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import segflow.api
 import segflow.execute
@@ -14,10 +15,10 @@ from segflow import segment
 from segflow.grid import make_grid
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models import LoadedModel
+from segflow.models.meta import ClassInfo, ModelMeta
 from segflow.shared_patches import SharedPatches, patch_users, shared_patches, sharing
 
 from .conftest import textured, write_nifti, write_tif
-from .models.tiny import tiny_model
 from .test_engine import conv_model
 
 LEFT = (slice(0, 8), slice(0, 8))
@@ -111,13 +112,41 @@ def test_regions_predict_each_patch_once_and_write_the_same_bits(tmp_path, monke
     np.testing.assert_array_equal(probs.view(np.uint16), alone_probs.view(np.uint16))
 
 
+class IntegerConv3d(nn.Module):
+    """Two 3x3x3 convolutions with integer weights: exact sums, whatever the batch or threads.
+
+    Float 3-D convolutions on a CPU may round differently with the batch size
+    and thread count, which sharing changes; exact arithmetic keeps the
+    comparison about the engine alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.a = nn.Conv3d(1, 3, 3, padding=1)
+        self.b = nn.Conv3d(3, 2, 3, padding=1)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                conv.weight.copy_(torch.randint(-2, 3, conv.weight.shape, generator=g).float())
+                conv.bias.copy_(torch.randint(-3, 4, conv.bias.shape, generator=g).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
 def test_volume_regions_share_patches(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    volume = rng.normal(0, 1, size=(40, 36, 30)).astype(np.float32)
+    volume = rng.integers(-5, 6, size=(40, 36, 30)).astype(np.int16)
     path = write_nifti(tmp_path / "v.nii.gz", volume, np.diag([1.0, 1.0, 1.0, 1.0]))
-    module, meta = tiny_model("unet3d", classes=2, in_channels=1)  # a real 3-D U-Net
+    meta = ModelMeta(
+        arch="intconv3d",
+        spatial_dims=3,
+        in_channels=1,
+        output_stride=1,
+        classes=(ClassInfo(name="a"), ClassInfo(name="b")),
+    )
     model = LoadedModel(
-        meta=meta, module=module.eval(), sha256="unet3d", path=None, runtime="torch"
+        meta=meta, module=IntegerConv3d().eval(), sha256="i3", path=None, runtime="torch"
     )
     monkeypatch.setattr(segflow.api, "TASK_TARGET_3D", 16)
     kwargs = dict(patch_size=16, overlap=0.25, chunk_size=16)
