@@ -2,7 +2,9 @@
 
 8192x8192x3 uint8 tiled GeoTIFF -> Zarr labels, patch 512, overlap 0.25,
 gaussian blending, end to end (read to written). MONAI runs on the same array
-already in memory (no I/O at all), so the comparison favours MONAI.
+already in memory (no I/O at all), so the comparison favours MONAI. It runs the
+very module segflow runs; a plain ``nn.Conv2d`` 1x1, which goes through oneDNN's
+much slower kernel for so few channels, is timed too for reference.
 
     uv run python benchmarks/bench_throughput.py [--size 8192] [--skip-monai]
 """
@@ -74,6 +76,8 @@ def main() -> bool:
         if not args.skip_monai:
             theirs = monai_mpxs(path, model.module)
             figures["MONAI sliding_window Mpx/s"] = f"{theirs:.2f}"
+            plain = torch.nn.Conv2d(3, 6, 1).eval()
+            figures["MONAI, plain nn.Conv2d 1x1 Mpx/s"] = f"{monai_mpxs(path, plain):.2f}"
             ratio = ours / theirs
             checks.append(
                 Check(

@@ -1,11 +1,13 @@
 """The work for one input: one task per output region that reads, predicts, blends, writes.
 
 A task owns a block of whole storage chunks. It reads its region plus the
-halo of every global-grid patch that touches it, normalizes once, predicts
-the patches in batches (the next batch is assembled in a background thread
-while the model runs), blends them into a float32 accumulator and writes its
-chunks whole, then records them as done. Patches are visited in global order,
-so every pixel sums the same terms in the same order whatever the chunking.
+halo of every global-grid patch that touches it, predicts the patches in
+batches (the next batch is cut and normalized in a background thread while
+the model runs), blends them into a float32 accumulator and writes its chunks
+whole, then records them as done. A patch a neighbouring task has already
+predicted in this process is taken from it (see shared_patches). Patches are
+visited in global order, so every pixel sums the same terms in the same order
+whatever the chunking.
 """
 
 from __future__ import annotations
