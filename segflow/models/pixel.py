@@ -7,7 +7,9 @@ reference for measuring everything in the pipeline except the network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -34,12 +36,36 @@ class PixelClassifier(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # oneDNN is slow for pointwise convolutions over few channels (about 30x here);
-        # ATen's own kernel reduces them to one matrix product per image
-        # (torch.backends.mkldnn.flags would also reset unrelated TF32 settings)
-        enabled = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
-        try:
+        with _aten_convolutions():
             return self.net(x)
-        finally:
-            torch._C._set_mkldnn_enabled(enabled)
+
+
+_ATEN_USERS = 0
+_ATEN_LOCK = threading.Lock()
+_MKLDNN_BEFORE = True
+
+
+@contextlib.contextmanager
+def _aten_convolutions() -> Iterator[None]:
+    """Use ATen's convolution kernel instead of oneDNN's while any pixel model runs.
+
+    oneDNN is slow for pointwise convolutions over few channels (about 30x
+    here); ATen's reduces them to one matrix product per image. The switch is
+    process-wide, so it is counted: a forward that ends first must not switch
+    oneDNN back on under another thread's forward (that would change its
+    kernel, and so its last bits, halfway). torch.backends.mkldnn.flags would
+    also reset unrelated TF32 settings.
+    """
+    global _ATEN_USERS, _MKLDNN_BEFORE
+    with _ATEN_LOCK:
+        if _ATEN_USERS == 0:
+            _MKLDNN_BEFORE = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+        _ATEN_USERS += 1
+    try:
+        yield
+    finally:
+        with _ATEN_LOCK:
+            _ATEN_USERS -= 1
+            if _ATEN_USERS == 0:
+                torch._C._set_mkldnn_enabled(_MKLDNN_BEFORE)
