@@ -113,10 +113,15 @@ def report(title: str, figures: dict[str, Any], checks: list[Check]) -> bool:
     return all(c.ok for c in checks)
 
 
-def run_subprocess_json(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run ``fn(*args)`` in a fresh process (own peak RSS) and return its dict result."""
+def run_subprocess(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a fresh process (own heap and peak RSS) and return its result."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return json.loads(json.dumps(pool.apply(fn, args)))
+        return pool.apply(fn, args)
+
+
+def run_subprocess_json(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``run_subprocess`` for a function returning a JSON-able dict (checked as such)."""
+    return json.loads(json.dumps(run_subprocess(fn, *args)))
