@@ -340,6 +340,9 @@ def _prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
     stop = threading.Event()
 
     def produce() -> None:
+        # one core: cutting patches is light, and a second OpenMP team here would
+        # fight the forward pass's team for the same cores
+        torch.set_num_threads(1)
         try:
             for item in batches:
                 if stop.is_set():

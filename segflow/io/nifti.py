@@ -44,6 +44,7 @@ NiftiImage = nib.Nifti1Image | nib.Nifti2Image
 
 # what nibabel raises on unreadable, truncated or foreign files
 _LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+SLAB_BYTES = 8 * 2**20  # one read of k-slices
 
 
 def _load(path: Path) -> NiftiImage:
@@ -248,19 +249,27 @@ class NiftiSource(FileSourceBase[NiftiImage]):
         if 0 in shape:
             return ReadResult(np.empty((self._channels, *shape), self._dtype), np.ones(shape, bool))
         img = self._handles.get()
-        slicer = self._slicer(r)
-        try:
-            raw = np.asarray(img.dataobj[slicer])
-        except _LOAD_ERRORS as e:
-            bounds = ", ".join(f"{s.start}:{s.stop}" for s in r)
-            raise ReaderError(
-                f"{self.path}: reading voxels [{bounds}] failed ({one_line(e)}); "
-                "the file may be damaged"
-            ) from None
-        if self._volume is None and self._file_ndim >= 4:
-            raw = np.moveaxis(raw, -1, 0)  # volumes become channels
-        # native byte order and C order in one copy (big-endian files, Fortran layout)
-        data = np.ascontiguousarray(raw.reshape((self._channels, *shape)), dtype=self._dtype)
+        data = np.empty((self._channels, *shape), self._dtype)
+        # slabs of k-slices, in file order (a .nii.gz stream never rewinds): nibabel's
+        # temporaries stay one slab in size instead of two copies of the region
+        slab = max(1, SLAB_BYTES // (shape[0] * shape[1] * self._channels * data.itemsize))
+        i, j, k = r
+        for start in range(k.start, k.stop, slab):
+            part = (i, j, slice(start, min(start + slab, k.stop)))
+            try:
+                raw = np.asarray(img.dataobj[self._slicer(part)])
+            except _LOAD_ERRORS as e:
+                bounds = ", ".join(f"{s.start}:{s.stop}" for s in r)
+                raise ReaderError(
+                    f"{self.path}: reading voxels [{bounds}] failed ({one_line(e)}); "
+                    "the file may be damaged"
+                ) from None
+            if self._volume is None and self._file_ndim >= 4:
+                raw = np.moveaxis(raw, -1, 0)  # volumes become channels
+            # native byte order and C order (big-endian files, Fortran layout) in the copy
+            data[..., start - k.start : part[2].stop - k.start] = raw.reshape(
+                (self._channels, *region_shape(part))
+            )
         return ReadResult(data, valid_mask(data, (self._nodata,) * self._channels))
 
     def _slicer(self, region: tuple[slice, ...]) -> tuple[slice | int, ...]:
