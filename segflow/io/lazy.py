@@ -48,10 +48,10 @@ def check_input_file(path: Path) -> int:
     return st.st_size
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    """sha256 of a file, hex, read in blocks so memory stays flat."""
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """sha256 of a file (an input or a model), hex, read in blocks so memory stays flat."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()

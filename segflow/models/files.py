@@ -9,7 +9,6 @@ a metadata sidecar, and returns them all as a :class:`LoadedModel`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from segflow.errors import ModelError
+from segflow.io.lazy import sha256_file
 from segflow.models import legacy
 from segflow.models.exported import (
     OnnxModule,
@@ -54,14 +54,6 @@ class LoadedModel:
     sha256: str  # of the model file
     path: Path | None
     runtime: Literal["torch", "torchscript", "onnx"]
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(module: nn.Module, meta: ModelMeta, path: str | Path) -> str:
