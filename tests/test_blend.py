@@ -67,7 +67,7 @@ def test_single_class_output_is_a_sigmoid_threshold():
     assert acc.labels(np.dtype(np.uint8)).tolist() == [[0, 1], [1, 0]]
 
 
-@pytest.mark.parametrize("classes", [2, 6, 300])
+@pytest.mark.parametrize("classes", [2, 6, 256, 300])
 def test_argmax_channels_matches_torch_argmax(classes):
     from segflow.blend import argmax_channels
 
