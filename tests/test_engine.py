@@ -213,3 +213,41 @@ def test_normalization_is_global_not_per_tile(tmp_path):
     segment(path, model, tmp_path / "o.zarr", patch_size=32, overlap=0, device="cpu")
     labels = labels_of(tmp_path / "o.zarr")
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] == 1).all()
+
+
+def test_batch_buffers_are_reused_and_never_lent_twice():
+    from segflow.engine import BatchBuffers
+
+    buffers = BatchBuffers((4, 3, 8, 8))
+    first = buffers.take(4)
+    second = buffers.take(2)  # none free: a second buffer
+    assert second.shape == (2, 3, 8, 8)
+    assert first.data_ptr() != second.data_ptr()
+    buffers.give_back(second)
+    again = buffers.take(3)  # the given-back buffer, viewed for three patches
+    assert again.data_ptr() == second.data_ptr()
+    assert again.shape == (3, 3, 8, 8)
+    assert buffers.take(1).data_ptr() not in (first.data_ptr(), again.data_ptr())
+
+
+def test_edge_patches_in_reused_batches_are_padded_with_zeros():
+    # a reused buffer holds the previous batch: an edge patch's padding must be
+    # zeroed, not left as that batch's pixels
+    from types import SimpleNamespace
+
+    from segflow.engine import BatchBuffers, _patch_batch
+    from segflow.grid import make_grid
+
+    grid = make_grid((40, 100), 48, 8)  # rows shorter than a patch: every patch is padded
+    work = SimpleNamespace(grid=grid, normalization=None)
+    raw = np.full((3, 40, 100), 7, np.uint8)
+    valid = np.ones((40, 100), bool)
+    buffers = BatchBuffers((2, 3, 48, 48))
+    stale = buffers.take(2)
+    stale.fill_(float("nan"))
+    buffers.give_back(stale)
+    extents = [grid.extent(index) for index in list(grid.indices())[:2]]
+    batch = _patch_batch(raw, valid, (0, 0), work, extents, buffers=buffers)
+    assert batch.data_ptr() == stale.data_ptr()
+    assert (batch[:, :, :40] == 7).all()
+    assert (batch[:, :, 40:] == 0).all()
