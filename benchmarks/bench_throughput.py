@@ -45,6 +45,7 @@ def monai_mpxs(path: str) -> float:
         logits = sliding_window_inference(
             x, roi_size=(512, 512), sw_batch_size=1, predictor=model, overlap=0.25, mode="gaussian"
         )
+        assert isinstance(logits, torch.Tensor)
         labels = torch.argmax(logits, dim=1).to(torch.uint8)
     assert labels.shape[-2:] == image.shape[-2:]
     return image.shape[1] * image.shape[2] / t["seconds"] / 1e6

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -55,7 +55,9 @@ def write_geotiff(path: Path, size: int, bands: int = 3, tile: int = 512, seed: 
     return path
 
 
-def near_free_model(in_channels: int = 3, classes: int = 6, spatial_dims: int = 2) -> LoadedModel:
+def near_free_model(
+    in_channels: int = 3, classes: int = 6, spatial_dims: Literal[2, 3] = 2
+) -> LoadedModel:
     """A 1x1 convolution: the pipeline's cost with (almost) no network."""
     torch.manual_seed(0)
     module = PixelClassifier(in_channels, classes, spatial_dims=spatial_dims).eval()
@@ -77,6 +79,20 @@ def timer() -> Iterator[dict[str, float]]:
     start = time.perf_counter()
     yield result
     result["seconds"] = time.perf_counter() - start
+
+
+def best_of_interleaved(repeat: int, *runs: Callable[[int], float]) -> list[float]:
+    """The fastest of ``repeat`` timings of each run, taken in turn (a, b, a, b, ...).
+
+    On a shared machine speed drifts over a minute; alternating the runs
+    spreads the drift over all of them, and the minimum is the least disturbed
+    figure. Each run gets the repetition number and returns its seconds.
+    """
+    best = [float("inf")] * len(runs)
+    for i in range(repeat):
+        for k, run in enumerate(runs):
+            best[k] = min(best[k], run(i))
+    return best
 
 
 def peak_rss_mb() -> float:
