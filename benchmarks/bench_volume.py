@@ -32,6 +32,7 @@ from benchmarks.common import (
 )
 from segflow import segment
 from segflow.grid import make_grid
+from segflow.heap import tune_heap
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
@@ -118,6 +119,7 @@ def main() -> bool:
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
+    tune_heap()  # the baselines run under the heap settings the engine uses
     model = unet3d_model()
     figures: dict[str, Any] = {"volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net"}
     checks = []

@@ -36,7 +36,7 @@ from segflow.grid import (
     shift,
     union,
 )
-from segflow.heap import release_free_heap
+from segflow.heap import release_free_heap, tune_heap
 from segflow.io.source import Source
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import Normalization
@@ -171,6 +171,7 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
     # this thread's elementwise work runs on its share of the cores: OpenMP teams
     # that compete for the same cores slow every op down several times
     torch.set_num_threads(work.task_threads)
+    tune_heap()  # once per process: also in Dask worker processes
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
     patches = work.grid.touching(region)

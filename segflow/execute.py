@@ -17,7 +17,7 @@ from dask.callbacks import Callback
 from segflow.engine import RegionStats, RegionWork, process_region, task_region
 from segflow.errors import ConfigError
 from segflow.grid import Index, region_shape
-from segflow.heap import limit_malloc_arenas, map_large_buffers
+from segflow.heap import tune_heap
 from segflow.shared_patches import sharing
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
@@ -69,8 +69,7 @@ def execute(
     GPU worker started with ``--resources GPU=1`` runs one model task at a time.
     It is passed at compute time: annotations can be lost in graph optimisation.
     """
-    limit_malloc_arenas()
-    map_large_buffers()
+    tune_heap()
     report = progress or (lambda done, total: None)
     report(0, len(tasks))
     total = RegionStats(class_counts=[0] * work.model.num_classes)

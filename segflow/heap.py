@@ -1,9 +1,11 @@
-"""Keeps glibc's heap from holding on to memory the engine has freed (Linux only).
+"""glibc heap settings for region tasks (Linux only; no-ops with another libc or macOS).
 
-Region tasks allocate and free buffers of tens of megabytes from several
-threads. glibc keeps freed chunks inside its heaps for reuse; with the
-default settings that retained memory, not the live data, grew peak RSS with
-the length of a run. Both helpers are no-ops elsewhere (another libc, macOS).
+Region tasks and forward passes allocate and free buffers of tens to hundreds
+of megabytes from several threads. Handing each one back to the system when
+freed makes the next batch fault it in again (page faults were half of a
+CPU forward's time); keeping everything lets free heap grow with the run. So
+freed buffers stay in the heap for reuse, the number of heaps is capped, and
+free heap is given back between regions once it passes a limit.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import functools
 import os
 import sys
 
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-MMAP_THRESHOLD_BYTES = 16 * 2**20
+MMAP_THRESHOLD_BYTES = 512 * 2**20  # glibc's largest; above any activation at default batch sizes
+TRIM_THRESHOLD_BYTES = 1024 * 2**20  # trimming is left to release_free_heap
 FREE_HEAP_LIMIT_BYTES = 256 * 2**20
 
 
@@ -51,13 +55,15 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 @functools.cache
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's per-thread heap arenas, unless MALLOC_ARENA_MAX is set.
+def limit_malloc_arenas(arenas: int = 1) -> bool:
+    """Cap glibc's heap arenas: with one, every thread allocates from the main heap.
 
-    Every thread that allocates gets its own arena by default, and each arena
-    keeps the large, short-lived buffers of its region tasks: with two worker
-    threads and a prefetch thread, peak memory was 1.6x what two arenas give,
-    at the same speed. Returns whether the cap was applied.
+    A thread's own arena is made of 64 MB heaps, so it maps a larger buffer (a
+    3-D U-Net activation of 113 MB) afresh on every forward whatever the
+    threshold: the engine's forwards, in worker threads, ran at half the speed
+    of the same forwards in the main thread. One arena also keeps less freed
+    memory than one per thread (1.6x the peak with two workers and a prefetch
+    thread). Skipped when MALLOC_ARENA_MAX is set; returns whether the cap was applied.
     """
     libc = _glibc()
     if libc is None or "MALLOC_ARENA_MAX" in os.environ:
@@ -66,19 +72,32 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 @functools.cache
-def map_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Give buffers of ``threshold`` bytes or more their own mapping, returned when freed.
+def reuse_freed_buffers(
+    mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int = TRIM_THRESHOLD_BYTES
+) -> bool:
+    """Keep freed buffers below ``mmap_threshold`` in the heap, for the next batch to reuse.
 
-    glibc raises its threshold as mapped buffers are freed, up to 32 MB, after
-    which a region's 16-32 MB buffers (reads, masks, labels) come from the heap
-    and leave holes there: a 512^3 volume's run grew by about 160 MB of free
-    heap. A fixed threshold keeps them out of the heap; the per-batch buffers
-    below it still reuse heap memory. Skipped when MALLOC_MMAP_THRESHOLD_ is set.
+    A CPU forward pass allocates and frees hundreds of MB of activations per
+    batch. With glibc's defaults, buffers over 32 MB get a fresh mapping every
+    time and freed heap tops are handed back at once, so every forward faults
+    its working set in again: a U-Net/resnet18 ran at half speed. Here they stay
+    in the heap; ``release_free_heap`` after each region bounds what stays free.
+    Skipped when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set.
     """
     libc = _glibc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if libc is None or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
+@functools.cache
+def tune_heap() -> None:
+    """The heap settings region tasks run under (once per process)."""
+    limit_malloc_arenas()
+    reuse_freed_buffers()
 
 
 def release_free_heap(limit_bytes: int | None = None) -> bool:

@@ -23,21 +23,22 @@ def test_free_heap_over_the_limit_is_given_back():
 def test_helpers_are_no_ops_without_glibc(monkeypatch):
     monkeypatch.setattr(heap, "_glibc", lambda: None)
     assert not heap.release_free_heap(limit_bytes=0)
-    assert not heap.limit_malloc_arenas.__wrapped__(2)
-    assert not heap.map_large_buffers.__wrapped__(heap.MMAP_THRESHOLD_BYTES)
+    assert not heap.limit_malloc_arenas.__wrapped__(1)
+    assert not heap.reuse_freed_buffers.__wrapped__()
 
 
 @glibc
 def test_the_arena_cap_respects_a_users_setting(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert not heap.limit_malloc_arenas.__wrapped__(2)
+    assert not heap.limit_malloc_arenas.__wrapped__(1)
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    assert heap.limit_malloc_arenas.__wrapped__(2) is sys.platform.startswith("linux")
+    assert heap.limit_malloc_arenas.__wrapped__(1) is sys.platform.startswith("linux")
 
 
 @glibc
-def test_large_buffers_get_their_own_mapping_unless_the_user_says_otherwise(monkeypatch):
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
-    assert not heap.map_large_buffers.__wrapped__(heap.MMAP_THRESHOLD_BYTES)
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert heap.map_large_buffers.__wrapped__(heap.MMAP_THRESHOLD_BYTES)
+@pytest.mark.parametrize("setting", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"])
+def test_freed_buffers_are_kept_unless_the_user_says_otherwise(monkeypatch, setting):
+    monkeypatch.setenv(setting, "1048576")
+    assert not heap.reuse_freed_buffers.__wrapped__()
+    monkeypatch.delenv(setting)
+    assert heap.reuse_freed_buffers.__wrapped__()
