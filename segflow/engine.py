@@ -201,11 +201,14 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
     del raw, valid
 
     labels = accumulator.labels(work.sink.label_dtype)
-    labels[~region_valid] = work.sink.label_nodata
+    all_valid = bool(region_valid.all())
+    if not all_valid:
+        labels[~region_valid] = work.sink.label_nodata
     probabilities = None
     if work.write_probabilities:
         probabilities = accumulator.probabilities()
-        probabilities[:, ~region_valid] = np.nan
+        if not all_valid:
+            probabilities[:, ~region_valid] = np.nan
 
     origin = tuple(s.start for s in region)
     done = work.sink.done_chunks()
@@ -220,12 +223,27 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
         )
         stats.chunks_written += 1
     stats.valid_pixels = int(np.count_nonzero(region_valid))
-    # nodata is the dtype's largest value, so it lands in a bin past the classes
-    counts = np.bincount(labels.ravel(), minlength=work.model.num_classes)
-    stats.class_counts = [int(c) for c in counts[: work.model.num_classes]]
+    stats.class_counts = class_counts(labels, work.model.num_classes)
     del labels, probabilities
     release_free_heap()
     return stats
+
+
+COUNT_BLOCK = 2**20
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Pixels per class; nodata (the dtype's largest value) lands in a bin past the classes.
+
+    Counted a block at a time: bincount copies its input to int64, 128 MB for
+    the labels of one 256^3 region.
+    """
+    counts = np.zeros(num_classes, np.int64)
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, COUNT_BLOCK):
+        block = np.bincount(flat[start : start + COUNT_BLOCK], minlength=num_classes)
+        counts += block[:num_classes]
+    return [int(c) for c in counts]
 
 
 def _predict_and_blend(

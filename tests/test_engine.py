@@ -251,3 +251,15 @@ def test_edge_patches_in_reused_batches_are_padded_with_zeros():
     assert batch.data_ptr() == stale.data_ptr()
     assert (batch[:, :, :40] == 7).all()
     assert (batch[:, :, 40:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_class_counts_are_counted_in_blocks_and_leave_nodata_out(monkeypatch, dtype):
+    from segflow import engine
+
+    monkeypatch.setattr(engine, "COUNT_BLOCK", 7)  # blocks that split the array unevenly
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (5, 9, 3)).astype(dtype)
+    labels[0] = np.iinfo(dtype).max  # nodata
+    expected = np.bincount(labels[labels != np.iinfo(dtype).max], minlength=4)
+    assert engine.class_counts(labels, 4) == expected.tolist()
