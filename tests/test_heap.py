@@ -38,6 +38,8 @@ def test_the_arena_cap_respects_a_users_setting(monkeypatch):
 @glibc
 @pytest.mark.parametrize("setting", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"])
 def test_freed_buffers_are_kept_unless_the_user_says_otherwise(monkeypatch, setting):
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)  # a dask nanny sets one for its workers
     monkeypatch.setenv(setting, "1048576")
     assert not heap.reuse_freed_buffers.__wrapped__()
     monkeypatch.delenv(setting)
