@@ -80,10 +80,16 @@ def dask_scheduler(spec: DaskSpec) -> Iterator[str]:
     if spec.scheduler in ("threads", "sync"):
         yield spec.scheduler
         return
+    import dask
     from distributed import Client, LocalCluster
 
+    from segflow.heap import heap_environment
+
     if spec.scheduler == "local":
+        # workers start with the heap settings region tasks run under (see segflow.heap)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **heap_environment()}
         with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
             LocalCluster(
                 n_workers=spec.workers or 2,
                 threads_per_worker=spec.threads_per_worker,

@@ -93,6 +93,19 @@ def reuse_freed_buffers(
     )
 
 
+def heap_environment() -> dict[str, str]:
+    """The same settings as environment variables, for worker processes glibc reads them in.
+
+    Set before a process starts, they apply to every thread from its first
+    allocation (a Dask nanny otherwise gives its workers a small trim threshold).
+    """
+    return {
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES),
+    }
+
+
 @functools.cache
 def tune_heap() -> None:
     """The heap settings region tasks run under (once per process)."""
