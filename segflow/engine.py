@@ -197,18 +197,18 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
         buffers = BatchBuffers((work.batch_size, raw.data.shape[0], *work.grid.patch))
         _predict_and_blend(work, region, cut, buffers, todo, accumulator, stats)
         del cut, buffers
-    region_valid = region_valid.copy()
-    del raw, valid
+    # kept past the read buffer only where it says something
+    invalid = None if region_valid.all() else ~region_valid
+    del raw, valid, region_valid
 
     labels = accumulator.labels(work.sink.label_dtype)
-    all_valid = bool(region_valid.all())
-    if not all_valid:
-        labels[~region_valid] = work.sink.label_nodata
+    if invalid is not None:
+        labels[invalid] = work.sink.label_nodata
     probabilities = None
     if work.write_probabilities:
         probabilities = accumulator.probabilities()
-        if not all_valid:
-            probabilities[:, ~region_valid] = np.nan
+        if invalid is not None:
+            probabilities[:, invalid] = np.nan
 
     origin = tuple(s.start for s in region)
     done = work.sink.done_chunks()
@@ -222,7 +222,9 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
             probabilities[(slice(None), *local)] if probabilities is not None else None,
         )
         stats.chunks_written += 1
-    stats.valid_pixels = int(np.count_nonzero(region_valid))
+    stats.valid_pixels = labels.size - (
+        int(np.count_nonzero(invalid)) if invalid is not None else 0
+    )
     stats.class_counts = class_counts(labels, work.model.num_classes)
     del labels, probabilities
     release_free_heap()

@@ -5,15 +5,23 @@ of megabytes from several threads. Handing each one back to the system when
 freed makes the next batch fault it in again (page faults were half of a
 CPU forward's time); keeping everything lets free heap grow with the run. So
 freed buffers stay in the heap for reuse, the number of heaps is capped, and
-free heap is given back between regions once it passes a limit.
+free heap is given back between regions once it passes a limit. Buffers of
+another size and lifetime (a region's read) are mapped on their own instead
+(``mapped_empty``), so they leave no holes in the heap.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
+import mmap
 import os
 import sys
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
 _M_MMAP_THRESHOLD = -3
@@ -21,6 +29,7 @@ _M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 512 * 2**20  # glibc's largest; above any activation at default batch sizes
 TRIM_THRESHOLD_BYTES = 1024 * 2**20  # trimming is left to release_free_heap
 FREE_HEAP_LIMIT_BYTES = 256 * 2**20
+MAPPED_BYTES = 16 * 2**20  # mapped_empty's arrays from this size up
 
 
 class _MallInfo2(ctypes.Structure):
@@ -126,3 +135,20 @@ def release_free_heap(limit_bytes: int | None = None) -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def mapped_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """An uninitialised array that, when large, lives in a mapping of its own.
+
+    The heap keeps freed buffers for the next batch to reuse, which suits
+    buffers of one size. Buffers allocated once per region (a region's read)
+    or once per run (the shared-patch slots) differ in size and lifetime; in
+    the heap each left a hole that later buffers only partly filled, and free
+    heap grew region by region. A mapping of its own is given back whole when
+    the array is freed.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MAPPED_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)

@@ -25,9 +25,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from segflow.grid import Index, PatchGrid, Region, intersect, union
+from segflow.heap import mapped_empty
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,12 @@ class SharedPatches:
 
     def _slot(self, logits: torch.Tensor) -> torch.Tensor | None:
         if self._pool is None:
-            # one allocation for every slot: large enough to be mapped on its own, outside
-            # the heap, and its pages count only once a slot is first written
-            slots = self._budget // (logits.numel() * logits.element_size())
-            self._pool = torch.empty((slots, *logits.shape), dtype=logits.dtype)
+            # one mapping for every slot, outside the heap (allocated mid-region, it
+            # fragmented the heap), whose pages count only once a slot is first written
+            slot_bytes = logits.numel() * logits.element_size()
+            slots = self._budget // slot_bytes
+            pool = torch.from_numpy(mapped_empty((max(1, slots) * slot_bytes,), np.uint8))
+            self._pool = pool.view(logits.dtype).reshape(-1, *logits.shape)[:slots]
             self._free_slots = list(self._pool.unbind(0))[::-1]
         if not self._free_slots:
             return None

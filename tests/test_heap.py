@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 
 import numpy as np
@@ -44,3 +45,20 @@ def test_freed_buffers_are_kept_unless_the_user_says_otherwise(monkeypatch, sett
     assert not heap.reuse_freed_buffers.__wrapped__()
     monkeypatch.delenv(setting)
     assert heap.reuse_freed_buffers.__wrapped__()
+
+
+def _owner(array: np.ndarray) -> object:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_large_arrays_get_a_mapping_of_their_own():
+    big = heap.mapped_empty((4, heap.MAPPED_BYTES // 8), np.int16)
+    assert isinstance(_owner(big), mmap.mmap)
+    assert big.shape == (4, heap.MAPPED_BYTES // 8) and big.dtype == np.int16
+    big[...] = 7  # writable, C-contiguous like np.empty
+    assert big.flags.c_contiguous and int(big[-1, -1]) == 7
+    small = heap.mapped_empty((16, 16), np.float32)
+    assert not isinstance(_owner(small), mmap.mmap)  # small ones stay in the heap

@@ -24,6 +24,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from segflow.errors import ReaderError
+from segflow.heap import mapped_empty
 from segflow.io.lazy import (
     FileSourceBase,
     ThreadHandles,
@@ -274,7 +275,11 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
         ds = self._handles.get()
         window = Window.from_slices(rows, cols)
         try:
-            data = ds.read(indexes=list(self._bands), window=window)
+            data = ds.read(
+                indexes=list(self._bands),
+                window=window,
+                out=mapped_empty((self.channels, h, w), self._dtype),
+            )
             mask = ds.read_masks(self._bands[0], window=window) if self._use_mask else None
         except RasterioError as e:
             raise ReaderError(
@@ -283,7 +288,7 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
             ) from None
         valid = valid_mask(data, self._band_nodata())
         if mask is not None:
-            valid &= mask != 0
+            valid = valid & (mask != 0)  # valid may be a read-only all-valid view
         return ReadResult(data, valid)
 
     def _band_nodata(self) -> tuple[float | None, ...]:

@@ -25,6 +25,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from segflow.errors import ConfigError, ReaderError
+from segflow.heap import mapped_empty
 from segflow.io.lazy import (
     FileSourceBase,
     ThreadHandles,
@@ -249,7 +250,7 @@ class NiftiSource(FileSourceBase[NiftiImage]):
         if 0 in shape:
             return ReadResult(np.empty((self._channels, *shape), self._dtype), np.ones(shape, bool))
         img = self._handles.get()
-        data = np.empty((self._channels, *shape), self._dtype)
+        data = mapped_empty((self._channels, *shape), self._dtype)
         # slabs of k-slices, in file order (a .nii.gz stream never rewinds): nibabel's
         # temporaries stay one slab in size instead of two copies of the region
         slab = max(1, SLAB_BYTES // (shape[0] * shape[1] * self._channels * data.itemsize))

@@ -74,6 +74,14 @@ def test_valid_mask_needs_every_channel_nodata() -> None:
     np.testing.assert_array_equal(valid_mask(data, (None, None)), [[True, True, True]])
 
 
+def test_valid_mask_of_data_without_nodata_takes_no_memory() -> None:
+    data = np.zeros((2, 64, 64), np.int16)
+    valid = valid_mask(data, (None, None))
+    assert valid.shape == (64, 64) and bool(valid.all())
+    assert valid.strides == (0, 0)  # a view of one value, not a byte per pixel
+    assert not valid.flags.writeable
+
+
 def test_valid_mask_nan_always_counts_for_floats() -> None:
     nan = np.nan
     data = np.array([[[nan, nan, 1.0, -1.0]], [[nan, 2.0, nan, -1.0]]], np.float32)
