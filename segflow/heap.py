@@ -30,6 +30,9 @@ MMAP_THRESHOLD_BYTES = 512 * 2**20  # glibc's largest; above any activation at d
 TRIM_THRESHOLD_BYTES = 1024 * 2**20  # trimming is left to release_free_heap
 FREE_HEAP_LIMIT_BYTES = 256 * 2**20
 MAPPED_BYTES = 16 * 2**20  # mapped_empty's arrays from this size up
+# glibc reads MALLOC_* variables when the process starts, so those are the user's settings;
+# ones set later (a Dask nanny sets one in the process that starts its workers) are not
+_MALLOC_SETTINGS_AT_START = frozenset(name for name in os.environ if name.startswith("MALLOC_"))
 
 
 class _MallInfo2(ctypes.Structure):
@@ -72,10 +75,10 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     threshold: the engine's forwards, in worker threads, ran at half the speed
     of the same forwards in the main thread. One arena also keeps less freed
     memory than one per thread (1.6x the peak with two workers and a prefetch
-    thread). Skipped when MALLOC_ARENA_MAX is set; returns whether the cap was applied.
+    thread). Skipped when the process started with MALLOC_ARENA_MAX set; returns whether the cap was applied.
     """
     libc = _glibc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+    if libc is None or "MALLOC_ARENA_MAX" in _MALLOC_SETTINGS_AT_START:
         return False
     return bool(libc.mallopt(_M_ARENA_MAX, arenas))
 
@@ -91,10 +94,13 @@ def reuse_freed_buffers(
     time and freed heap tops are handed back at once, so every forward faults
     its working set in again: a U-Net/resnet18 ran at half speed. Here they stay
     in the heap; ``release_free_heap`` after each region bounds what stays free.
-    Skipped when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set.
+    Skipped when the process started with MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_.
     """
     libc = _glibc()
-    if libc is None or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+    if (
+        libc is None
+        or {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & _MALLOC_SETTINGS_AT_START
+    ):
         return False
     return bool(
         libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)

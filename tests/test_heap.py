@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mmap
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -30,21 +32,38 @@ def test_helpers_are_no_ops_without_glibc(monkeypatch):
 
 @glibc
 def test_the_arena_cap_respects_a_users_setting(monkeypatch):
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setattr(heap, "_MALLOC_SETTINGS_AT_START", frozenset({"MALLOC_ARENA_MAX"}))
     assert not heap.limit_malloc_arenas.__wrapped__(1)
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setattr(heap, "_MALLOC_SETTINGS_AT_START", frozenset())
     assert heap.limit_malloc_arenas.__wrapped__(1) is sys.platform.startswith("linux")
 
 
 @glibc
 @pytest.mark.parametrize("setting", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"])
 def test_freed_buffers_are_kept_unless_the_user_says_otherwise(monkeypatch, setting):
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
-        monkeypatch.delenv(name, raising=False)  # a dask nanny sets one for its workers
-    monkeypatch.setenv(setting, "1048576")
+    monkeypatch.setattr(heap, "_MALLOC_SETTINGS_AT_START", frozenset({setting}))
     assert not heap.reuse_freed_buffers.__wrapped__()
-    monkeypatch.delenv(setting)
+    monkeypatch.setattr(heap, "_MALLOC_SETTINGS_AT_START", frozenset())
     assert heap.reuse_freed_buffers.__wrapped__()
+
+
+@glibc
+@pytest.mark.parametrize("at_start", [True, False])
+def test_only_settings_the_process_started_with_are_the_users(at_start):
+    # a Dask nanny leaves MALLOC_TRIM_THRESHOLD_ in the environment of the process that
+    # started its workers; glibc never read it there, so segflow's settings still apply
+    script = (
+        "import os, segflow.heap as heap\n"
+        "os.environ['MALLOC_TRIM_THRESHOLD_'] = '65536'\n"
+        "print(heap.reuse_freed_buffers())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if at_start:
+        env["MALLOC_TRIM_THRESHOLD_"] = "65536"
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == str(not at_start)
 
 
 def _owner(array: np.ndarray) -> object:
