@@ -197,6 +197,7 @@ def segment_input(
             overwrite=overwrite and not use_resume,
             scheduler=scheduler_for_task(scheduler),
             workers=spec.dask.workers if scheduler == "threads" else None,
+            region_size=spec.dask.region_size,
             progress=_progress(logger, item.name),
             raise_errors=True,
             **spec.run_options(),
@@ -469,6 +470,8 @@ def _as_options(spec: PipelineSpec) -> dict[str, Any]:
     )
     if spec.dask.workers is not None:
         options["workers"] = spec.dask.workers
+    if spec.dask.region_size is not None:
+        options["region_size"] = spec.dask.region_size
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 

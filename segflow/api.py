@@ -27,7 +27,7 @@ from segflow.engine import (
     task_indices,
 )
 from segflow.errors import ConfigError, InputDataError, ModelError, SegflowError
-from segflow.execute import ProgressFn, execute
+from segflow.execute import REGION_MEMORY_BYTES, ProgressFn, execute
 from segflow.grid import PatchGrid, coerce_shape, iter_chunks, make_grid, round_up
 from segflow.io.open import open_source
 from segflow.io.source import Source, VolumeGeometry
@@ -40,7 +40,7 @@ DEFAULT_PATCH_3D = 96
 DEFAULT_CHUNK_2D = 1024
 DEFAULT_CHUNK_3D = 128
 TASK_TARGET_2D = 2048  # a task's region; larger regions re-predict fewer halo patches
-TASK_TARGET_3D = 256
+TASK_TARGET_3D = 256  # (both shrink when many classes would not fit REGION_MEMORY_BYTES)
 
 ProbabilityMode = Literal["none", "uint8", "float16"]
 
@@ -100,6 +100,7 @@ def segment(
     overwrite: bool = False,
     scheduler: Any = "threads",
     workers: int | None = None,
+    region_size: int | None = None,
     progress: ProgressFn | None = None,
     raise_errors: bool | None = None,
     **options: Any,
@@ -108,9 +109,13 @@ def segment(
 
     With several inputs, ``output`` is a folder receiving ``<name>.zarr`` per
     input, and a failing input does not stop the others (its result says why).
+    ``region_size`` is the edge of the region one task reads and blends at once
+    (rounded down to whole chunks); it changes memory and speed, never the output.
     """
     run_options = RunOptions(**_tupled(options))
     run_options.check()
+    if region_size is not None and region_size < 1:
+        raise ConfigError(f"region size must be at least 1, got {region_size}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     single = isinstance(inputs, str | Path)
     paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
@@ -130,6 +135,7 @@ def segment(
                 overwrite=overwrite,
                 scheduler=scheduler,
                 workers=workers,
+                region_size=region_size,
                 progress=progress,
             )
             results.append(
@@ -162,6 +168,7 @@ def segment_one(
     overwrite: bool = False,
     scheduler: Any = "threads",
     workers: int | None = None,
+    region_size: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     source = open_source(
@@ -171,7 +178,15 @@ def segment_one(
         volume=options.volume,
         volumes_as_channels=options.volumes_as_channels,
     )
-    work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
+    work = plan(
+        source,
+        loaded,
+        output,
+        options,
+        resume=resume,
+        overwrite=overwrite,
+        region_size=region_size,
+    )
     if resume and work.sink.is_complete:
         return work.sink.summary or {}  # nothing left to do; keep what the finished run recorded
     checksum: dict[str, str] = {}
@@ -200,7 +215,8 @@ def segment_one(
         # this run computed only the missing regions: count the whole store instead
         stats.valid_pixels, stats.class_counts = _count_labels(work)
     names = [c.name for c in loaded.meta.classes]
-    summary = _summary(names, stats, time.perf_counter() - started, checksum.get("sha256", ""))
+    seconds = time.perf_counter() - started
+    summary = _summary(names, stats, seconds, checksum.get("sha256", ""), len(todo))
     work.sink.finalize(summary)
     return summary
 
@@ -213,6 +229,7 @@ def plan(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    region_size: int | None = None,
 ) -> RegionWork:
     """Check the input against the model, lay out the grid and create (or reopen) the store."""
     meta = loaded.meta
@@ -256,8 +273,10 @@ def plan(
         resume=resume,
         overwrite=overwrite,
     )
-    target = TASK_TARGET_3D if ndim == 3 and squeeze_axis is None else TASK_TARGET_2D
-    task_target = tuple(c if squeeze_axis == a else max(target, c) for a, c in enumerate(chunk))
+    edge = region_size or default_region_size(
+        ndim - (squeeze_axis is not None), meta.num_classes, options.probabilities != "none"
+    )
+    task_target = tuple(c if squeeze_axis == a else max(edge, c) for a, c in enumerate(chunk))
     predictor_options = PredictorOptions(
         device=options.device,
         amp=options.amp,
@@ -287,6 +306,22 @@ def plan(
         write_labels=options.labels,
         write_probabilities=options.probabilities != "none",
     )
+
+
+def default_region_size(dims: int, num_classes: int, probabilities: bool) -> int:
+    """Edge of a task's region: 2048 pixels or 256 voxels, less where its accumulator would not fit.
+
+    The accumulator holds a float32 per class (and one for the weights when
+    probabilities are written) for every pixel of the region; with many
+    classes a 256^3 region would take gigabytes, so the edge shrinks until
+    one accumulator fits REGION_MEMORY_BYTES.
+    """
+    target = TASK_TARGET_3D if dims == 3 else TASK_TARGET_2D
+    pixel_bytes = 4 * (num_classes + int(probabilities))
+    fits = round((REGION_MEMORY_BYTES / pixel_bytes) ** (1 / dims))
+    while fits > 1 and pixel_bytes * fits**dims > REGION_MEMORY_BYTES:  # the root's rounding
+        fits -= 1
+    return max(1, min(target, fits))
 
 
 CPU_BATCH_LOGITS_BYTES = 16 * 2**20
@@ -399,10 +434,13 @@ def _provenance(
     }
 
 
-def _summary(names: list[str], stats: RegionStats, seconds: float, checksum: str) -> dict[str, Any]:
+def _summary(
+    names: list[str], stats: RegionStats, seconds: float, checksum: str, region_tasks: int
+) -> dict[str, Any]:
     return {
         "input_sha256": checksum,
         "seconds": round(seconds, 3),
+        "region_tasks": region_tasks,  # this run's; a resumed run counts only its own
         "valid_pixels": stats.valid_pixels,
         "patches_predicted": stats.patches_predicted,
         "patches_skipped_nodata": stats.patches_skipped,

@@ -165,6 +165,14 @@ def run_command(
         typer.Option(help="threads, sync, local, or a Dask scheduler address tcp://host:port."),
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Threads or local Dask workers.")] = None,
+    region_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Edge of the region a task reads and blends at once, in whole chunks; larger "
+            "regions predict fewer boundary patches twice and take more memory. "
+            "[default: 2048 / 256, less for many classes]"
+        ),
+    ] = None,
     flow: Annotated[
         bool, typer.Option(help="Record the run as a Prefect flow run (off: call the library).")
     ] = True,
@@ -196,6 +204,7 @@ def run_command(
             volume=volume,
             volumes_as_channels=volumes_as_channels,
             slice_axis=slice_axis,
+            region_size=region_size,
         )
         options = {k: v for k, v in options.items() if v is not None}
         with progress_bar(progress and sys.stderr.isatty()) as bar:
@@ -263,6 +272,8 @@ def _run_library(
         merged = merge_overrides(load_spec(spec), model=model, **options)
         model, options = merged.model, merged.run_options()
         options = {k: v for k, v in options.items() if v is not None}
+        if merged.dask.region_size is not None:
+            options["region_size"] = merged.dask.region_size
     if model is None:
         raise ConfigError("no model given: pass --model FILE or a --spec that names one")
     loaded = load_model(model)

@@ -75,6 +75,8 @@ class DaskSpec(_Section):
     scheduler: SchedulerName = "threads"
     workers: int | None = Field(default=None, ge=1)  # threads (threaded) or processes (local)
     threads_per_worker: int = Field(default=1, ge=1)  # local cluster only
+    # edge of a task's region (whole chunks); None: 2048 / 256, less for many classes
+    region_size: int | None = Field(default=None, ge=1)
 
     @field_validator("scheduler")
     @classmethod

@@ -11,7 +11,9 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from segflow import segment
-from segflow.errors import InputDataError, ModelError, OutputError
+from segflow.api import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
+from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
+from segflow.execute import REGION_MEMORY_BYTES
 
 from .conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
 
@@ -183,3 +185,59 @@ def test_resuming_a_complete_store_changes_nothing(tmp_path):
     )
     assert again.stats["class_pixel_counts"] == first.stats["class_pixel_counts"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_region_size_changes_the_tasks_never_the_output(tmp_path):
+    from .test_engine import conv_model
+
+    path = write_tif(tmp_path / "in.tif", textured((333, 287), 3, seed=4), tile=None)
+    model = conv_model()
+    runs = {}
+    for region in (64, 150, None):  # 150 rounds down to two 64-pixel chunks
+        totals = []
+        out = tmp_path / f"r{region}.zarr"
+        segment(
+            path,
+            model,
+            out,
+            patch_size=64,
+            overlap=0.25,
+            chunk_size=64,
+            region_size=region,
+            probabilities="float16",
+            device="cpu",
+            progress=lambda done, total, seen=totals: seen.append(total),
+        )
+        group = zarr.open_group(out, mode="r")
+        runs[region] = (totals[-1], group["labels"][...], group["probabilities"][...])
+    assert [runs[r][0] for r in (64, 150, None)] == [6 * 5, 3 * 3, 1]
+    for region in (64, 150):
+        np.testing.assert_array_equal(runs[region][1], runs[None][1])
+        np.testing.assert_array_equal(
+            runs[region][2].view(np.uint16), runs[None][2].view(np.uint16)
+        )
+
+
+def test_region_size_must_be_positive(tmp_path):
+    path = write_tif(tmp_path / "in.tif", textured((32, 32), 1), tile=None)
+    model = pixel_model([[0.0], [1.0]], [0.0, -1.0])
+    with pytest.raises(ConfigError, match="region size must be at least 1"):
+        segment(path, model, tmp_path / "o.zarr", region_size=0, device="cpu")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("dims", "classes", "probabilities", "edge"),
+    [(2, 6, False, TASK_TARGET_2D), (3, 3, False, TASK_TARGET_3D), (3, 3, True, TASK_TARGET_3D)],
+)
+def test_default_regions_are_the_targets_for_few_classes(dims, classes, probabilities, edge):
+    assert default_region_size(dims, classes, probabilities) == edge
+
+
+@pytest.mark.parametrize(("dims", "classes"), [(3, 14), (3, 105), (2, 120)])
+def test_default_regions_shrink_so_an_accumulator_fits_the_budget(dims, classes):
+    edge = default_region_size(dims, classes, probabilities=True)
+    target = TASK_TARGET_3D if dims == 3 else TASK_TARGET_2D
+    assert edge < target
+    assert 4 * (classes + 1) * edge**dims <= REGION_MEMORY_BYTES
+    assert 4 * (classes + 1) * (edge + 1) ** dims > REGION_MEMORY_BYTES  # the largest that fits

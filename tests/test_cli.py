@@ -51,6 +51,31 @@ def test_run_writes_a_complete_store(tmp_path, model_file):
     np.testing.assert_array_equal(group["labels"][...], (image[0] > 100).astype(np.uint8))
 
 
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_region_size_cuts_the_run_into_more_tasks(tmp_path, model_file, flow):
+    image = textured((200, 150), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    sizes = ["--patch-size", "64", "--chunk-size", "64", "--region-size", "64"]
+    result = run("run", path, "-m", model_file, "-o", out, *sizes, flow)
+    assert result.returncode == 0, result.stderr
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["segflow"]["summary"]["region_tasks"] == 4 * 3
+    np.testing.assert_array_equal(group["labels"][...], (image[0] > 100).astype(np.uint8))
+
+
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_a_region_size_below_one_is_one_line(tmp_path, model_file, flow):
+    path = write_tif(tmp_path / "in.tif", textured((64, 64), 1), tile=None)
+    result = run(
+        "run", path, "-m", model_file, "-o", tmp_path / "o.zarr", "--region-size", "0", flow
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "region" in lines[0], result.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     good = write_tif(tmp / "good.tif", textured((300, 300), 1), tile=256)
     truncated = tmp / "truncated.tif"

@@ -71,6 +71,7 @@ dask: {scheduler: tcp://10.0.0.5:8786}
         ("tiling: [1, 2]", "tiling"),
         ("- a\n- b", "a mapping of keys"),
         ("tiling: {overlap: [", "not valid YAML at line"),
+        ("dask: {region_size: 0}", "dask.region_size: Input should be greater than or equal to 1"),
     ],
 )
 def test_mistakes_are_one_line_config_errors(tmp_path, text, message):
@@ -100,6 +101,7 @@ def test_merge_overrides_flat_and_dotted_names():
         device="cpu",
         scheduler="local",
         workers=2,
+        region_size=512,
         nifti=True,
         **{"tiling.sigma": 0.2},
     )
@@ -108,6 +110,7 @@ def test_merge_overrides_flat_and_dotted_names():
     assert merged.tiling.batch_size is None  # not given: stays automatic
     assert merged.tiling.sigma == 0.2 and merged.device == "cpu"
     assert merged.dask.scheduler == "local" and merged.dask.workers == 2
+    assert merged.dask.region_size == 512
     assert merged.outputs.nifti
     assert base.device == "cuda"  # the original is unchanged
     with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
