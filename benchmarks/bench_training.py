@@ -21,8 +21,8 @@ from typing import Any
 
 from benchmarks.common import Check, report
 from segflow import segment
-from segflow.demo import score_store
 from segflow.samples import landcover_classes, make_landcover_scene
+from segflow.samples.demo import score_store
 from segflow.train import TrainConfig, train
 
 TARGET_MIOU = 0.9

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import Check, best_of_interleaved, report, timer, write_geotiff
 from segflow import segment
-from segflow.grid import make_grid
+from segflow.engine.grid import make_grid
 from segflow.heap import tune_heap
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization

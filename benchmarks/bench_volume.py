@@ -32,7 +32,7 @@ from benchmarks.common import (
     timer,
 )
 from segflow import segment
-from segflow.grid import make_grid
+from segflow.engine.grid import make_grid
 from segflow.heap import tune_heap
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
-from segflow.stats import (
+from segflow.outputs.stats import (
     M2_PER_HA,
     M2_PER_KM2,
     MM3_PER_ML,
@@ -46,7 +46,7 @@ def class_areas(store: str | os.PathLike[str], *, recount: bool = False) -> dict
     """Per-class pixels, ha and km² of a complete raster store, and how they were measured.
 
     Fast path: the run summary's ``class_pixel_counts`` times the planar pixel area of a
-    projected CRS. The labels are recounted chunk by chunk instead (segflow.stats) when
+    projected CRS. The labels are recounted chunk by chunk instead (segflow.outputs.stats) when
     ``recount`` is set (a resumed run's summary counts only what that run computed),
     when the summary has no counts, or for a geographic CRS (geodesic areas).
     """

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segflow import __version__
-from segflow.blend import BlendMode
-from segflow.engine import (
+from segflow.engine.blend import BlendMode
+from segflow.engine.execute import REGION_MEMORY_BYTES, ProgressFn, execute
+from segflow.engine.grid import PatchGrid, coerce_shape, iter_chunks, make_grid, round_up
+from segflow.engine.region import (
     ModelHandle,
     PredictorOptions,
     RegionStats,
@@ -27,13 +28,12 @@ from segflow.engine import (
     task_indices,
 )
 from segflow.errors import ConfigError, InputDataError, ModelError, SegflowError
-from segflow.execute import REGION_MEMORY_BYTES, ProgressFn, execute
-from segflow.grid import PatchGrid, coerce_shape, iter_chunks, make_grid, round_up
 from segflow.io.open import open_source
 from segflow.io.source import Source, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models import LoadedModel, load_model
 from segflow.models.predictor import AxisOrder, resolve_device
+from segflow.version import __version__
 
 DEFAULT_PATCH_2D = 512
 DEFAULT_PATCH_3D = 96

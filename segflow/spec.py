@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from segflow.blend import BlendMode
+from segflow.engine.blend import BlendMode
 from segflow.errors import ConfigError
 
 Size = int | tuple[int, ...]

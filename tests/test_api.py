@@ -12,8 +12,8 @@ from rasterio.transform import Affine, from_origin
 
 from segflow import segment
 from segflow.api import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
+from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
-from segflow.execute import REGION_MEMORY_BYTES
 
 from .conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
 

@@ -36,13 +36,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from segflow import __version__
+from segflow.classes import ClassInfo, default_colors
 from segflow.errors import ConfigError, OutputError
 from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import RasterGeometry
 from segflow.io.zarr_sink import ZarrSink
-from segflow.models.meta import ClassInfo, default_colors
-from segflow.pyramid import Resampling
+from segflow.outputs.pyramid import Resampling
+from segflow.version import __version__
 
 DEFAULT_BLOCKSIZE = 512
 CACHE_MB = 256  # GDAL block cache while writing: bounds memory whatever the raster size

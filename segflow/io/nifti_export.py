@@ -25,12 +25,12 @@ from typing import IO, Any
 import nibabel as nib
 import numpy as np
 
+from segflow.classes import ClassInfo
 from segflow.errors import ConfigError, OutputError, ReaderError
 from segflow.io.cog import display_colors
 from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
-from segflow.models.meta import ClassInfo
 
 NIFTI1_MAX_DIM = 32767  # dim[] is int16 in NIfTI-1; larger volumes need NIfTI-2
 GZIP_LEVEL = 4

@@ -20,8 +20,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from segflow.classes import ClassInfo
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
-from segflow.models.meta import ClassInfo
 
 STORE_FORMAT = "segflow.zarr"
 STORE_FORMAT_VERSION = 1

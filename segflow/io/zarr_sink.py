@@ -42,6 +42,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
+from segflow.classes import ClassInfo
 from segflow.errors import ConfigError, OutputError
 from segflow.io import zarr_meta as meta
 from segflow.io.source import Geometry, RasterGeometry, Region, VolumeGeometry
@@ -52,7 +53,6 @@ from segflow.io.zarr_meta import (
     label_dtype_for,
     quantize_probabilities,
 )
-from segflow.models.meta import ClassInfo
 
 __all__ = [  # the quantization helpers live in zarr_meta, next to the attributes describing them
     "OutputLayout",

@@ -11,14 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from segflow.classes import ClassInfo, default_colors
+
 FORMAT_VERSION = 1
 
-
-class ClassInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    color: tuple[int, int, int] = (0, 0, 0)  # RGB 0..255
+__all__ = ["FORMAT_VERSION", "ClassInfo", "ModelMeta", "Normalization", "default_colors"]
 
 
 class Normalization(BaseModel):
@@ -86,30 +83,3 @@ class ModelMeta(BaseModel):
                 f"band_names has {len(self.band_names)} names, in_channels is {self.in_channels}"
             )
         return self
-
-
-def default_colors(n: int) -> list[tuple[int, int, int]]:
-    """A fixed, distinguishable palette (tab20-like), cycled."""
-    base = [
-        (31, 119, 180),
-        (255, 127, 14),
-        (44, 160, 44),
-        (214, 39, 40),
-        (148, 103, 189),
-        (140, 86, 75),
-        (227, 119, 194),
-        (127, 127, 127),
-        (188, 189, 34),
-        (23, 190, 207),
-        (174, 199, 232),
-        (255, 187, 120),
-        (152, 223, 138),
-        (255, 152, 150),
-        (197, 176, 213),
-        (196, 156, 148),
-        (247, 182, 210),
-        (199, 199, 199),
-        (219, 219, 141),
-        (158, 218, 229),
-    ]
-    return [base[i % len(base)] for i in range(n)]

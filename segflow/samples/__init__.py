@@ -13,7 +13,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from segflow.choices import parse_choice
+from segflow.options import parse_choice
 from segflow.samples.landcover import (
     BAND_NAMES,
     TRUTH_NODATA,

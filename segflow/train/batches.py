@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from segflow.engine.normalize import normalize
 from segflow.io.source import Region
 from segflow.models.meta import Normalization
 from segflow.models.predictor import crop_to, pad_to_multiple
-from segflow.normalize import normalize
 from segflow.train.augment import AugmentConfig, augment
 from segflow.train.metrics import ConfusionMatrix
 from segflow.train.sampling import PatchSampler, Sample

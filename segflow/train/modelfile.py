@@ -55,7 +55,7 @@ def build_meta(
     pairs: Sequence[OpenPair],
 ) -> ModelMeta:
     """The trained model's metadata: ``meta`` plus normalization, hints and provenance."""
-    from segflow import __version__
+    from segflow.version import __version__
 
     if config.infer_patch is not None:
         hint = config.infer_patch

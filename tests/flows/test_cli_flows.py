@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from segflow.cli_flows import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, register, standalone_app
+from segflow.cli.flows import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, register, standalone_app
 
 from .conftest import truncate, write_scan, write_scene
 

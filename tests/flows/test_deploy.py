@@ -114,7 +114,7 @@ def test_segflow_serve_starts_runs_once_and_stops(prefect_server, models, tmp_pa
         [
             sys.executable,
             "-m",
-            "segflow.cli_flows",
+            "segflow.cli.flows",
             "serve",
             str(scenes),
             str(out),

@@ -21,7 +21,7 @@ from segflow.io.geotiff import GeoTiffSource
 from segflow.io.source import VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo, default_colors
-from segflow.pyramid import downsample_labels
+from segflow.outputs.pyramid import downsample_labels
 from tests.conftest import pixel_model, textured, write_tif
 
 pytestmark = pytest.mark.filterwarnings(

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.blend import WEIGHT_FLOOR, Accumulator, BlendMode, patch_window, window_1d
+from segflow.engine.blend import WEIGHT_FLOOR, Accumulator, BlendMode, patch_window, window_1d
+from segflow.engine.grid import make_grid
 from segflow.errors import ConfigError
-from segflow.grid import make_grid
 
 
 @pytest.mark.parametrize("mode", list(BlendMode))
@@ -69,7 +69,7 @@ def test_single_class_output_is_a_sigmoid_threshold():
 
 @pytest.mark.parametrize("classes", [2, 6, 256, 300])
 def test_argmax_channels_matches_torch_argmax(classes):
-    from segflow.blend import argmax_channels
+    from segflow.engine.blend import argmax_channels
 
     logits = torch.randn(classes, 37, 41)
     logits[:, 0, 0] = 1.0  # a tie everywhere: the first class wins, as in torch.argmax

@@ -1,7 +1,7 @@
 """``segflow train`` and ``segflow demo``.
 
 ``register(app)`` adds both commands to the main Typer app; ``python -m
-segflow.cli_train`` runs them alone. User mistakes (SegflowError) print one
+segflow.cli.train`` runs them alone. User mistakes (SegflowError) print one
 line and exit 1, without a traceback.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from segflow.cli_common import one_line_errors
+from segflow.cli.common import one_line_errors
 from segflow.errors import ConfigError
 
 err = Console(stderr=True)
@@ -265,7 +265,7 @@ def demo_command(
 ) -> None:
     """The main job: sample data -> bundled models -> Zarr, preview PNG, statistics, accuracy."""
     with one_line_errors():
-        from segflow.demo import print_summary, run_demo
+        from segflow.samples.demo import print_summary, run_demo
 
         result = run_demo(
             out_dir, size=size, seed=seed, phantom=phantom, use_flow=flow,

@@ -300,10 +300,10 @@ def _mount_subcommands() -> None:
     """Commands that live in their own modules, each registering itself on ``app``."""
     from importlib import import_module
 
-    from segflow.cli_model import model_app
+    from segflow.cli.model import model_app
 
     app.add_typer(model_app, name="model", help="Create, inspect and export model files.")
-    for name in ("segflow.cli_outputs", "segflow.cli_flows", "segflow.cli_train"):
+    for name in ("segflow.cli.outputs", "segflow.cli.flows", "segflow.cli.train"):
         try:
             module = import_module(name)
         except ModuleNotFoundError as exc:  # a part not installed in this build

@@ -19,7 +19,7 @@ from segflow.io.geotiff import GeoTiffSource
 from segflow.io.nifti import NiftiSource
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
-from segflow.preview import (
+from segflow.outputs.preview import (
     PLANES,
     _centre_slice,
     background_classes,
@@ -29,7 +29,7 @@ from segflow.preview import (
     preview,
     stretch,
 )
-from segflow.pyramid import build_pyramid, open_level
+from segflow.outputs.pyramid import build_pyramid, open_level
 from tests.conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
 
 COLORS = [(0, 90, 200), (30, 160, 40), (230, 200, 60), (200, 30, 30)]

@@ -3,8 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from segflow.errors import ConfigError
-from segflow.grid import (
+from segflow.engine.grid import (
     axis_starts,
     chunk_grid_shape,
     chunk_region,
@@ -13,6 +12,7 @@ from segflow.grid import (
     iter_chunks,
     make_grid,
 )
+from segflow.errors import ConfigError
 
 
 @pytest.mark.parametrize("length", [1, 7, 64, 65, 100, 511, 512, 513, 1000, 2049])

@@ -32,7 +32,7 @@ from segflow.io.cog import display_colors
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import ClassInfo
-from segflow.pyramid import open_level, pyramid_levels
+from segflow.outputs.pyramid import open_level, pyramid_levels
 
 DEFAULT_MAX_SIZE = 1024
 LEGEND_WIDTH = 220

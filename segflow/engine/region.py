@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segflow.blend import Accumulator, BlendMode, patch_window
-from segflow.grid import (
+from segflow.engine.blend import Accumulator, BlendMode, patch_window
+from segflow.engine.grid import (
     Index,
     PatchGrid,
     Region,
@@ -36,13 +36,13 @@ from segflow.grid import (
     shift,
     union,
 )
+from segflow.engine.normalize import normalize
+from segflow.engine.sharing import shared_patches
 from segflow.heap import release_free_heap, tune_heap
 from segflow.io.source import Source
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import Normalization
 from segflow.models.predictor import AxisOrder, Predictor, cached_predictor, model_cache_key
-from segflow.normalize import normalize
-from segflow.shared_patches import shared_patches
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from segflow.cli_train import parse_arch_args, parse_classes, register
+from segflow.cli.train import parse_arch_args, parse_classes, register
 from segflow.errors import ConfigError
 from segflow.models import load_model
 from segflow.samples import make_landcover_scene

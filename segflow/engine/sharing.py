@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from segflow.grid import Index, PatchGrid, Region, intersect, union
+from segflow.engine.grid import Index, PatchGrid, Region, intersect, union
 from segflow.heap import mapped_empty
 
 

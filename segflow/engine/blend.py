@@ -15,9 +15,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from segflow.choices import parse_choice
+from segflow.engine.grid import PatchGrid, Region, intersect, region_shape, shift
 from segflow.errors import ConfigError
-from segflow.grid import PatchGrid, Region, intersect, region_shape, shift
+from segflow.options import parse_choice
 
 WEIGHT_FLOOR = 1e-3
 

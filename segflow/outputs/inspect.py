@@ -35,7 +35,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def describe_store(store: str | os.PathLike[str] | ZarrSink) -> dict[str, Any]:
-    from segflow.pyramid import pyramid_levels
+    from segflow.outputs.pyramid import pyramid_levels
 
     sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
     done = len(sink.done_chunks())

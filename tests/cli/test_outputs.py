@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from segflow import segment
-from segflow.cli_outputs import default_output, register
+from segflow.cli.outputs import default_output, register
 from segflow.io.cog import check_cog
 from tests.conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
 

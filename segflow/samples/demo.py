@@ -121,15 +121,15 @@ def _outputs(
     png: Path | None = None
     stats_path: Path | None = None
     try:
-        from segflow.preview import preview
+        from segflow.outputs.preview import preview
     except ImportError:
-        notes.append("segflow.preview is not available: no preview PNG")
+        notes.append("segflow.outputs.preview is not available: no preview PNG")
     else:
         png = preview(store, out_dir / f"{name}_preview.png", input=image)
     try:
-        from segflow.stats import class_statistics, write_statistics_json
+        from segflow.outputs.stats import class_statistics, write_statistics_json
     except ImportError:
-        notes.append("segflow.stats is not available: no class statistics")
+        notes.append("segflow.outputs.stats is not available: no class statistics")
     else:
         stats_path = write_statistics_json(class_statistics(store), out_dir / f"{name}_stats.json")
     return png, stats_path

@@ -1,6 +1,6 @@
 """``segflow model ...``: list architectures, create, inspect and export model files.
 
-A Typer sub-app mounted by :mod:`segflow.cli`. Like the main command, a
+A Typer sub-app mounted by :mod:`segflow.cli.main`. Like the main command, a
 SegflowError prints one line on stderr and exits with status 1.
 """
 

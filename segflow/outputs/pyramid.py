@@ -32,11 +32,11 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import ZstdCodec
 
-from segflow.choices import parse_choice
 from segflow.errors import ConfigError, OutputError
 from segflow.io import zarr_meta as meta
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import CHUNK_KEY_ENCODING, ZSTD_LEVEL, ZarrSink
+from segflow.options import parse_choice
 
 OVERVIEW_GROUP = "overviews"
 RASTER_MIN_SIZE = 256  # stop once the level fits in one 256 px tile, as GDAL overviews do

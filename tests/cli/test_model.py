@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from segflow.cli_model import model_app
+from segflow.cli.model import model_app
 from segflow.models import list_models, load_model
 
 runner = CliRunner()

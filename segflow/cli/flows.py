@@ -1,6 +1,6 @@
 """The flow commands of ``segflow``: batch, landcover, hospital and serve.
 
-``register(app)`` adds them to the main Typer app; ``python -m segflow.cli_flows``
+``register(app)`` adds them to the main Typer app; ``python -m segflow.cli.flows``
 runs them alone. Each command starts a Prefect flow run (with no server configured,
 Prefect's temporary local server, started while the inputs are checked). Exit codes:
 0 all inputs done, 3 some failed, 1 all failed or a usage error (one line, no
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from segflow.cli_common import one_line_errors
+from segflow.cli.common import one_line_errors
 from segflow.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -12,11 +12,11 @@ from rasterio.transform import from_origin
 from rich.console import Console
 
 from segflow.errors import OutputError, ReaderError
-from segflow.inspect import describe_store, inspect_path, render
 from segflow.io.source import RasterGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
-from segflow.pyramid import build_pyramid
+from segflow.outputs.inspect import describe_store, inspect_path, render
+from segflow.outputs.pyramid import build_pyramid
 from tests.conftest import textured, write_nifti, write_tif
 
 GEOMETRY = RasterGeometry(

@@ -19,7 +19,7 @@ from segflow.io import zarr_meta as meta
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
-from segflow.pyramid import (
+from segflow.outputs.pyramid import (
     Resampling,
     build_pyramid,
     downsample_labels,

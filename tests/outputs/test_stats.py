@@ -17,7 +17,7 @@ from segflow.errors import OutputError
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
-from segflow.stats import (
+from segflow.outputs.stats import (
     class_statistics,
     pixel_footprint,
     voxel_volume_mm3,

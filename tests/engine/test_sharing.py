@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 import segflow.api
-import segflow.execute
+import segflow.engine.execute
 from segflow import segment
-from segflow.grid import make_grid
+from segflow.engine.grid import make_grid
+from segflow.engine.sharing import SharedPatches, patch_users, shared_patches, sharing
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
-from segflow.shared_patches import SharedPatches, patch_users, shared_patches, sharing
 
 from .conftest import textured, write_nifti, write_tif
 from .test_engine import conv_model
@@ -103,7 +103,7 @@ def test_regions_predict_each_patch_once_and_write_the_same_bits(tmp_path, monke
     monkeypatch.setattr(segflow.api, "TASK_TARGET_2D", 64)  # 6 x 5 regions
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=64, scheduler=scheduler)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
-    monkeypatch.setattr(segflow.execute, "REGION_MEMORY_BYTES", 0)
+    monkeypatch.setattr(segflow.engine.execute, "REGION_MEMORY_BYTES", 0)
     alone_stats, alone_labels, alone_probs = _run(tmp_path, "alone", path, model, **kwargs)
 
     assert stats["patches_predicted"] == len(make_grid((333, 287), 64, 16))
@@ -151,7 +151,7 @@ def test_volume_regions_share_patches(tmp_path, monkeypatch):
     monkeypatch.setattr(segflow.api, "TASK_TARGET_3D", 16)
     kwargs = dict(patch_size=16, overlap=0.25, chunk_size=16)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
-    monkeypatch.setattr(segflow.execute, "REGION_MEMORY_BYTES", 0)
+    monkeypatch.setattr(segflow.engine.execute, "REGION_MEMORY_BYTES", 0)
     alone_stats, alone_labels, alone_probs = _run(tmp_path, "alone", path, model, **kwargs)
     assert stats["patches_predicted"] == len(make_grid((40, 36, 30), 16, 4))
     assert alone_stats["patches_predicted"] > 2 * stats["patches_predicted"]

@@ -14,11 +14,11 @@ import dask.local
 import dask.threaded
 from dask.callbacks import Callback
 
-from segflow.engine import RegionStats, RegionWork, process_region, task_region
+from segflow.engine.grid import Index, region_shape
+from segflow.engine.region import RegionStats, RegionWork, process_region, task_region
+from segflow.engine.sharing import sharing
 from segflow.errors import ConfigError
-from segflow.grid import Index, region_shape
 from segflow.heap import tune_heap
-from segflow.shared_patches import sharing
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"

@@ -216,7 +216,7 @@ def test_normalization_is_global_not_per_tile(tmp_path):
 
 
 def test_batch_buffers_are_reused_and_never_lent_twice():
-    from segflow.engine import BatchBuffers
+    from segflow.engine.region import BatchBuffers
 
     buffers = BatchBuffers((4, 3, 8, 8))
     first = buffers.take(4)
@@ -235,8 +235,8 @@ def test_edge_patches_in_reused_batches_are_padded_with_zeros():
     # zeroed, not left as that batch's pixels
     from types import SimpleNamespace
 
-    from segflow.engine import BatchBuffers, _patch_batch
-    from segflow.grid import make_grid
+    from segflow.engine.grid import make_grid
+    from segflow.engine.region import BatchBuffers, _patch_batch
 
     grid = make_grid((40, 100), 48, 8)  # rows shorter than a patch: every patch is padded
     work = SimpleNamespace(grid=grid, normalization=None)
@@ -255,7 +255,7 @@ def test_edge_patches_in_reused_batches_are_padded_with_zeros():
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_class_counts_are_counted_in_blocks_and_leave_nodata_out(monkeypatch, dtype):
-    from segflow import engine
+    from segflow.engine import region as engine
 
     monkeypatch.setattr(engine, "COUNT_BLOCK", 7)  # blocks that split the array unevenly
     rng = np.random.default_rng(0)

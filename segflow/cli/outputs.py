@@ -115,7 +115,7 @@ def export_command(
             for path in result.sidecars.values():
                 out.print(f"[green]wrote[/] {path}", highlight=False)
         else:
-            from segflow.preview import preview
+            from segflow.outputs.preview import preview
 
             if target.exists() and not overwrite:
                 from segflow.errors import OutputError
@@ -131,7 +131,7 @@ def inspect_command(
 ) -> None:
     """Describe an output store (geometry, classes, completion, provenance) or an input."""
     with _reported():
-        from segflow.inspect import inspect_path, render
+        from segflow.outputs.inspect import inspect_path, render
 
         info = inspect_path(path)
         if as_json:
@@ -152,7 +152,11 @@ def stats_command(
 ) -> None:
     """Per-class pixel counts and areas (m², ha, km²) or volumes (mL)."""
     with _reported():
-        from segflow.stats import class_statistics, write_statistics_csv, write_statistics_json
+        from segflow.outputs.stats import (
+            class_statistics,
+            write_statistics_csv,
+            write_statistics_json,
+        )
 
         stats = class_statistics(store, allow_incomplete=allow_incomplete)
         if csv_path is not None:
@@ -207,7 +211,7 @@ def preview_command(
 ) -> None:
     """A PNG quicklook: the input with the mask overlaid and a legend."""
     with _reported():
-        from segflow.preview import preview
+        from segflow.outputs.preview import preview
 
         image = input or recorded_input(store)
         if image is None:
@@ -230,7 +234,7 @@ def pyramid_command(
 ) -> None:
     """Add multiscale label levels to a store (overview groups or OME-Zarr levels)."""
     with _reported():
-        from segflow.pyramid import build_pyramid
+        from segflow.outputs.pyramid import build_pyramid
 
         built = build_pyramid(store, levels=levels, resampling=resampling, overwrite=overwrite)
         for lv in built:

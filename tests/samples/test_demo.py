@@ -12,9 +12,15 @@ import xarray as xr
 from PIL import Image
 from rich.console import Console
 
-from segflow.demo import LANDCOVER_MODEL, PHANTOM_MODEL, bundled_model, print_summary, run_demo
 from segflow.models import read_meta
 from segflow.samples import landcover_classes
+from segflow.samples.demo import (
+    LANDCOVER_MODEL,
+    PHANTOM_MODEL,
+    bundled_model,
+    print_summary,
+    run_demo,
+)
 
 
 def test_bundled_models_are_small_and_described() -> None:
