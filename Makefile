@@ -7,7 +7,7 @@ UV := $(PY) -m uv
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen --all-extras --compile-bytecode
 
 demo: setup
 	$(UV) run segflow demo

@@ -1,20 +1,38 @@
-"""String options as enums, with a "did you mean" error for typos."""
+"""Every option of a run, parsed once at the edge into one frozen value.
+
+The command line, YAML pipeline specs, Prefect flow parameters and
+``segflow.segment`` keywords all end here: :class:`RunOptions` checks and
+normalizes its fields when it is built (a ``"512,512"`` string, a list or a
+tuple all become ``(512, 512)``; ``"Gaussian"`` becomes ``BlendMode.GAUSSIAN``),
+and nothing downstream checks them again. Mistakes are one-line
+:class:`~segflow.errors.ConfigError` s that name the option and, for a typo, the
+closest valid name or choice.
+
+This module imports nothing heavy: the command checks options here before torch
+is imported.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from collections.abc import Iterable
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from segflow.errors import ConfigError
 
 E = TypeVar("E", bound=StrEnum)
 
+Size = int | tuple[int, ...]
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -28,3 +46,370 @@ def parse_choice(enum: type[E], value: str | E, what: str) -> E:
         raise ConfigError(
             f"unknown {what} '{value}' (choose from {', '.join(names)}){hint}"
         ) from None
+
+
+def parse_list(value: str | Iterable[str] | None) -> list[str] | None:
+    """``"a, b,c"`` (or an iterable of strings) as ``["a", "b", "c"]``; None stays None."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_numbers(value: str | float | Iterable[Any] | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,1"``, a number or a sequence of numbers as a tuple of finite floats."""
+    if value is None:
+        return None
+    items: Iterable[Any] = parse_list(value) or [] if isinstance(value, str) else _as_items(value)
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} takes numbers like 0.5 or 0.5,1, got '{value}'") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise ConfigError(f"{what} must be finite numbers, got '{value}'")
+    return numbers
+
+
+def parse_ints(value: str | int | Iterable[Any] | None, what: str) -> tuple[int, ...] | None:
+    """``"512"``, ``"96,96,96"``, ``"512x512"``, an int or a sequence as a tuple of ints."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items: Iterable[Any] = parse_list(value.replace("x", ",")) or []
+    else:
+        items = _as_items(value)
+    try:
+        numbers = tuple(_whole(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{what} takes whole numbers like 512 or 512,512, got '{_shown(value)}'"
+        ) from None
+    if not numbers:
+        raise ConfigError(f"{what} takes whole numbers like 512 or 512,512, got nothing")
+    return numbers
+
+
+def parse_size(value: str | int | Iterable[Any] | None, what: str) -> Size | None:
+    """A size for every axis (one int) or per axis (a tuple), each at least 1."""
+    numbers = parse_ints(value, what)
+    if numbers is None:
+        return None
+    if any(n < 1 for n in numbers):
+        raise ConfigError(f"{what} must be at least 1, got {_shown(value)}")
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _as_items(value: Any) -> Iterable[Any]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, Iterable):
+        return value
+    raise TypeError(value)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+class BlendMode(StrEnum):
+    """How overlapping patch predictions are weighted."""
+
+    GAUSSIAN = "gaussian"
+    HANN = "hann"
+    SPLINE = "spline"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+    CENTER = "center"  # "valid only": each pixel from the patch whose centre is nearest
+
+    @classmethod
+    def parse(cls, value: str | BlendMode) -> BlendMode:
+        return parse_choice(cls, value, "blend mode")
+
+
+class ProbabilityMode(StrEnum):
+    """Whether class probabilities are stored, and how."""
+
+    NONE = "none"
+    UINT8 = "uint8"
+    FLOAT16 = "float16"
+
+    @classmethod
+    def parse(cls, value: str | ProbabilityMode) -> ProbabilityMode:
+        return parse_choice(cls, value, "probabilities")
+
+
+class Resampling(StrEnum):
+    """How a block of labels becomes one label of a coarser level."""
+
+    MODE = "mode"  # most frequent valid label; ties: the first to reach that count (as GDAL)
+    NEAREST = "nearest"  # the label at the block centre (GDAL's choice for a factor of 2)
+
+    @classmethod
+    def parse(cls, value: str | Resampling) -> Resampling:
+        return parse_choice(cls, value, "resampling for labels")
+
+
+LOCAL_SCHEDULERS = ("threads", "sync", "local")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def parse_scheduler(value: str) -> str:
+    """threads, sync, local (a LocalCluster for the run) or a scheduler address."""
+    text = str(value).strip()
+    if "://" in text:
+        return text
+    lowered = text.lower()
+    if lowered == "synchronous":
+        return "sync"
+    if lowered in LOCAL_SCHEDULERS:
+        return lowered
+    raise ConfigError(
+        "scheduler must be threads, sync, local or an address like tcp://host:8786, "
+        f"got '{value}'{did_you_mean(lowered, LOCAL_SCHEDULERS)}"
+    )
+
+
+def parse_device(value: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps."""
+    text = str(value).strip().lower()
+    if not _DEVICE.match(text):
+        hint = did_you_mean(text, ("auto", "cpu", "cuda", "mps"))
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{value}'{hint}")
+    return text
+
+
+def parse_overlap(value: str | float) -> float | int:
+    """A fraction of the patch (0 <= x < 1) or whole pixels (>= 1)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"overlap is a fraction below 1 (0.25) or whole pixels (64), got '{value}'"
+        ) from None
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"overlap must be a finite number of at least 0, got '{value}'")
+    if number < 1:
+        return number
+    if not number.is_integer():
+        raise ConfigError(f"an overlap of 1 or more is whole pixels, got {value}")
+    return int(number)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "1",
+        "false",
+        "no",
+        "off",
+        "0",
+    ):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ConfigError(f"{name} is true or false, got '{value}'")
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} takes a number, got '{value}'") from None
+    return number
+
+
+def _count(value: Any, name: str, minimum: int) -> int:
+    """A whole number of at least ``minimum``."""
+    try:
+        number = _whole(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} takes a whole number, got '{value}'") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+# options that change the output: recorded in the store's provenance and fingerprint
+OUTPUT_OPTIONS = (
+    "patch_size",
+    "overlap",
+    "blend",
+    "sigma",
+    "batch_size",
+    "device",
+    "amp",
+    "tta",
+    "chunk_size",
+    "labels",
+    "probabilities",
+    "bands",
+    "nodata",
+    "volume",
+    "volumes_as_channels",
+    "slice_axis",
+    "reorient",
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every option of a run, checked and normalized when built.
+
+    The first group changes the output (and is recorded with it); the second
+    says where and how the work runs, and never changes a bit of the output.
+    """
+
+    patch_size: Size | None = None  # None: the model's hint, else 512 (2-D) / 96 (3-D)
+    overlap: float | int = 0.25  # a fraction (< 1) of the patch, or whole pixels (>= 1)
+    blend: BlendMode = BlendMode.GAUSSIAN
+    sigma: float = 0.125  # gaussian sigma, a fraction of the patch
+    batch_size: int | None = None  # None: as many patches as fit the device's sweet spot
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+    chunk_size: Size | None = None  # None: 1024 (2-D) / 128 (3-D), aligned to the file's tiles
+    labels: bool = True
+    probabilities: ProbabilityMode = ProbabilityMode.NONE
+    bands: tuple[int, ...] | None = None  # 1-based raster bands
+    nodata: float | None = None  # overrides the file's nodata value
+    volume: int | None = None  # 4-D NIfTI: the volume to segment
+    volumes_as_channels: bool = False
+    slice_axis: int | None = None  # 2-D model on a volume: the axis to slice along
+    reorient: bool = True  # honour a model's canonical orientation (inverted before writing)
+
+    region_size: int | None = None  # edge of a task's region, in whole chunks
+    scheduler: str = "threads"  # threads, sync, local or tcp://host:port
+    workers: int | None = None  # threads (threaded) or processes (local)
+    threads_per_worker: int = 1  # local cluster only
+    nifti: bool = False  # volumes: also export the labels as NIfTI next to the store
+
+    def __post_init__(self) -> None:
+        for name, value in _parsed(self).items():
+            object.__setattr__(self, name, value)
+        if not self.labels and self.probabilities is ProbabilityMode.NONE:
+            raise ConfigError("nothing to write: enable labels or probabilities")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, where: str = "") -> RunOptions:
+        """Options from a mapping of option names; unknown names fail with a did-you-mean.
+
+        ``None`` values mean "not given" and keep the default.
+        """
+        return cls().replace(where=where, **data)
+
+    def replace(self, *, where: str = "", **changes: Any) -> RunOptions:
+        """A copy with ``changes`` applied (``None`` keeps the current value)."""
+        check_names(changes, OPTION_NAMES, where=where)
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def output_options(self) -> dict[str, Any]:
+        """The options that change the output, JSON-friendly (provenance, fingerprint)."""
+        return {name: _plain(getattr(self, name)) for name in OUTPUT_OPTIONS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, JSON-friendly (flow parameters); ``from_mapping`` reads it back."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def writes_probabilities(self) -> bool:
+        return self.probabilities is not ProbabilityMode.NONE
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunOptions))
+
+
+def check_names(given: Iterable[str], known: Sequence[str], *, where: str = "") -> None:
+    """A one-line ConfigError for the first name in ``given`` that is not ``known``."""
+    for name in given:
+        if name not in known:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}unknown option '{name}'{did_you_mean(name, known)}")
+
+
+def _parsed(options: RunOptions) -> dict[str, Any]:
+    """Each field checked and in its one normal form."""
+    o = options
+    sigma = _number(o.sigma, "sigma")
+    if not 0.0 < sigma <= 1.0:
+        raise ConfigError(f"sigma is a fraction of the patch in (0, 1], got {o.sigma}")
+    nodata = None if o.nodata is None else _number(o.nodata, "nodata")
+    bands = parse_ints(o.bands, "bands")
+    if bands is not None and any(b < 1 for b in bands):
+        raise ConfigError(f"bands are numbered from 1, got {_shown(o.bands)}")
+    slice_axis = None if o.slice_axis is None else _count(o.slice_axis, "slice axis", 0)
+    if slice_axis is not None and slice_axis > 2:
+        raise ConfigError(f"slice axis must be 0, 1 or 2, got {slice_axis}")
+    return {
+        "patch_size": parse_size(o.patch_size, "patch size"),
+        "overlap": parse_overlap(o.overlap),
+        "blend": BlendMode.parse(o.blend),
+        "sigma": sigma,
+        "batch_size": _optional_count(o.batch_size, "batch size", 1),
+        "device": parse_device(o.device),
+        "amp": _bool(o.amp, "amp"),
+        "tta": _bool(o.tta, "tta"),
+        "chunk_size": parse_size(o.chunk_size, "chunk size"),
+        "labels": _bool(o.labels, "labels"),
+        "probabilities": ProbabilityMode.parse(o.probabilities),
+        "bands": bands,
+        "nodata": nodata,
+        "volume": _optional_count(o.volume, "volume", 0),
+        "volumes_as_channels": _bool(o.volumes_as_channels, "volumes as channels"),
+        "slice_axis": slice_axis,
+        "reorient": _bool(o.reorient, "reorient"),
+        "region_size": _optional_count(o.region_size, "region size", 1),
+        "scheduler": parse_scheduler(o.scheduler),
+        "workers": _optional_count(o.workers, "workers", 1),
+        "threads_per_worker": _count(o.threads_per_worker, "threads per worker", 1),
+        "nifti": _bool(o.nifti, "nifti"),
+    }
+
+
+def _optional_count(value: Any, name: str, minimum: int) -> int | None:
+    return None if value is None else _count(value, name, minimum)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+__all__ = [
+    "LOCAL_SCHEDULERS",
+    "OPTION_NAMES",
+    "OUTPUT_OPTIONS",
+    "BlendMode",
+    "ProbabilityMode",
+    "Resampling",
+    "RunOptions",
+    "Size",
+    "check_names",
+    "did_you_mean",
+    "parse_choice",
+    "parse_device",
+    "parse_ints",
+    "parse_list",
+    "parse_numbers",
+    "parse_overlap",
+    "parse_scheduler",
+    "parse_size",
+]

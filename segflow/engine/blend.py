@@ -9,7 +9,6 @@ a positive weight (no zero-weight frame around the scene).
 from __future__ import annotations
 
 import threading
-from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
@@ -17,22 +16,9 @@ import torch
 
 from segflow.engine.grid import PatchGrid, Region, intersect, region_shape, shift
 from segflow.errors import ConfigError
-from segflow.options import parse_choice
+from segflow.options import BlendMode
 
 WEIGHT_FLOOR = 1e-3
-
-
-class BlendMode(StrEnum):
-    GAUSSIAN = "gaussian"
-    HANN = "hann"
-    SPLINE = "spline"
-    LINEAR = "linear"
-    CONSTANT = "constant"
-    CENTER = "center"  # "valid only": each pixel from the patch whose centre is nearest
-
-    @classmethod
-    def parse(cls, value: str | BlendMode) -> BlendMode:
-        return parse_choice(cls, value, "blend mode")
 
 
 def window_1d(mode: BlendMode, size: int, sigma: float = 0.125) -> np.ndarray:

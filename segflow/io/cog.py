@@ -41,7 +41,7 @@ from segflow.errors import ConfigError, OutputError
 from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import RasterGeometry
 from segflow.io.zarr_sink import ZarrSink
-from segflow.outputs.pyramid import Resampling
+from segflow.options import Resampling
 from segflow.version import __version__
 
 DEFAULT_BLOCKSIZE = 512

@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +35,12 @@ from segflow.errors import ConfigError, OutputError
 from segflow.io import zarr_meta as meta
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import CHUNK_KEY_ENCODING, ZSTD_LEVEL, ZarrSink
-from segflow.options import parse_choice
+from segflow.options import Resampling
 
 OVERVIEW_GROUP = "overviews"
 RASTER_MIN_SIZE = 256  # stop once the level fits in one 256 px tile, as GDAL overviews do
 VOLUME_MIN_SIZE = 32
 ANISOTROPY = 1.5  # volumes: halve an axis only while its spacing is within 1.5x the finest
-
-
-class Resampling(StrEnum):
-    MODE = "mode"  # most frequent valid label; ties: the first to reach that count (as GDAL)
-    NEAREST = "nearest"  # the label at the block centre (GDAL's choice for a factor of 2)
-
-    @classmethod
-    def parse(cls, value: str | Resampling) -> Resampling:
-        return parse_choice(cls, value, "resampling for labels")
 
 
 @dataclass(frozen=True)

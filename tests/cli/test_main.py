@@ -18,7 +18,7 @@ from segflow.api import TASK_TARGET_2D
 from segflow.models import create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
-from .conftest import LoadedModel, save, textured, threshold_model, write_tif
+from tests.conftest import LoadedModel, save, textured, threshold_model, write_tif
 
 SEGFLOW = str(Path(sys.executable).parent / "segflow")
 

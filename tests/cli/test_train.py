@@ -14,7 +14,7 @@ from segflow.errors import ConfigError
 from segflow.models import load_model
 from segflow.samples import make_landcover_scene
 
-from .conftest import write_tif
+from tests.conftest import write_tif
 
 
 @pytest.fixture

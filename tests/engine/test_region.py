@@ -14,7 +14,7 @@ from segflow import segment
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
 
-from .conftest import pixel_model, textured, write_tif
+from tests.conftest import pixel_model, textured, write_tif
 
 
 def labels_of(store: Path) -> np.ndarray:

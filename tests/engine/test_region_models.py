@@ -12,8 +12,8 @@ import zarr
 from segflow import segment
 from segflow.models import export_model, list_models, load_model, save_model
 
-from .conftest import textured, write_nifti, write_tif
-from .models.tiny import tiny_model
+from tests.conftest import textured, write_nifti, write_tif
+from tests.models.tiny import tiny_model
 
 
 def _input(tmp_path: Path, spatial_dims: int) -> Path:

@@ -18,8 +18,8 @@ from segflow.io.zarr_sink import ZarrSink
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
 
-from .conftest import textured, write_nifti, write_tif
-from .test_engine import conv_model
+from tests.conftest import textured, write_nifti, write_tif
+from tests.engine.test_region import conv_model
 
 LEFT = (slice(0, 8), slice(0, 8))
 RIGHT = (slice(0, 8), slice(8, 16))
