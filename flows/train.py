@@ -22,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 
 from segflow.errors import ConfigError
 from segflow.models.meta import ClassInfo
-from segflow.train import AugmentConfig, TrainConfig
+from segflow.train.augment import AugmentConfig
+from segflow.train.config import TrainConfig
 
 _PATH_LISTS = ("images", "masks", "val_images", "val_masks")
 _PATHS = ("output", "encoder_weights", "checkpoint_dir")
@@ -72,23 +73,11 @@ def config_from_params(params: dict[str, Any]) -> TrainConfig:
 @task(name="train-model", cache_policy=NO_CACHE, persist_result=False)
 def train_model(params: dict[str, Any]) -> dict[str, Any]:
     """Run :func:`segflow.train.train`; returns a JSON-able summary."""
-    from segflow.train import train
+    from segflow.train.loop import train
 
     logger = get_run_logger()
     config = config_from_params(params)
-    result = train(config, log=logger.info)
-    return {
-        "model": str(result.model_path),
-        "sha256": result.sha256,
-        "epochs": result.epochs,
-        "steps": result.steps,
-        "best_epoch": result.best_epoch,
-        "stopped": result.stopped,
-        "seconds": result.seconds,
-        "weights_dtype": result.weights_dtype,
-        "miou": result.metrics.get("miou"),
-        "metrics": result.metrics,
-    }
+    return train(config, log=logger.info).summary()
 
 
 def _markdown(summary: dict[str, Any]) -> str:

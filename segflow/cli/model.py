@@ -1,20 +1,24 @@
 """``segflow model ...``: list architectures, create, inspect and export model files.
 
 A Typer sub-app mounted by :mod:`segflow.cli.main`. Like the main command, a
-SegflowError prints one line on stderr and exits with status 1.
+SegflowError prints one line on stderr and exits with status 1. torch loads
+only in the commands that run a model: ``segflow model list`` needs none.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from segflow.errors import ConfigError, SegflowError
+from segflow.cli.common import one_line_errors
+from segflow.errors import ConfigError
+from segflow.options import parse_ints, parse_list, parse_numbers
+
+if TYPE_CHECKING:
+    from segflow.models.meta import Normalization
 
 model_app = typer.Typer(
     help="Create, inspect and export model files.",
@@ -23,21 +27,11 @@ model_app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-EXIT_ERROR = 1
 _PRESETS: dict[str, dict[str, tuple[float, ...]]] = {
     # ImageNet statistics on 0..1 values; scale brings 8-bit data there
     "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "scale": (1 / 255,)},
     "uint8": {"mean": (0.0,), "std": (1.0,), "scale": (1 / 255,)},
 }
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    try:
-        yield
-    except SegflowError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 @model_app.command("list")
@@ -47,7 +41,7 @@ def list_command(
     ] = False,
 ) -> None:
     """Architectures that 'segflow model create' accepts."""
-    from segflow.models.registry import arch_spec, list_models
+    from segflow.models.archs import arch_spec, list_models
 
     if encoders:
         from segmentation_models_pytorch.encoders import get_encoder_names
@@ -101,17 +95,18 @@ def create_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Create a randomly initialised model file (for tests, or as a training start)."""
-    with _reported():
+    with one_line_errors():
         import torch
 
+        from segflow.models.archs import arch_spec, parse_arch_args
         from segflow.models.files import save_model
         from segflow.models.info import count_parameters
-        from segflow.models.registry import arch_spec, new_model
+        from segflow.models.registry import new_model
 
         if output.exists() and not overwrite:
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
         spec = arch_spec(arch)
-        kwargs = _parse_args(arg or [])
+        kwargs = parse_arch_args(arg or [], "--arg")
         if spatial_dims is not None and spatial_dims not in spec.spatial_dims:
             other = "unet3d" if spatial_dims == 3 else "unet"
             raise ConfigError(
@@ -120,7 +115,7 @@ def create_command(
             )
         if spec.family == "pixel" and spatial_dims is not None:
             kwargs["spatial_dims"] = spatial_dims
-        names = _strings(class_names)
+        names = parse_list(class_names)
         if names is not None and classes is not None and classes != len(names):
             raise ConfigError(f"--classes {classes} but --class-names lists {len(names)} names")
         class_spec: int | list[str] = names if names is not None else (classes or 2)
@@ -131,7 +126,7 @@ def create_command(
             encoder=encoder,
             in_channels=in_channels,
             classes=class_spec,
-            band_names=_strings(band_names),
+            band_names=parse_list(band_names),
             normalization=norm,
             patch_size=_ints(patch_size, "--patch-size", spatial_dims or spec.spatial_dims[0]),
             overlap=overlap,
@@ -158,7 +153,7 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Metadata, parameter count, FLOPs per patch, output stride and receptive field."""
-    with _reported():
+    with one_line_errors():
         from segflow.models.files import load_model
         from segflow.models.info import format_info, model_info
 
@@ -195,15 +190,12 @@ def export_command(
     sidecar_format: Annotated[str, typer.Option(help="Sidecar format: yaml or json.")] = "yaml",
 ) -> None:
     """Export to TorchScript or ONNX; verified against the original, sidecar written."""
-    with _reported():
+    with one_line_errors():
         from segflow.models.export import export_model
 
-        target = to.lower()
-        if target not in ("torchscript", "onnx"):
-            raise ConfigError(f"--to must be torchscript or onnx, got {to!r}")
         result = export_model(
             path,
-            target,  # type: ignore[arg-type]  # checked just above
+            _export_target(to),
             output,
             atol=atol,
             sidecar_format=sidecar_format,
@@ -214,34 +206,18 @@ def export_command(
         typer.echo(f"wrote {result.sidecar}")
 
 
-def _parse_args(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--arg takes KEY=VALUE, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw  # a bare string such as norm=instance
-        out[key.strip()] = value
-    return out
-
-
-def _strings(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _export_target(value: str) -> Literal["torchscript", "onnx"]:
+    target = value.lower()
+    if target == "torchscript":
+        return "torchscript"
+    if target == "onnx":
+        return "onnx"
+    raise ConfigError(f"--to must be torchscript or onnx, got {value!r}")
 
 
 def _floats(value: str | None, name: str, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        numbers = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{name} takes numbers like 0.5 or 0.4,0.5,0.6, got {value!r}") from None
-    return _broadcast(numbers, name, n)
+    numbers = parse_numbers(value, name)
+    return None if numbers is None else _broadcast(numbers, name, n)
 
 
 def _broadcast(numbers: tuple[float, ...], name: str, n: int) -> tuple[float, ...]:
@@ -253,12 +229,9 @@ def _broadcast(numbers: tuple[float, ...], name: str, n: int) -> tuple[float, ..
 
 
 def _ints(value: str | None, name: str, dims: int) -> tuple[int, ...] | None:
-    if value is None:
+    numbers = parse_ints(value, name)
+    if numbers is None:
         return None
-    try:
-        numbers = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{name} takes whole numbers like 512 or 96,96,96") from None
     if len(numbers) == 1:
         return numbers * dims
     if len(numbers) != dims:
@@ -273,23 +246,10 @@ def _normalization(
     std: str | None,
     scale: str | None,
     offset: str | None,
-) -> Any:
+) -> Normalization | None:
     from segflow.models.meta import Normalization
 
-    fields: dict[str, tuple[float, ...] | None] = {}
-    if preset is not None and preset.lower() != "none":
-        base = _PRESETS.get(preset.lower())
-        if base is None:
-            raise ConfigError(
-                f"unknown normalization preset {preset!r}; use imagenet, uint8 or none"
-            )
-        for key, values in base.items():
-            if len(values) not in (1, n):
-                raise ConfigError(
-                    f"normalization preset {preset} is for {len(values)} channels, "
-                    f"the model has {n}; give --mean/--std instead"
-                )
-            fields[key] = _broadcast(values, preset, n)
+    fields = _preset_fields(preset, n)
     for key, raw in (("mean", mean), ("std", std), ("scale", scale), ("offset", offset)):
         parsed = _floats(raw, f"--{key}", n)
         if parsed is not None:
@@ -299,9 +259,27 @@ def _normalization(
     fields.setdefault("mean", (0.0,) * n)
     fields.setdefault("std", (1.0,) * n)
     try:
-        return Normalization(**fields)  # type: ignore[arg-type]
+        return Normalization.model_validate(fields)
     except ValueError as exc:
         raise ConfigError(f"invalid normalization: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _preset_fields(preset: str | None, n: int) -> dict[str, tuple[float, ...]]:
+    """The fields of a normalization preset, broadcast to ``n`` channels."""
+    if preset is None or preset.lower() == "none":
+        return {}
+    base = _PRESETS.get(preset.lower())
+    if base is None:
+        raise ConfigError(f"unknown normalization preset {preset!r}; use imagenet, uint8 or none")
+    fields: dict[str, tuple[float, ...]] = {}
+    for key, values in base.items():
+        if len(values) not in (1, n):
+            raise ConfigError(
+                f"normalization preset {preset} is for {len(values)} channels, "
+                f"the model has {n}; give --mean/--std instead"
+            )
+        fields[key] = _broadcast(values, preset, n)
+    return fields
 
 
 def _kw(kwargs: dict[str, Any]) -> str:

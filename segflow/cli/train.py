@@ -10,13 +10,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from segflow.cli.common import one_line_errors
 from segflow.errors import ConfigError
+from segflow.options import parse_ints, parse_list, parse_numbers, parse_size
+
+if TYPE_CHECKING:
+    from segflow.models.meta import ClassInfo
+    from segflow.train.augment import AugmentConfig
+    from segflow.train.config import TrainConfig
 
 err = Console(stderr=True)
 out = Console()
@@ -24,68 +30,92 @@ out = Console()
 CLASS_PRESETS = ("landcover", "phantom")
 
 
-def _numbers(value: str | None, name: str, kind: type = float) -> tuple[Any, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(kind(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{name} takes numbers separated by commas, got {value!r}"
-        ) from None
-
-
-def _size(value: str | None, name: str) -> int | tuple[int, ...] | None:
-    values = _numbers(value, name, int)
-    if values is None:
-        return None
-    return values[0] if len(values) == 1 else values
-
-
-def parse_classes(value: str | None) -> list[Any] | None:
+def parse_classes(value: str | None) -> list[ClassInfo] | None:
     """Class list from a preset (landcover, phantom), a JSON file, or comma-separated names."""
-    from segflow.models.meta import ClassInfo, default_colors
-
     if value is None:
         return None
     if value in CLASS_PRESETS:
         from segflow.samples import landcover_classes, phantom_classes
 
         return landcover_classes() if value == "landcover" else phantom_classes()
-    path = Path(value)
     if value.endswith(".json"):
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read classes from {path}: {exc}") from None
-        try:
-            return [
-                ClassInfo.model_validate(e) if isinstance(e, dict) else ClassInfo(name=str(e))
-                for e in entries
-            ]
-        except ValueError as exc:
-            raise ConfigError(
-                f"{path}: entries must be {{'name': ..., 'color': [r, g, b]}} ({exc})"
-            ) from None
-    names = [n.strip() for n in value.split(",") if n.strip()]
+        return _classes_from_json(Path(value))
+    from segflow.models.meta import ClassInfo, default_colors
+
+    names = parse_list(value) or []
     if not names:
         raise ConfigError("--classes needs names like water,forest,field,urban")
     colors = default_colors(len(names))
     return [ClassInfo(name=n, color=c) for n, c in zip(names, colors, strict=True)]
 
 
+def _classes_from_json(path: Path) -> list[ClassInfo]:
+    from segflow.models.meta import ClassInfo
+
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read classes from {path}: {exc}") from None
+    try:
+        return [
+            ClassInfo.model_validate(e) if isinstance(e, dict) else ClassInfo(name=str(e))
+            for e in entries
+        ]
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path}: entries must be {{'name': ..., 'color': [r, g, b]}} ({exc})"
+        ) from None
+
+
 def parse_arch_args(values: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values are JSON when they parse (numbers, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--arch-arg takes key=value, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+    from segflow.models.archs import parse_arch_args as parse
+
+    return parse(values or [], "--arch-arg")
+
+
+def augment_config(
+    augment: bool,
+    *,
+    flip: bool,
+    rotate: bool,
+    rotate_axes: str | None,
+    gain: float,
+    bias: float,
+    noise: float,
+) -> AugmentConfig:
+    """The augmentation the flags ask for; ``augment=False`` turns every kind off."""
+    from segflow.train.augment import AugmentConfig
+
+    if not augment:
+        return AugmentConfig(flip=False, rotate90=False, gain=0.0, bias=0.0, noise=0.0)
+    axes = parse_ints(rotate_axes, "--rotate-axes")
+    if axes is not None and len(axes) != 2:
+        raise ConfigError("--rotate-axes takes two spatial axes, e.g. 0,1")
+    return AugmentConfig(
+        flip=flip,
+        rotate90=rotate,
+        rotate_axes=((axes[0], axes[1]),) if axes else None,
+        gain=gain,
+        bias=bias,
+        noise=noise,
+    )
+
+
+def parse_class_weights(value: str) -> str | list[float]:
+    """``none``, ``auto``, or one weight per class."""
+    if value in ("none", "auto"):
+        return value
+    return list(parse_numbers(value, "--class-weights") or ())
+
+
+def parse_percentiles(value: str | None) -> tuple[float, float] | None:
+    clip = parse_numbers(value, "--clip-percentiles")
+    if clip is None:
+        return None
+    if len(clip) != 2:
+        raise ConfigError("--clip-percentiles takes two numbers, e.g. 0.5,99.5")
+    return clip[0], clip[1]
 
 
 def train_command(
@@ -184,60 +214,47 @@ def train_command(
 ) -> None:
     """Train a segmentation model on image/mask pairs and write a segflow model file."""
     with one_line_errors():
-        from segflow.train import AugmentConfig, TrainConfig
+        from segflow.train.config import TrainConfig
 
-        axes = _numbers(rotate_axes, "--rotate-axes", int)
-        if axes is not None and len(axes) != 2:
-            raise ConfigError("--rotate-axes takes two spatial axes, e.g. 0,1")
-        if augment:
-            aug = AugmentConfig(
-                flip=flip,
-                rotate90=rotate,
-                rotate_axes=((axes[0], axes[1]),) if axes else None,
-                gain=gain,
-                bias=bias,
-                noise=noise,
-            )
-        else:
-            aug = AugmentConfig(flip=False, rotate90=False, gain=0.0, bias=0.0, noise=0.0)
-        weights: str | list[float] = class_weights
-        if class_weights not in ("none", "auto"):
-            weights = list(_numbers(class_weights, "--class-weights") or ())
-        clip = _numbers(clip_percentiles, "--clip-percentiles")
-        if clip is not None and len(clip) != 2:
-            raise ConfigError("--clip-percentiles takes two numbers, e.g. 0.5,99.5")
         config = TrainConfig(
             images=list(images), masks=list(masks), output=output,
             val_images=list(val_images or []), val_masks=list(val_masks or []),
             val_fraction=val_fraction, classes=parse_classes(classes), arch=arch, encoder=encoder,
             arch_kwargs=parse_arch_args(arch_arg), slice_axis=slice_axis,
-            bands=_numbers(bands, "--bands", int), nodata=nodata,
-            patch_size=_size(patch_size, "--patch-size"), batch_size=batch_size, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
-            ignore_index=ignore_index, balance=balance, class_weights=weights,
-            dice_weight=dice_weight, augment=aug, encoder_weights=encoder_weights,
-            freeze_encoder_epochs=freeze_encoder_epochs, patience=patience,
-            val_patches=val_patches, checkpoint_dir=checkpoint_dir, resume=resume, seed=seed,
-            threads=threads, scale=_numbers(scale, "--scale"), offset=_numbers(offset, "--offset"),
-            clip_percentiles=(clip[0], clip[1]) if clip else None,
+            bands=parse_ints(bands, "--bands"), nodata=nodata,
+            patch_size=parse_size(patch_size, "--patch-size"), batch_size=batch_size,
+            epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
+            ignore_index=ignore_index, balance=balance,
+            class_weights=parse_class_weights(class_weights), dice_weight=dice_weight,
+            augment=augment_config(
+                augment, flip=flip, rotate=rotate, rotate_axes=rotate_axes, gain=gain, bias=bias,
+                noise=noise,
+            ),
+            encoder_weights=encoder_weights, freeze_encoder_epochs=freeze_encoder_epochs,
+            patience=patience, val_patches=val_patches, checkpoint_dir=checkpoint_dir,
+            resume=resume, seed=seed, threads=threads,
+            scale=parse_numbers(scale, "--scale"), offset=parse_numbers(offset, "--offset"),
+            clip_percentiles=parse_percentiles(clip_percentiles),
             time_limit_s=time_limit * 60 if time_limit else None,
-            infer_patch=_size(infer_patch, "--infer-patch"), half=half,
+            infer_patch=parse_size(infer_patch, "--infer-patch"), half=half,
         )  # fmt: skip
-        show = progress and sys.stderr.isatty()
-        if flow:
-            from flows.train import train_flow
+        summary = run_training(config, flow=flow, progress=progress and sys.stderr.isatty())
+    print_training_summary(summary)
 
-            summary = train_flow(config=config)
-        else:
-            from segflow.train import train
 
-            result = train(config, log=lambda m: err.print(m, highlight=False), progress=show)
-            summary = {
-                "model": str(result.model_path), "epochs": result.epochs, "steps": result.steps,
-                "stopped": result.stopped, "seconds": result.seconds,
-                "best_epoch": result.best_epoch, "miou": result.metrics.get("miou"),
-                "weights_dtype": result.weights_dtype,
-            }  # fmt: skip
+def run_training(config: TrainConfig, *, flow: bool, progress: bool) -> dict[str, Any]:
+    """Train in this process, or as a recorded Prefect flow run; returns the summary."""
+    if flow:
+        from flows.train import train_flow
+
+        return train_flow(config=config)
+    from segflow.train.loop import train
+
+    result = train(config, log=lambda m: err.print(m, highlight=False), progress=progress)
+    return result.summary()
+
+
+def print_training_summary(summary: dict[str, Any]) -> None:
     out.print(
         f"[green]wrote[/] {summary['model']}: {summary['epochs']} epochs, {summary['steps']} steps, "
         f"best epoch {summary['best_epoch']} (val mIoU {summary['miou']}), "

@@ -11,20 +11,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from segflow.models.archs import DEFAULT_VOLUME_ARCH, arch_spec, default_arch, list_models
     from segflow.models.export import ExportResult, export_model
     from segflow.models.files import LoadedModel, load_model, read_meta, save_model, sha256_file
     from segflow.models.info import ModelInfo, count_parameters, model_info
     from segflow.models.meta import ClassInfo, ModelMeta, Normalization
-    from segflow.models.registry import (
-        DEFAULT_VOLUME_ARCH,
-        arch_spec,
-        build_model,
-        create_model,
-        default_arch,
-        list_models,
-        new_model,
-        output_stride_of,
-    )
+    from segflow.models.registry import build_model, create_model, new_model, output_stride_of
     from segflow.models.transfer import TransferReport, load_encoder_weights
 
 __all__ = [
@@ -53,8 +45,8 @@ __all__ = [
     "sha256_file",
 ]
 
-# torch and the architectures load on first use: `segflow inspect` or reading
-# model metadata should not pay for them
+# torch and the architectures load on first use: `segflow inspect`, `segflow model list` or
+# reading model metadata should not pay for them
 _HOMES = {
     "ExportResult": "export",
     "export_model": "export",
@@ -69,12 +61,12 @@ _HOMES = {
     "ClassInfo": "meta",
     "ModelMeta": "meta",
     "Normalization": "meta",
-    "DEFAULT_VOLUME_ARCH": "registry",
-    "arch_spec": "registry",
+    "DEFAULT_VOLUME_ARCH": "archs",
+    "arch_spec": "archs",
+    "default_arch": "archs",
+    "list_models": "archs",
     "build_model": "registry",
     "create_model": "registry",
-    "default_arch": "registry",
-    "list_models": "registry",
     "new_model": "registry",
     "output_stride_of": "registry",
     "TransferReport": "transfer",

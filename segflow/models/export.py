@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -37,10 +38,14 @@ from segflow.models.exported import (
     write_sidecar,
 )
 from segflow.models.files import LoadedModel, load_model, sha256_file
+from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
 Target = Literal["torchscript", "onnx"]
 ONNX_OPSET = 17
+
+# torch.jit.trace has no annotations; typed once here rather than ignored at each use
+_jit_trace = cast(Callable[..., torch.jit.ScriptModule], torch.jit.trace)
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,7 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, out: Path) -> 
             scripted: torch.jit.ScriptModule = torch.jit.script(module)
             method = "script"
         except Exception:  # not scriptable (e.g. ModuleDict indexing): trace instead
-            scripted = torch.jit.trace(module, example, check_trace=False)
+            scripted = _jit_trace(module, example, check_trace=False)
             method = "trace"
         torch.jit.save(scripted, str(out))
     return method
@@ -204,7 +209,7 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, out: Path) -> None:
                 do_constant_folding=True,
             )
         except Exception as exc:
-            raise ModelError(f"ONNX export failed: {_first_line(exc)}") from None
+            raise ModelError(f"ONNX export failed: {first_line(exc)}") from None
 
 
 def _check_inputs(
@@ -241,7 +246,7 @@ def _compare(
                 got = exported(x)
         except Exception as exc:
             raise ModelError(
-                f"the {to} export fails on input shape {tuple(x.shape)}: {_first_line(exc)}"
+                f"the {to} export fails on input shape {tuple(x.shape)}: {first_line(exc)}"
             ) from None
         if tuple(got.shape) != tuple(ref.shape):
             raise ModelError(
@@ -280,9 +285,3 @@ def _default_out(loaded: LoadedModel, to: str) -> Path:
     if loaded.path is None:
         raise ModelError("exporting an in-memory model needs an output path")
     return Path(loaded.path).with_suffix(suffix)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -23,9 +24,13 @@ from pydantic import ValidationError
 from torch import nn
 
 from segflow.errors import ModelError
+from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
 SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
+
+# torch.jit.load has no annotations; typed once here rather than ignored at each use
+_jit_load = cast(Callable[..., torch.jit.ScriptModule], torch.jit.load)
 
 
 def sidecar_candidates(model_path: Path) -> list[Path]:
@@ -52,7 +57,7 @@ def read_sidecar(path: Path) -> ModelMeta:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ModelError(f"cannot read metadata sidecar {path.name}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot read metadata sidecar {path.name}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ModelError(f"metadata sidecar {path.name} must hold a mapping of ModelMeta fields")
     return parse_meta(data, path.name)
@@ -88,10 +93,10 @@ def load_torchscript(path: Path) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = _jit_load(str(path), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelError(
-            f"cannot load TorchScript file {Path(path).name}: {_first_line(exc)}"
+            f"cannot load TorchScript file {Path(path).name}: {first_line(exc)}"
         ) from None
     return module.eval()
 
@@ -156,9 +161,7 @@ class OnnxModule(nn.Module):
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(
-                f"cannot load ONNX file {self.path.name}: {_first_line(exc)}"
-            ) from None
+            raise ModelError(f"cannot load ONNX file {self.path.name}: {first_line(exc)}") from None
         return self._session
 
     def to(self, *args: Any, **kwargs: Any) -> OnnxModule:
@@ -218,9 +221,3 @@ def _parse_device(*args: Any, **kwargs: Any) -> torch.device | None:
         if isinstance(value, torch.Tensor):
             return value.device
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."

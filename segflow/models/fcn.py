@@ -59,7 +59,8 @@ class SkipFusion(nn.Module):
                 param.zero_()
 
     def forward(self, coarse: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return self.up2(coarse) + self.score(feature)
+        out: torch.Tensor = self.up2(coarse) + self.score(feature)
+        return out
 
 
 class FCN(nn.Module):
@@ -107,7 +108,8 @@ class FCN(nn.Module):
         score = self.classifier(features[-1])
         for i, fusion in enumerate(self.fusions):
             score = fusion(score, features[-(i + 2)])
-        return self.upsample(score)
+        out: torch.Tensor = self.upsample(score)
+        return out
 
     @torch.jit.unused
     def score_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -36,6 +36,17 @@ from segflow.models.exported import (
 from segflow.models.meta import ModelMeta
 from segflow.models.registry import build_model, output_stride_of
 
+__all__ = [
+    "META_KEY",
+    "LoadedModel",
+    "check_state_dict",
+    "detect_format",
+    "load_model",
+    "read_meta",
+    "save_model",
+    "sha256_file",
+]
+
 META_KEY = "segflow_meta"
 Runtime = Literal["torch", "torchscript", "onnx"]
 

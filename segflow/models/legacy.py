@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from segflow.errors import ModelError
+from segflow.models.messages import first_line
 
 # common wrappers around a state dict in training checkpoints
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
@@ -60,7 +61,7 @@ def safe_torch_load(path: Path) -> object:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(
             f"cannot read {path.name}: the file is truncated or not a PyTorch file "
-            f"({_first_line(exc)})"
+            f"({first_line(exc, 160)})"
         ) from None
 
 
@@ -100,9 +101,3 @@ def _unsafe_global(exc: BaseException) -> str:
     if match:
         return f"pickle opcode {match.group(1)} is not allowed"
     return "the restricted unpickler refused it"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from segflow.classes import ClassInfo, default_colors
+from segflow.io.classes import ClassInfo, default_colors
 
 FORMAT_VERSION = 1
 

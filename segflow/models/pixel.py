@@ -37,7 +37,8 @@ class PixelClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with _aten_convolutions():
-            return self.net(x)
+            out: torch.Tensor = self.net(x)
+        return out
 
 
 _ATEN_USERS = 0

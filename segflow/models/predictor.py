@@ -16,15 +16,14 @@ import copy
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from segflow.errors import ConfigError
+from segflow.io.orientation import AxisTransform
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -71,26 +70,19 @@ def crop_to(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return x[index]
 
 
-@dataclass(frozen=True)
-class AxisOrder:
-    """Permutation + flips taking a patch from file voxel order to the model's orientation."""
+def to_model_axes(x: torch.Tensor, transform: AxisTransform) -> torch.Tensor:
+    """Turn the trailing spatial axes of ``x`` from file voxel order to the model's orientation."""
+    lead = x.ndim - transform.ndim
+    x = x.permute(*range(lead), *(lead + p for p in transform.perm))
+    dims = [lead + i for i, f in enumerate(transform.flip) if f]
+    return x.flip(dims) if dims else x
 
-    perm: tuple[int, ...]
-    flip: tuple[bool, ...]
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.ndim - len(self.perm)
-        x = x.permute(*range(lead), *(lead + p for p in self.perm))
-        dims = [lead + i for i, f in enumerate(self.flip) if f]
-        return x.flip(dims) if dims else x
+def from_model_axes(x: torch.Tensor, transform: AxisTransform) -> torch.Tensor:
+    """Undo :func:`to_model_axes` exactly (only flips and a transpose)."""
+    return to_model_axes(x, transform.inverse())
 
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.ndim - len(self.perm)
-        dims = [lead + i for i, f in enumerate(self.flip) if f]
-        if dims:
-            x = x.flip(dims)
-        inverse = tuple(int(i) for i in np.argsort(self.perm))
-        return x.permute(*range(lead), *(lead + p for p in inverse))
+
 
 
 class Predictor:
@@ -106,7 +98,7 @@ class Predictor:
         amp: bool = True,
         tta: bool = False,
         squeeze_axis: int | None = None,
-        axis_order: AxisOrder | None = None,
+        axis_order: AxisTransform | None = None,
         threads: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
@@ -134,10 +126,10 @@ class Predictor:
             # a 2-D model on a volume: the patch is one slice thick along this axis
             batch = batch.squeeze(2 + self.squeeze_axis)
         if self.axis_order is not None:
-            batch = self.axis_order.apply(batch).contiguous()
+            batch = to_model_axes(batch, self.axis_order).contiguous()
         logits = self._forward_tta(batch)
         if self.axis_order is not None:
-            logits = self.axis_order.invert(logits)
+            logits = from_model_axes(logits, self.axis_order)
         if self.squeeze_axis is not None:
             logits = logits.unsqueeze(2 + self.squeeze_axis)
         assert logits.ndim == spatial + 2

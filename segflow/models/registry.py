@@ -12,136 +12,41 @@ embeddings, which does not fit patch grids of arbitrary size.
 
 from __future__ import annotations
 
-import difflib
-import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from segflow.errors import ConfigError, ModelError
+from segflow.models.archs import (
+    DEFAULT_IMAGE_ARCH,
+    DEFAULT_VOLUME_ARCH,
+    ArchSpec,
+    arch_spec,
+    canonical_arch_kwargs,
+    default_arch,
+    list_models,
+)
+from segflow.models.messages import first_line
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization, default_colors
+from segflow.options import did_you_mean
 
-Family = Literal["smp", "fcn", "unet", "pixel"]
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    family: Family
-    spatial_dims: tuple[int, ...]
-    default_encoder: str | None
-    description: str
-
-
-_SMP: dict[str, str] = {
-    "unet": "U-Net decoder on an encoder (smp)",
-    "unetplusplus": "U-Net++ nested skip decoder (smp)",
-    "fpn": "Feature pyramid network (smp)",
-    "pspnet": "Pyramid scene parsing network (smp)",
-    "deeplabv3": "DeepLabV3: atrous encoder + ASPP (smp); output_stride 8|16, atrous_rates",
-    "deeplabv3plus": "DeepLabV3+: ASPP + low-level decoder (smp); output_stride 8|16, atrous_rates",
-    "linknet": "LinkNet (smp)",
-    "manet": "Multi-scale attention net (smp)",
-    "pan": "Pyramid attention network (smp)",
-    "upernet": "UPerNet (smp)",
-    "segformer": "SegFormer all-MLP decoder (smp)",
-}
-
-_SPECS: dict[str, ArchSpec] = {
-    **{n: ArchSpec(n, "smp", (2,), "resnet34", d) for n, d in _SMP.items()},
-    "fcn32s": ArchSpec("fcn32s", "fcn", (2,), "resnet34", "FCN-32s: 1x1 conv classifier, 32x up"),
-    "fcn16s": ArchSpec("fcn16s", "fcn", (2,), "resnet34", "FCN-16s: + stride-16 skip"),
-    "fcn8s": ArchSpec("fcn8s", "fcn", (2,), "resnet34", "FCN-8s: + stride-16 and stride-8 skips"),
-    "unet2d": ArchSpec("unet2d", "unet", (2,), None, "paper U-Net, 2-D (depth, base_channels)"),
-    "unet3d": ArchSpec("unet3d", "unet", (3,), None, "paper U-Net, 3-D; the volume default"),
-    "pixel": ArchSpec("pixel", "pixel", (2, 3), None, "per-pixel 1x1 classifier (hidden widths)"),
-}
-
-# friendly names for smp arguments (DeepLab / PAN)
-_ALIASES = {"output_stride": "encoder_output_stride", "atrous_rates": "decoder_atrous_rates"}
-# architecture defaults recorded explicitly in model files, so later default changes cannot
-# silently change what an old file builds
-_UNET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "unet2d": {"depth": 4, "base_channels": 64, "norm": "batch"},
-    "unet3d": {"depth": 3, "base_channels": 32, "norm": "batch"},
-}
-_FCN_DEFAULTS: dict[str, Any] = {"head_channels": 512, "dropout": 0.5}
-_REFUSED = {
-    "encoder_name": "pass encoder=... instead",
-    "in_channels": "pass in_channels=... instead",
-    "classes": "pass classes=... instead",
-    "aux_params": "segflow models return segmentation logits only",
-    "activation": "segflow models return logits; the engine applies softmax/argmax",
-}
-
-DEFAULT_VOLUME_ARCH = "unet3d"
-DEFAULT_IMAGE_ARCH = "unet"
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in registry order."""
-    return list(_SPECS)
-
-
-def arch_spec(arch: str) -> ArchSpec:
-    """The registry entry for ``arch``; ConfigError with a suggestion when unknown."""
-    spec = _SPECS.get(arch.lower())
-    if spec is None:
-        close = difflib.get_close_matches(arch.lower(), list(_SPECS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown architecture '{arch}'; {hint}known: {', '.join(_SPECS)}")
-    return spec
-
-
-def default_arch(spatial_dims: int) -> str:
-    return DEFAULT_VOLUME_ARCH if spatial_dims == 3 else DEFAULT_IMAGE_ARCH
-
-
-def canonical_arch_kwargs(arch: str, encoder: str | None = None, **kwargs: Any) -> dict[str, Any]:
-    """The JSON-safe ``arch_kwargs`` a model file records for this architecture."""
-    spec = arch_spec(arch)
-    for key, why in _REFUSED.items():
-        if key in kwargs:
-            raise ConfigError(f"argument '{key}' is not accepted for {spec.name}: {why}")
-    weights = kwargs.pop("encoder_weights", None)
-    if weights is not None:
-        raise ConfigError(
-            f"encoder_weights={weights!r}: segflow never downloads weights; create the model, "
-            "then load a local file with segflow.models.load_encoder_weights"
-        )
-    if spec.family != "pixel" and "spatial_dims" in kwargs:
-        dims = kwargs.pop("spatial_dims")
-        if dims not in spec.spatial_dims:
-            other = "unet3d" if dims == 3 else "unet2d"
-            raise ConfigError(
-                f"{spec.name} is {spec.spatial_dims[0]}-D, not {dims}-D; use '{other}' for {dims}-D"
-            )
-    out: dict[str, Any] = {}
-    if spec.family in ("smp", "fcn"):
-        out["encoder"] = encoder or spec.default_encoder
-    elif encoder is not None:
-        raise ConfigError(f"{spec.name} has no encoder; drop encoder={encoder!r}")
-    if spec.family == "smp":
-        for key, value in kwargs.items():
-            out[_ALIASES.get(key, key)] = value
-    elif spec.family == "fcn":
-        if "variant" in kwargs:
-            raise ConfigError(f"the FCN variant is the architecture name; drop variant= ({arch})")
-        out.update(_FCN_DEFAULTS)
-        out.update(kwargs)
-    elif spec.family == "unet":
-        out.update(_UNET_DEFAULTS[spec.name])
-        out.update(kwargs)
-    else:  # pixel
-        out["hidden"] = list(kwargs.pop("hidden", []))
-        out["spatial_dims"] = int(kwargs.pop("spatial_dims", 2))
-        if kwargs:
-            raise ConfigError(f"unknown arguments for pixel: {', '.join(kwargs)}")
-    return _json_safe(spec.name, out)
+__all__ = [
+    "DEFAULT_IMAGE_ARCH",
+    "DEFAULT_VOLUME_ARCH",
+    "ArchSpec",
+    "arch_spec",
+    "build_model",
+    "canonical_arch_kwargs",
+    "create_model",
+    "default_arch",
+    "list_models",
+    "new_model",
+    "output_stride_of",
+]
 
 
 def create_model(
@@ -271,8 +176,6 @@ def _class_infos(classes: int | Sequence[str] | Sequence[ClassInfo]) -> list[Cla
 
 
 def _versions() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found: dict[str, str] = {}
     for package in ("segflow", "torch", "segmentation-models-pytorch", "timm"):
         try:
@@ -288,7 +191,7 @@ def _one_line_validation(exc: Exception) -> str:
         first = errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
         return f"{loc}: {first.get('msg', '')}"
-    return _one_line(exc)
+    return first_line(exc)
 
 
 def _construct(
@@ -309,24 +212,15 @@ def _construct(
             return _construct_unchecked(spec, kwargs, in_channels, classes)
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
         what = f"{spec.name} with encoder '{encoder}'" if encoder else spec.name
-        raise error(f"cannot build {what}: {_one_line(exc)}{_encoder_hint(encoder)}") from None
+        raise error(f"cannot build {what}: {first_line(exc)}{_encoder_hint(encoder)}") from None
 
 
 def _construct_unchecked(
     spec: ArchSpec, kwargs: dict[str, Any], in_channels: int, classes: int
 ) -> nn.Module:
     if spec.family == "smp":
-        import segmentation_models_pytorch as smp
-
         encoder = kwargs.pop("encoder", spec.default_encoder)
-        return smp.create_model(
-            spec.name,
-            encoder_name=encoder,
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=classes,
-            **kwargs,
-        )
+        return _smp_model(spec.name, encoder, in_channels, classes, kwargs)
     if spec.family == "fcn":
         from segflow.models.fcn import FCN
 
@@ -345,6 +239,23 @@ def _construct_unchecked(
         hidden=tuple(kwargs.get("hidden", ())),
         spatial_dims=int(kwargs.get("spatial_dims", 2)),
     )
+
+
+def _smp_model(
+    name: str, encoder: str, in_channels: int, classes: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    # smp (and timm under it) load only here: plain architectures and exports never need them
+    import segmentation_models_pytorch as smp
+
+    module: nn.Module = smp.create_model(
+        name,
+        encoder_name=encoder,
+        encoder_weights=None,
+        in_channels=in_channels,
+        classes=classes,
+        **kwargs,
+    )
+    return module
 
 
 def _required_stride(
@@ -372,7 +283,7 @@ def _encoder_stride(module: nn.Module, in_channels: int) -> int:
     """The real downsampling of the deepest encoder features, measured on a small input."""
     encoder = cast(nn.Module, module.encoder)
     depth = int(getattr(encoder, "_depth", 5))
-    size = 2 * 2**depth
+    size = 2 << depth  # twice the deepest stride
     was_training = module.training
     module.eval()
     try:
@@ -380,7 +291,7 @@ def _encoder_stride(module: nn.Module, in_channels: int) -> int:
             features = encoder(torch.zeros(1, in_channels, size, size))
         measured = size // int(features[-1].shape[-1])
     except Exception:  # fall back to what the encoder declares
-        measured = int(getattr(encoder, "output_stride", 2**depth))
+        measured = int(getattr(encoder, "output_stride", 1 << depth))
     finally:
         module.train(was_training)
     return max(measured, 1)
@@ -399,15 +310,6 @@ def _forward_ok(module: nn.Module, in_channels: int, size: int) -> bool:
         module.train(was_training)
 
 
-def _json_safe(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return dict(json.loads(json.dumps(kwargs)))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"arguments for {arch} must be plain JSON values (numbers, strings, lists): {exc}"
-        ) from None
-
-
 def _encoder_hint(encoder: str | None) -> str:
     if not encoder or encoder.startswith("tu-"):
         return ""
@@ -416,11 +318,5 @@ def _encoder_hint(encoder: str | None) -> str:
     names = get_encoder_names()
     if encoder in names:
         return ""
-    close = difflib.get_close_matches(encoder, names, n=1)
-    return f" (did you mean '{close[0]}'? timm models work as 'tu-<name>')" if close else ""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().strip('"').splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
+    hint = did_you_mean(encoder, names)
+    return f"{hint} (timm models work as 'tu-<name>')" if hint else ""

@@ -12,12 +12,17 @@ norm; "none" gives the original 2015 block). Input sizes must be multiples of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 
 Norm = Literal["batch", "instance", "none"]
+
+# torch.jit's checks are untyped for mypy; TorchScript resolves these aliases to the builtins
+_is_scripting: Callable[[], bool] = torch.jit.is_scripting  # type: ignore[attr-defined]
+_is_tracing: Callable[[], bool] = torch.jit.is_tracing  # type: ignore[attr-defined]
 
 
 def _conv(spatial_dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
@@ -59,7 +64,8 @@ class UpBlock(nn.Module):
         self.conv = DoubleConv(2 * out_ch, out_ch, spatial_dims, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+        out: torch.Tensor = self.conv(torch.cat([skip, self.up(x)], dim=1))
+        return out
 
 
 class UNet(nn.Module):
@@ -100,7 +106,7 @@ class UNet(nn.Module):
         self.head = _conv(spatial_dims)(widths[0], classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing()):
+        if not (_is_scripting() or _is_tracing()):
             self._check_input(x)
         skips: list[torch.Tensor] = []
         for i, block in enumerate(self.down):
@@ -110,7 +116,8 @@ class UNet(nn.Module):
             skips.append(x)
         for i, up in enumerate(self.up):
             x = up(x, skips[-(i + 2)])
-        return self.head(x)
+        out: torch.Tensor = self.head(x)
+        return out
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:

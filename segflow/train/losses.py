@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segflow.errors import ConfigError
-
-DEFAULT_IGNORE_INDEX = 255
+from segflow.train.config import DEFAULT_IGNORE_INDEX
 
 
 def class_weights_from_counts(

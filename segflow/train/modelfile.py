@@ -13,17 +13,15 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from segflow.models.meta import ModelMeta, Normalization
 from segflow.train.batches import BatchMaker, Tile, predict_tiles
+from segflow.train.config import EpochRecord, TrainConfig
 from segflow.train.sampling import OpenPair
-
-if TYPE_CHECKING:
-    from segflow.train.loop import EpochRecord, TrainConfig
 
 FP16_AGREEMENT = 0.9999  # share of identical labels a float16 round trip must keep
 

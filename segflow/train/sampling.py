@@ -114,24 +114,35 @@ def find_pairs(
         raise ConfigError("no training images given")
     if not mask_paths:
         raise ConfigError("no masks given; pass one mask per image, or a folder of masks")
-    if all(p.is_file() for p in image_paths) and all(p.is_file() for p in mask_paths):
-        if len(image_paths) != len(mask_paths):
-            raise ConfigError(
-                f"{len(image_paths)} images but {len(mask_paths)} masks; give one mask per image"
-            )
-        return [TrainPair(i, m) for i, m in zip(image_paths, mask_paths, strict=True)]
+    if all(p.is_file() for p in (*image_paths, *mask_paths)):
+        return _one_to_one(image_paths, mask_paths)
     for p in (*image_paths, *mask_paths):
         if not p.exists():
             raise ConfigError(f"training input not found: {p}")
+    pairs = _matched_by_name(_expand(image_paths), _expand(mask_paths))
+    if not pairs:
+        raise ConfigError(f"no training images found in {', '.join(map(str, image_paths))}")
+    return pairs
+
+
+def _one_to_one(images: Sequence[Path], masks: Sequence[Path]) -> list[TrainPair]:
+    if len(images) != len(masks):
+        raise ConfigError(f"{len(images)} images but {len(masks)} masks; give one mask per image")
+    return [TrainPair(i, m) for i, m in zip(images, masks, strict=True)]
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders as the image files they hold."""
     files: list[Path] = []
-    for p in image_paths:
+    for p in paths:
         files.extend(_image_files(p) if p.is_dir() else [p])
-    candidates: list[Path] = []
-    for p in mask_paths:
-        candidates.extend(_image_files(p) if p.is_dir() else [p])
+    return files
+
+
+def _matched_by_name(images: Sequence[Path], candidates: Sequence[Path]) -> list[TrainPair]:
     mask_set = set(candidates)
     pairs = []
-    for image in files:
+    for image in images:
         if image in mask_set and _is_mask_name(image):
             continue  # a mask in a shared folder
         mask = _find_mask(image, candidates)
@@ -141,8 +152,6 @@ def find_pairs(
                 f"{image.name[len(_stem(image)) :]} (or the same name in the mask folder)"
             )
         pairs.append(TrainPair(image, mask))
-    if not pairs:
-        raise ConfigError(f"no training images found in {', '.join(map(str, image_paths))}")
     return pairs
 
 

@@ -13,7 +13,6 @@ from segflow.cli.train import parse_arch_args, parse_classes, register
 from segflow.errors import ConfigError
 from segflow.models import load_model
 from segflow.samples import make_landcover_scene
-
 from tests.conftest import write_tif
 
 
@@ -64,7 +63,7 @@ def test_option_parsers(tmp_path: Path) -> None:
     assert parse_arch_args(["depth=3", "norm=batch", "widths=[1,2]"]) == {
         "depth": 3, "norm": "batch", "widths": [1, 2],
     }  # fmt: skip
-    with pytest.raises(ConfigError, match="key=value"):
+    with pytest.raises(ConfigError, match="--arch-arg takes KEY=VALUE"):
         parse_arch_args(["depth"])
 
 
