@@ -31,3 +31,8 @@ class OutputError(SegflowError, OSError):
 
 class InputDataError(SegflowError, ValueError):
     """The input opened fine but its content cannot be segmented (e.g. all nodata)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(error).split())

@@ -3,7 +3,9 @@
 A batch is a folder, a glob, a manifest (a CSV with a path column and an optional id
 column, or a text file with one path per line) or a list of any of these. Each input
 gets ``<output>/<name>.zarr``; an existing output is absent, partial (a run stopped
-before finalizing it), complete, or foreign (not a segflow store).
+before finalizing it), complete, or foreign (not a segflow store). ``segflow run``,
+``segflow.segment`` and the batch flows all plan their inputs here, so a folder means
+the same with and without a flow run.
 """
 
 from __future__ import annotations
@@ -12,14 +14,11 @@ import csv
 import glob
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from segflow.errors import ConfigError, SegflowError
-
-OutputState = Literal["absent", "partial", "complete", "foreign"]
+from segflow.errors import ConfigError, ReaderError
 
 RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
@@ -29,14 +28,16 @@ PATH_COLUMNS = ("path", "input", "file", "scan", "image", "scene", "filename")
 NAME_COLUMNS = ("id", "name", "scan_id", "scene_id", "subject")
 
 
-class InputItem(BaseModel):
+@dataclass(frozen=True)
+class InputItem:
     """One input and where its output goes."""
-
-    model_config = ConfigDict(frozen=True)
 
     name: str
     input: str
     output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def collect_inputs(
@@ -54,6 +55,37 @@ def collect_inputs(
     for entry in source:
         found.extend(_expand(Path(os.fspath(entry)).expanduser(), patterns))
     return found
+
+
+def check_readable(path: Path) -> None:
+    """A one-line ReaderError unless ``path`` is a non-empty file this process can read.
+
+    Cheap on purpose: the command runs it before importing torch, so a wrong path
+    fails in a second instead of after the imports.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ReaderError(f"{path}: file not found; check the path") from None
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot be accessed ({exc.strerror})") from None
+    if path.is_dir():
+        raise ReaderError(f"{path}: is a directory; give the path of an image file")
+    if size == 0:
+        raise ReaderError(f"{path}: file is empty (0 bytes); copy or export it again")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+
+
+def is_one_input(source: str | os.PathLike[str]) -> bool:
+    """True for a single file path: not a folder, a glob or a manifest."""
+    path = Path(os.fspath(source)).expanduser()
+    if any(ch in str(path) for ch in "*?[") or path.is_dir():
+        return False
+    return not (path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file())
 
 
 def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path]]:
@@ -145,16 +177,3 @@ def plan_items(inputs: Sequence[tuple[str | None, Path]], output: Path) -> list[
             )
         seen[item.output] = item.input
     return items
-
-
-def output_state(path: str | os.PathLike[str]) -> OutputState:
-    """absent, partial (chunks may be done, not finalized), complete, or foreign (not ours)."""
-    from segflow.io.zarr_sink import ZarrSink
-
-    target = Path(path)
-    if not target.exists():
-        return "absent"
-    try:
-        return "complete" if ZarrSink.open(target).is_complete else "partial"
-    except SegflowError:
-        return "foreign"

@@ -1,31 +1,33 @@
-"""Pipeline specs: the YAML files users copy and edit (model, tiling, outputs, device, dask, input).
+"""Pipeline specs: the YAML files users copy and edit, read once into a :class:`Pipeline`.
 
-A spec is validated by pydantic with ``extra="forbid"``; a typo fails with one line
-that names the key, where it is, and the closest valid key::
+A spec has sections (``tiling``, ``outputs``, ``dask``, ``input``) so it reads
+well; pydantic checks its shape with ``extra="forbid"``, so a typo fails with one
+line that names the key, where it is, and the closest valid key::
 
     pipelines/landcover.yaml: unknown key 'tiling.overlpa'; did you mean 'overlap'?
 
+The values themselves are checked once, by :class:`~segflow.options.RunOptions`
+(the one place every option is parsed), and a mistake names its key in the file.
 Relative model paths are relative to the spec file, so a folder holding a spec and
-its model can be moved as a whole. Command-line options override the file through
-:func:`merge_overrides`, which takes the flat option names of ``segflow run``.
+its model can be moved as a whole. Command-line options are applied with
+:meth:`Pipeline.with_overrides`, which takes the flat option names of ``segflow run``.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from segflow.engine.blend import BlendMode
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, one_line
+from segflow.options import RunOptions, did_you_mean
 
 Size = int | tuple[int, ...]
-SchedulerName = str  # "threads", "sync", "local" (a LocalCluster) or "tcp://host:port"
-LOCAL_SCHEDULERS = ("threads", "sync", "local")
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is not one
 
 
 class _Section(BaseModel):
@@ -35,110 +37,80 @@ class _Section(BaseModel):
 class TilingSpec(_Section):
     """The global patch grid and how overlapping predictions are blended."""
 
-    patch_size: Size | None = None  # None: the model's hint, else 512 (2-D) / 96 (3-D)
-    overlap: float = Field(
-        default=0.25, ge=0
-    )  # a fraction (< 1) of the patch, or whole pixels (>= 1)
-    blend: str = "gaussian"
-    sigma: float = Field(default=0.125, gt=0, le=1)
-    batch_size: int | None = Field(default=None, ge=1)  # None: auto (see segflow.api)
-
-    @field_validator("blend")
-    @classmethod
-    def _blend_mode(cls, value: str) -> str:
-        return BlendMode.parse(value).value  # ConfigError with a did-you-mean
-
-    @field_validator("patch_size")
-    @classmethod
-    def _positive(cls, value: Size | None) -> Size | None:
-        values = (value,) if isinstance(value, int) else value or ()
-        if any(v < 1 for v in values):
-            raise ValueError(f"patch sizes must be positive, got {value}")
-        return value
+    patch_size: Size | None = None
+    overlap: float | None = None  # a fraction (< 1) of the patch, or whole pixels (>= 1)
+    blend: str | None = None
+    sigma: float | None = None
+    batch_size: int | None = None
 
 
 class OutputsSpec(_Section):
-    labels: bool = True
-    probabilities: Literal["none", "uint8", "float16"] = "none"
-    chunk_size: Size | None = None  # None: 1024 (2-D) / 128 (3-D), aligned to the file's tiles
-    nifti: bool = False  # volumes: also export the label mask as NIfTI next to the Zarr
+    labels: bool | None = None
+    probabilities: str | None = None
+    chunk_size: Size | None = None
+    nifti: bool | None = None  # volumes: also export the label mask as NIfTI next to the Zarr
 
 
 class DaskSpec(_Section):
-    """Where the chunk work runs.
+    """Where the chunk work runs: threads, sync, local (a LocalCluster) or an address."""
 
-    ``threads`` (default) and ``sync`` run in the calling process; ``local`` starts a
-    LocalCluster of ``workers`` processes for the run; an address (``tcp://host:8786``)
-    uses an existing dask.distributed scheduler.
-    """
-
-    scheduler: SchedulerName = "threads"
-    workers: int | None = Field(default=None, ge=1)  # threads (threaded) or processes (local)
-    threads_per_worker: int = Field(default=1, ge=1)  # local cluster only
-    # edge of a task's region (whole chunks); None: 2048 / 256, less for many classes
-    region_size: int | None = Field(default=None, ge=1)
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if "://" in value:
-            return value
-        lowered = value.lower()
-        if lowered in LOCAL_SCHEDULERS:
-            return lowered
-        close = difflib.get_close_matches(lowered, LOCAL_SCHEDULERS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"scheduler must be threads, sync, local or an address like tcp://host:8786, "
-            f"got '{value}'{hint}"
-        )
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    region_size: int | None = None
 
 
 class InputSpec(_Section):
     bands: tuple[int, ...] | None = None  # 1-based raster bands, e.g. [4, 3, 2]
-    nodata: float | None = None  # overrides the file's nodata value
-    volume: int | None = Field(default=None, ge=0)  # 4-D NIfTI: the volume to segment
-    volumes_as_channels: bool = False
-    slice_axis: Literal[0, 1, 2] | None = None  # 2-D model on a volume
-    reorient: bool = True  # honour the model's canonical orientation (inverted before writing)
+    nodata: float | None = None
+    volume: int | None = None
+    volumes_as_channels: bool | None = None
+    slice_axis: int | None = None
+    reorient: bool | None = None
 
 
 class PipelineSpec(_Section):
-    """One segmentation pipeline: everything that is not the list of inputs."""
+    """The shape of a spec file: everything that is not the list of inputs."""
 
     name: str | None = None
     description: str | None = None
-    model: Path | None = None  # relative paths: relative to the spec file
-    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
-    amp: bool = True
-    tta: bool = False
+    model: Path | None = None
+    device: str | None = None
+    amp: bool | None = None
+    tta: bool | None = None
     tiling: TilingSpec = TilingSpec()
     outputs: OutputsSpec = OutputsSpec()
     dask: DaskSpec = DaskSpec()
     input: InputSpec = InputSpec()
 
-    def run_options(self) -> dict[str, Any]:
-        """Keyword options for ``segflow.segment`` (everything that changes the output)."""
-        t, o, i = self.tiling, self.outputs, self.input
-        return {
-            "patch_size": t.patch_size,
-            "overlap": _overlap(t.overlap),
-            "blend": t.blend,
-            "sigma": t.sigma,
-            "batch_size": t.batch_size,
-            "device": self.device,
-            "amp": self.amp,
-            "tta": self.tta,
-            "chunk_size": o.chunk_size,
-            "labels": o.labels,
-            "probabilities": o.probabilities,
-            "bands": i.bands,
-            "nodata": i.nodata,
-            "volume": i.volume,
-            "volumes_as_channels": i.volumes_as_channels,
-            "slice_axis": i.slice_axis,
-            "reorient": i.reorient,
-        }
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "tiling": TilingSpec,
+    "outputs": OutputsSpec,
+    "dask": DaskSpec,
+    "input": InputSpec,
+}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A spec read and checked: the model file and the options of its runs."""
+
+    options: RunOptions = field(default_factory=RunOptions)
+    model: Path | None = None
+    name: str | None = None
+    description: str | None = None
+
+    def with_overrides(
+        self, *, model: str | os.PathLike[str] | None = None, **options: Any
+    ) -> Pipeline:
+        """A copy with command-line values applied; ``None`` means "not given"."""
+        return Pipeline(
+            options=self.options.replace(**options),
+            model=Path(model) if model is not None else self.model,
+            name=self.name,
+            description=self.description,
+        )
 
     def require_model(self) -> Path:
         """The model file, which must exist."""
@@ -149,30 +121,47 @@ class PipelineSpec(_Section):
         return self.model
 
 
-# flat option name (as on the command line) -> (section, field); section None: top level
-OVERRIDES: dict[str, tuple[str | None, str]] = {
-    "model": (None, "model"),
-    "device": (None, "device"),
-    "amp": (None, "amp"),
-    "tta": (None, "tta"),
-    **{k: ("tiling", k) for k in TilingSpec.model_fields},
-    **{k: ("outputs", k) for k in OutputsSpec.model_fields},
-    **{k: ("dask", k) for k in DaskSpec.model_fields},
-    **{k: ("input", k) for k in InputSpec.model_fields},
-}
-
-
-def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
-    """Read and validate a pipeline YAML; relative model paths resolve against its folder."""
+def load_spec(path: str | os.PathLike[str]) -> Pipeline:
+    """Read and check a pipeline YAML; relative model paths resolve against its folder."""
     file = Path(path).expanduser()
+    pipeline = parse_spec(_read_yaml(file), source=str(file))
+    if pipeline.model is not None and not pipeline.model.is_absolute():
+        pipeline = Pipeline(
+            pipeline.options,
+            (file.parent / pipeline.model).resolve(),
+            pipeline.name,
+            pipeline.description,
+        )
+    return pipeline
+
+
+def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> Pipeline:
+    """Check a spec given as a mapping; errors are one-line ConfigErrors naming the key."""
     try:
-        text = file.read_text(encoding="utf-8")
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    options = RunOptions()
+    for key, value in _flat_options(spec):
+        try:
+            options = options.replace(**{key.rpartition(".")[2]: value})
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}: {one_line(exc)}") from None
+    return Pipeline(options, spec.model, spec.name, spec.description)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"pipeline spec {file} not found; check the path") from None
     except OSError as exc:
         raise ConfigError(f"cannot read pipeline spec {file}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_SPEC_BYTES} bytes; is it a pipeline spec?")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(raw.decode("utf-8", errors="replace"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -180,75 +169,33 @@ def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
             f"{file}: not valid YAML{where}; check the indentation and quoting"
         ) from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"{file}: a pipeline spec is a mapping of keys, got {type(data).__name__}"
         )
-    spec = parse_spec(data, source=str(file))
-    if spec.model is not None and not spec.model.is_absolute():
-        spec = spec.model_copy(update={"model": (file.parent / spec.model).resolve()})
-    return spec
+    return data
 
 
-def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> PipelineSpec:
-    """Validate a spec given as a mapping; errors are one-line ConfigErrors."""
-    try:
-        return PipelineSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc, PipelineSpec)}") from None
-    except ConfigError as exc:  # raised by a field validator (e.g. a blend mode)
-        raise ConfigError(f"{source}: {exc}") from None
+def _flat_options(spec: PipelineSpec) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` for every option the spec sets, in file order."""
+    found = [
+        (k, getattr(spec, k)) for k in ("device", "amp", "tta") if getattr(spec, k) is not None
+    ]
+    for section in _SECTIONS:
+        values = getattr(spec, section).model_dump(exclude_none=True)
+        found += [(f"{section}.{k}", v) for k, v in values.items()]
+    return found
 
 
-def merge_overrides(spec: PipelineSpec, **overrides: Any) -> PipelineSpec:
-    """A new spec with command-line values applied; ``None`` means "not given".
-
-    Keys are the flat option names of ``segflow run`` (``patch_size``, ``scheduler``,
-    ``bands``...) or dotted paths (``tiling.patch_size``).
-    """
-    data = spec.model_dump()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, name = _override_target(key)
-        if isinstance(value, list):
-            value = tuple(value)
-        if section is None:
-            data[name] = value
-        else:
-            data[section][name] = value
-    return parse_spec(data, source="options")
-
-
-def _override_target(key: str) -> tuple[str | None, str]:
-    if "." in key:
-        section, _, name = key.partition(".")
-        fields = _SECTIONS.get(section)
-        if fields is not None and name in fields:
-            return section, name
-    elif key in OVERRIDES:
-        return OVERRIDES[key]
-    known = [*OVERRIDES, *(f"{s}.{f}" for s, fs in _SECTIONS.items() for f in fs)]
-    raise ConfigError(f"unknown option '{key}'{_did_you_mean(key, known)}")
-
-
-_SECTIONS: dict[str, tuple[str, ...]] = {
-    "tiling": tuple(TilingSpec.model_fields),
-    "outputs": tuple(OutputsSpec.model_fields),
-    "dask": tuple(DaskSpec.model_fields),
-    "input": tuple(InputSpec.model_fields),
-}
-
-
-def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+def _describe(exc: ValidationError) -> str:
     """The first validation error as one line: where, what, and a did-you-mean for typos."""
     error = exc.errors()[0]
     loc = [str(p) for p in error["loc"]]
     where = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        known = _fields_at(model, loc[:-1])
-        return f"unknown key '{where}'{_did_you_mean(loc[-1], known)}"
+        known = _fields_at(loc[:-1])
+        return f"unknown key '{where}'{did_you_mean(loc[-1], known)}"
     message = str(error["msg"]).removeprefix("Value error, ")
     given = error.get("input")
     quiet = isinstance(given, dict | list) or given is None or str(given) in message
@@ -256,32 +203,20 @@ def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
     return f"{where}: {message}{shown}"
 
 
-def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    current: type[BaseModel] = model
-    for part in path:
-        annotation = current.model_fields[part].annotation if part in current.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        current = annotation
-    return list(current.model_fields)
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _overlap(value: float) -> float | int:
-    return value if value < 1 else int(value)
+def _fields_at(path: list[str]) -> list[str]:
+    if not path:
+        return list(PipelineSpec.model_fields)
+    section = _SECTIONS.get(path[0])
+    return list(section.model_fields) if section is not None and len(path) == 1 else []
 
 
 __all__ = [
     "DaskSpec",
     "InputSpec",
     "OutputsSpec",
+    "Pipeline",
     "PipelineSpec",
     "TilingSpec",
     "load_spec",
-    "merge_overrides",
     "parse_spec",
 ]

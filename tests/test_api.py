@@ -11,7 +11,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from segflow import segment
-from segflow.api import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
+from segflow.plan import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
 from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
 
@@ -188,7 +188,7 @@ def test_resuming_a_complete_store_changes_nothing(tmp_path):
 
 
 def test_region_size_changes_the_tasks_never_the_output(tmp_path):
-    from .test_engine import conv_model
+    from tests.engine.test_region import conv_model
 
     path = write_tif(tmp_path / "in.tif", textured((333, 287), 3, seed=4), tile=None)
     model = conv_model()
@@ -241,3 +241,32 @@ def test_default_regions_shrink_so_an_accumulator_fits_the_budget(dims, classes)
     assert edge < target
     assert 4 * (classes + 1) * edge**dims <= REGION_MEMORY_BYTES
     assert 4 * (classes + 1) * (edge + 1) ** dims > REGION_MEMORY_BYTES  # the largest that fits
+
+
+def test_a_misspelt_option_is_a_one_line_config_error(tmp_path):
+    path = write_tif(tmp_path / "a.tif", textured((1, 32, 32)))
+    with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
+        segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", patchsize=16)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_options_and_overrides_are_one_run_options(tmp_path):
+    from segflow.options import RunOptions
+    from segflow.io.zarr_sink import ZarrSink
+
+    path = write_tif(tmp_path / "a.tif", textured((1, 40, 40)))
+    options = RunOptions(patch_size=16, device="cpu")
+    segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", options, chunk_size=8)
+    parameters = ZarrSink.open(tmp_path / "o.zarr").attrs["provenance"]["parameters"]
+    assert parameters["patch_size"] == 16 and parameters["chunk_size"] == 8
+
+
+def test_a_folder_is_a_batch_as_on_the_command_line(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_tif(folder / f"{name}.tif", textured((1, 24, 24)))
+    results = segment(folder, threshold_model(1, spatial_dims=2), tmp_path / "out", device="cpu")
+    assert isinstance(results, list)
+    assert [r.output.name for r in results] == ["a.zarr", "b.zarr"]
+    assert all(r.status == "complete" for r in results)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.inputs import collect_inputs, output_state, plan_items, read_manifest
+from flows.inputs import output_state
+from segflow.inputs import collect_inputs, plan_items, read_manifest
 from segflow.errors import ConfigError
 
-from .conftest import write_scene
+from tests.flows.conftest import write_scene
 
 
 def test_collect_inputs_from_folder_glob_manifest_and_list(tmp_path):

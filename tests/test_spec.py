@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from segflow.errors import ConfigError
-from segflow.spec import PipelineSpec, load_spec, merge_overrides, parse_spec
+from segflow.options import BlendMode, RunOptions
+from segflow.spec import Pipeline, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "pipelines").glob("*.yaml"))
@@ -19,13 +20,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_match_the_engine_defaults():
-    from segflow.api import RunOptions
-
-    options = PipelineSpec().run_options()
-    defaults = RunOptions()
-    for key, value in options.items():
-        assert getattr(defaults, key) == value, key
+def test_an_empty_spec_gives_the_default_options():
+    assert parse_spec({}) == Pipeline()
+    assert parse_spec({}).options == RunOptions()
 
 
 def test_full_spec_to_run_options(tmp_path):
@@ -44,13 +41,13 @@ dask: {scheduler: tcp://10.0.0.5:8786}
         )
     )
     assert spec.model == (tmp_path / "models" / "m.safetensors").resolve()  # relative to the file
-    options = spec.run_options()
-    assert options["patch_size"] == (96, 96, 64)
-    assert options["overlap"] == 16 and isinstance(options["overlap"], int)  # pixels
-    assert options["blend"] == "hann" and options["tta"] is True
-    assert options["probabilities"] == "float16" and options["chunk_size"] == 64
-    assert options["bands"] == (3, 2, 1) and options["nodata"] == 0 and options["slice_axis"] == 1
-    assert spec.outputs.nifti and spec.dask.scheduler == "tcp://10.0.0.5:8786"
+    options = spec.options
+    assert options.patch_size == (96, 96, 64)
+    assert options.overlap == 16 and isinstance(options.overlap, int)  # pixels
+    assert options.blend is BlendMode.HANN and options.tta is True
+    assert options.probabilities == "float16" and options.chunk_size == 64
+    assert options.bands == (3, 2, 1) and options.nodata == 0 and options.slice_axis == 1
+    assert options.nifti and options.scheduler == "tcp://10.0.0.5:8786"
 
 
 @pytest.mark.parametrize(
@@ -64,14 +61,16 @@ dask: {scheduler: tcp://10.0.0.5:8786}
         ("dask: {scheduler: thread}", "did you mean 'threads'?"),
         (
             "tiling: {batch_size: 0}",
-            "tiling.batch_size: Input should be greater than or equal to 1",
+            "tiling.batch_size: batch size must be at least 1",
         ),
         ("outputs: {probabilities: uint9}", "outputs.probabilities"),
         ("input: {slice_axis: 3}", "input.slice_axis"),
         ("tiling: [1, 2]", "tiling"),
         ("- a\n- b", "a mapping of keys"),
         ("tiling: {overlap: [", "not valid YAML at line"),
-        ("dask: {region_size: 0}", "dask.region_size: Input should be greater than or equal to 1"),
+        ("dask: {region_size: 0}", "dask.region_size: region size must be at least 1"),
+        ("tiling: {overlap: .nan}", "tiling.overlap: overlap must be a finite number"),
+        ("tiling: {batch_size: many}", "tiling.batch_size: Input should be a valid integer"),
     ],
 )
 def test_mistakes_are_one_line_config_errors(tmp_path, text, message):
@@ -89,41 +88,43 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_empty_file_is_the_defaults(tmp_path):
-    assert load_spec(write(tmp_path, "")) == PipelineSpec()
+    assert load_spec(write(tmp_path, "")) == Pipeline()
 
 
-def test_merge_overrides_flat_and_dotted_names():
+def test_command_line_overrides_use_the_flat_option_names(tmp_path):
     base = parse_spec({"tiling": {"patch_size": 256, "overlap": 0.5}, "device": "cuda"})
-    merged = merge_overrides(
-        base,
-        patch_size=[128, 128],
+    merged = base.with_overrides(
+        model=tmp_path / "m.safetensors",
+        patch_size="128,128",
         batch_size=None,
         device="cpu",
         scheduler="local",
         workers=2,
         region_size=512,
         nifti=True,
-        **{"tiling.sigma": 0.2},
     )
-    assert merged.tiling.patch_size == (128, 128)
-    assert merged.tiling.overlap == 0.5  # kept
-    assert merged.tiling.batch_size is None  # not given: stays automatic
-    assert merged.tiling.sigma == 0.2 and merged.device == "cpu"
-    assert merged.dask.scheduler == "local" and merged.dask.workers == 2
-    assert merged.dask.region_size == 512
-    assert merged.outputs.nifti
-    assert base.device == "cuda"  # the original is unchanged
+    assert merged.options.patch_size == (128, 128)
+    assert merged.options.overlap == 0.5  # kept
+    assert merged.options.batch_size is None  # not given: stays automatic
+    assert merged.options.device == "cpu" and merged.model == tmp_path / "m.safetensors"
+    assert merged.options.scheduler == "local" and merged.options.workers == 2
+    assert merged.options.region_size == 512 and merged.options.nifti
+    assert base.options.device == "cuda"  # the original is unchanged
     with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
-        merge_overrides(base, patchsize=3)
-    with pytest.raises(ConfigError, match=r"did you mean 'tiling\.sigma'"):
-        merge_overrides(base, **{"tiling.sigmma": 0.1})
-    with pytest.raises(ConfigError, match="batch_size"):
-        merge_overrides(base, batch_size=-1)
+        base.with_overrides(patchsize=3)
+    with pytest.raises(ConfigError, match="batch size"):
+        base.with_overrides(batch_size=-1)
+
+
+def test_oversized_spec_is_refused(tmp_path):
+    path = write(tmp_path, "# " + "x" * (2 << 20))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_spec(path)
 
 
 def test_require_model(tmp_path):
     with pytest.raises(ConfigError, match="no model given"):
-        PipelineSpec().require_model()
+        Pipeline().require_model()
     with pytest.raises(ConfigError, match="not found"):
         parse_spec({"model": str(tmp_path / "x.safetensors")}).require_model()
     (tmp_path / "x.safetensors").write_bytes(b"")
@@ -135,7 +136,7 @@ def test_shipped_examples_validate(path):
     spec = load_spec(path)
     assert spec.model is not None and spec.model.is_absolute()
     assert spec.name == path.stem
-    assert spec.run_options()["blend"] == "gaussian"
+    assert spec.options.blend is BlendMode.GAUSSIAN
 
 
 def test_examples_are_the_expected_set():

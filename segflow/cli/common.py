@@ -8,11 +8,18 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
-from segflow.errors import SegflowError
+from segflow.errors import SegflowError, one_line
 
 EXIT_ERROR = 1
+EXIT_PARTIAL = 3  # a batch where some inputs failed and others finished
 
-_err = Console(stderr=True)
+err = Console(stderr=True)
+out = Console()
+
+
+def print_error(message: str) -> None:
+    """One red ``error:`` line on stderr."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -21,7 +28,5 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except SegflowError as exc:
-        _err.print(
-            f"[bold red]error:[/] {' '.join(str(exc).split())}", highlight=False, soft_wrap=True
-        )
+        print_error(one_line(exc))
         raise typer.Exit(EXIT_ERROR) from None

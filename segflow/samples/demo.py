@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from segflow.errors import ModelError, OutputError
+from segflow.options import RunOptions
 from segflow.train.metrics import ConfusionMatrix
 
 LANDCOVER_MODEL = "landcover-unet.safetensors"
@@ -102,15 +103,21 @@ def _segment(
         except ImportError:
             use_flow = False
     if use_flow:
-        results = run_flow(str(image), str(model), str(output), options, overwrite=True,
-                           raise_errors=True)  # fmt: skip
+        results = run_flow(
+            [str(image)],
+            model,
+            output,
+            RunOptions.from_mapping(options),
+            overwrite=True,
+            raise_errors=True,
+        )
         failed = [r for r in results if r.status != "complete"]
         if failed:
             raise OutputError(f"segmenting {image.name} failed: {failed[0].error}")
         return "prefect flow"
     from segflow.api import segment
 
-    segment(image, model, output, overwrite=True, **options)
+    segment(image, model, output, RunOptions.from_mapping(options), overwrite=True)
     return "segflow.segment"
 
 
@@ -193,8 +200,8 @@ def run_demo(
 
 
 def _jsonable(result: DemoResult) -> dict[str, Any]:
-    data = asdict(result)
-    return json.loads(json.dumps(data, default=str))
+    data: dict[str, Any] = json.loads(json.dumps(asdict(result), default=str))
+    return data
 
 
 def print_summary(result: DemoResult, console: Any) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import zarr
 
-from segflow.api import TASK_TARGET_2D
+from segflow.plan import TASK_TARGET_2D
 from segflow.models import create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 

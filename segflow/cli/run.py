@@ -1,0 +1,284 @@
+"""``segflow run``: inputs through a model into stores, recorded as a Prefect flow run.
+
+Everything that can be wrong with a command line (options, inputs, the model path,
+the output location) is checked here before torch is imported, so a mistake costs
+a second and one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, out
+from segflow.errors import ConfigError, OutputError
+from segflow.inputs import InputItem, check_readable, collect_inputs, plan_items
+from segflow.options import RunOptions
+from segflow.spec import Pipeline, load_spec
+
+if TYPE_CHECKING:
+    from segflow.api import RunResult
+
+ProgressFactory = Callable[[str], Callable[[int, int], None]]
+
+
+def run_command(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="GeoTIFF/NIfTI files, folders or globs.", show_default=False),
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Model file (.safetensors, TorchScript or ONNX)."),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="OUT.zarr for one input, else a folder.")
+    ] = Path("segflow-out"),
+    spec: Annotated[
+        Path | None, typer.Option(help="Pipeline spec (YAML); options below override it.")
+    ] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Patch size, e.g. 512 or 96,96,96. [default: 512 / 96]")
+    ] = None,
+    overlap: Annotated[
+        str | None, typer.Option(help="Overlap: a fraction (<1) or pixels. [default: 0.25]")
+    ] = None,
+    blend: Annotated[
+        str | None,
+        typer.Option(
+            help="gaussian, hann, spline, linear, constant or center. [default: gaussian]"
+        ),
+    ] = None,
+    sigma: Annotated[
+        float | None, typer.Option(help="Gaussian sigma, fraction of the patch. [default: 0.125]")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Patches per forward pass. [default: auto: 8 on GPUs, fewer on CPUs]"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+    ] = None,
+    amp: Annotated[bool | None, typer.Option(help="Mixed precision on GPUs. [default: on]")] = None,
+    tta: Annotated[
+        bool | None, typer.Option(help="Flip test-time augmentation. [default: off]")
+    ] = None,
+    chunk_size: Annotated[
+        str | None, typer.Option(help="Output chunk size, e.g. 1024. [default: 1024 / 128]")
+    ] = None,
+    labels: Annotated[
+        bool | None, typer.Option(help="Write the label array. [default: on]")
+    ] = None,
+    probabilities: Annotated[
+        str | None, typer.Option(help="Class probabilities: none, uint8 or float16.")
+    ] = None,
+    bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
+    nodata: Annotated[
+        float | None, typer.Option(help="Nodata value (overrides the file's).")
+    ] = None,
+    volume: Annotated[int | None, typer.Option(help="4-D NIfTI: the volume to segment.")] = None,
+    volumes_as_channels: Annotated[
+        bool | None, typer.Option(help="4-D NIfTI: volumes as channels.")
+    ] = None,
+    slice_axis: Annotated[
+        int | None, typer.Option(help="2-D model on a volume: axis to slice along.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run: compute only missing chunks.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="threads, sync, local, or a Dask scheduler address tcp://host:port."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads or local Dask workers.")] = None,
+    region_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Edge of the region a task reads and blends at once, in whole chunks; larger "
+            "regions predict fewer boundary patches twice and take more memory. "
+            "[default: 2048 / 256, less for many classes]"
+        ),
+    ] = None,
+    flow: Annotated[
+        bool, typer.Option(help="Record the run as a Prefect flow run (off: call the library).")
+    ] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines in the terminal.")
+    ] = False,
+) -> None:
+    """Segment INPUTS with MODEL into Zarr stores that keep the input's geometry."""
+    if not verbose:
+        # flow and task logs still reach the Prefect API (and UI); the terminal gets the
+        # progress bar, a line per result and one-line errors
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    with one_line_errors():
+        pipeline = (load_spec(spec) if spec is not None else Pipeline()).with_overrides(
+            model=model,
+            patch_size=patch_size,
+            overlap=overlap,
+            blend=blend,
+            sigma=sigma,
+            batch_size=batch_size,
+            device=device,
+            amp=amp,
+            tta=tta,
+            chunk_size=chunk_size,
+            labels=labels,
+            probabilities=probabilities,
+            bands=bands,
+            nodata=nodata,
+            volume=volume,
+            volumes_as_channels=volumes_as_channels,
+            slice_axis=slice_axis,
+            scheduler=scheduler,
+            workers=workers,
+            region_size=region_size,
+        )
+        checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
+        with progress_bar(progress and sys.stderr.isatty()) as bar:
+            results = _run(checked, pipeline, output, resume, overwrite, flow, bar)
+    _report(results)
+
+
+def check_run(
+    inputs: list[Path], pipeline: Pipeline, output: Path, *, resume: bool, overwrite: bool
+) -> list[InputItem]:
+    """The planned inputs, once inputs, model and output are known to be usable.
+
+    A single input must be readable; in a batch an unreadable input fails alone
+    (with its reason) while the others run.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
+    pipeline.require_model()
+    items = plan_items(collect_inputs([str(p) for p in inputs]), output)
+    if len(items) == 1:
+        check_readable(Path(items[0].input))
+    _check_output(output, items)
+    return items
+
+
+def _check_output(output: Path, items: list[InputItem]) -> None:
+    inputs = {Path(i.input).resolve() for i in items}
+    for item in items:
+        target = Path(item.output)
+        if target.resolve() in inputs:
+            raise OutputError(f"{target} is an input; choose another output")
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"{target} exists and is not a store; choose another output")
+    parent = Path(items[0].output).parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"{folder} is a file; the output cannot go inside it")
+            if not os.access(folder, os.W_OK):
+                raise OutputError(f"{folder} is not writable; choose another output")
+            break
+
+
+def _run(
+    items: list[InputItem],
+    pipeline: Pipeline,
+    output: Path,
+    resume: bool,
+    overwrite: bool,
+    flow: bool,
+    bar: ProgressFactory,
+) -> list[RunResult]:
+    model = pipeline.require_model()
+    if flow:
+        from flows.segment import run_flow
+
+        return run_flow(
+            [i.input for i in items],
+            model,
+            output,
+            pipeline.options,
+            resume=resume,
+            overwrite=overwrite,
+            progress=bar,
+            raise_errors=len(items) == 1,
+        )
+    return _run_library(items, model, pipeline.options, resume, overwrite, bar)
+
+
+def _run_library(
+    items: list[InputItem],
+    model: Path,
+    options: RunOptions,
+    resume: bool,
+    overwrite: bool,
+    bar: ProgressFactory,
+) -> list[RunResult]:
+    """``--no-flow``: the same inputs through segflow.segment, without Prefect."""
+    from segflow.api import segment
+    from segflow.models import load_model
+
+    loaded = load_model(model)
+    results = []
+    for item in items:
+        result = segment(
+            item.input,
+            loaded,
+            item.output,
+            options,
+            resume=resume,
+            overwrite=overwrite,
+            progress=bar(item.name),
+            raise_errors=len(items) == 1,
+        )
+        assert not isinstance(result, list)
+        results.append(result)
+    return results
+
+
+def _report(results: list[RunResult]) -> None:
+    failed = [r for r in results if r.status != "complete"]
+    for r in results:
+        if r.status == "complete":
+            out.print(
+                f"[green]done[/] {r.input} -> {r.output} ({r.seconds:.1f} s)", highlight=False
+            )
+        else:
+            err.print(f"[red]failed[/] {r.input}: {r.error}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL if len(failed) < len(results) else EXIT_ERROR)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[ProgressFactory]:
+    """Yields a factory: ``factory(label)`` returns a (done, total) callback for one input."""
+    if not enabled:
+        yield lambda label: lambda done, total: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("regions"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+
+        def factory(label: str) -> Callable[[int, int], None]:
+            task = progress.add_task(label, total=None)
+
+            def update(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            return update
+
+        yield factory
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
