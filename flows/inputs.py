@@ -6,10 +6,7 @@ Inputs themselves are planned by :mod:`segflow.inputs` (re-exported here).
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Literal
 
-from segflow.errors import SegflowError
 from segflow.inputs import (
     INPUT_PATTERNS,
     RASTER_PATTERNS,
@@ -20,8 +17,9 @@ from segflow.inputs import (
     plan_items,
     read_manifest,
 )
+from segflow.io.zarr_sink import StoreState, store_state
 
-OutputState = Literal["absent", "partial", "complete", "foreign"]
+OutputState = StoreState
 
 __all__ = [
     "INPUT_PATTERNS",
@@ -39,12 +37,4 @@ __all__ = [
 
 def output_state(path: str | os.PathLike[str]) -> OutputState:
     """absent, partial (chunks may be done, not finalized), complete, or foreign (not ours)."""
-    from segflow.io.zarr_sink import ZarrSink
-
-    target = Path(path)
-    if not target.exists():
-        return "absent"
-    try:
-        return "complete" if ZarrSink.open(target).is_complete else "partial"
-    except SegflowError:
-        return "foreign"
+    return store_state(path)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from segflow.errors import ConfigError, ReaderError
+from segflow.errors import ConfigError
 
 RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
@@ -55,29 +55,6 @@ def collect_inputs(
     for entry in source:
         found.extend(_expand(Path(os.fspath(entry)).expanduser(), patterns))
     return found
-
-
-def check_readable(path: Path) -> None:
-    """A one-line ReaderError unless ``path`` is a non-empty file this process can read.
-
-    Cheap on purpose: the command runs it before importing torch, so a wrong path
-    fails in a second instead of after the imports.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ReaderError(f"{path}: file not found; check the path") from None
-    except OSError as exc:
-        raise ReaderError(f"{path}: cannot be accessed ({exc.strerror})") from None
-    if path.is_dir():
-        raise ReaderError(f"{path}: is a directory; give the path of an image file")
-    if size == 0:
-        raise ReaderError(f"{path}: file is empty (0 bytes); copy or export it again")
-    try:
-        with path.open("rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise ReaderError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
 def is_one_input(source: str | os.PathLike[str]) -> bool:

@@ -127,7 +127,8 @@ def default_region_size(dims: int, num_classes: int, probabilities: bool) -> int
     """
     target = TASK_TARGET_3D if dims == 3 else TASK_TARGET_2D
     pixel_bytes = 4 * (num_classes + int(probabilities))
-    fits = int(round((REGION_MEMORY_BYTES / pixel_bytes) ** (1 / dims)))
+    root: float = (REGION_MEMORY_BYTES / pixel_bytes) ** (1 / dims)
+    fits = round(root)
     while fits > 1 and pixel_bytes * fits**dims > REGION_MEMORY_BYTES:  # the root's rounding
         fits -= 1
     return max(1, min(target, fits))

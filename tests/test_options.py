@@ -82,7 +82,7 @@ def test_mistakes_are_one_line_config_errors(changes, message):
 def test_unknown_names_get_a_did_you_mean():
     with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
         RunOptions().replace(patchsize=3)
-    with pytest.raises(ConfigError, match="spec.yaml: unknown option 'overlpa'"):
+    with pytest.raises(ConfigError, match=r"spec\.yaml: unknown option 'overlpa'"):
         RunOptions.from_mapping({"overlpa": 0.5}, where="spec.yaml")
 
 

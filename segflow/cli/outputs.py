@@ -7,22 +7,16 @@ the library; a SegflowError prints one line and exits 1, like ``segflow run``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from segflow.errors import SegflowError
-
-EXIT_ERROR = 1
-
-err = Console(stderr=True)
-out = Console()
+from segflow.cli.common import err, one_line_errors, out
+from segflow.errors import OutputError
+from segflow.options import parse_ints
 
 
 class ExportFormat(StrEnum):
@@ -37,25 +31,6 @@ SUFFIXES = {
     ExportFormat.NIFTI: "_labels.nii.gz",
     ExportFormat.PNG: "_preview.png",
 }
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    try:
-        yield
-    except SegflowError as exc:
-        message = " ".join(str(exc).split())
-        err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-def _bands(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter("--bands takes band numbers like 4,3,2") from None
 
 
 def default_output(store: Path, fmt: ExportFormat) -> Path:
@@ -96,7 +71,7 @@ def export_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Export a store as a Cloud Optimized GeoTIFF, a NIfTI mask or a PNG quicklook."""
-    with _reported():
+    with one_line_errors():
         target = output or default_output(store, to)
         if to is ExportFormat.COG:
             from segflow.io.cog import export_cog
@@ -118,8 +93,6 @@ def export_command(
             from segflow.outputs.preview import preview
 
             if target.exists() and not overwrite:
-                from segflow.errors import OutputError
-
                 raise OutputError(f"{target} exists; pass --overwrite to replace it")
             written = preview(store, target, input=input)
             out.print(f"[green]wrote[/] {written}", highlight=False)
@@ -130,7 +103,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Describe an output store (geometry, classes, completion, provenance) or an input."""
-    with _reported():
+    with one_line_errors():
         from segflow.outputs.inspect import inspect_path, render
 
         info = inspect_path(path)
@@ -151,7 +124,7 @@ def stats_command(
     ] = False,
 ) -> None:
     """Per-class pixel counts and areas (m², ha, km²) or volumes (mL)."""
-    with _reported():
+    with one_line_errors():
         from segflow.outputs.stats import (
             class_statistics,
             write_statistics_csv,
@@ -210,7 +183,7 @@ def preview_command(
     alpha: Annotated[float, typer.Option(help="Opacity of the mask colours, 0..1.")] = 0.5,
 ) -> None:
     """A PNG quicklook: the input with the mask overlaid and a legend."""
-    with _reported():
+    with one_line_errors():
         from segflow.outputs.preview import preview
 
         image = input or recorded_input(store)
@@ -219,7 +192,12 @@ def preview_command(
                 "[yellow]note:[/] no input given or found; drawing the mask alone", highlight=False
             )
         written = preview(
-            store, output, input=image, bands=_bands(bands), max_size=max_size, alpha=alpha
+            store,
+            output,
+            input=image,
+            bands=parse_ints(bands, "--bands"),
+            max_size=max_size,
+            alpha=alpha,
         )
         out.print(f"[green]wrote[/] {written}", highlight=False)
 
@@ -233,7 +211,7 @@ def pyramid_command(
     overwrite: Annotated[bool, typer.Option(help="Rebuild an existing pyramid.")] = False,
 ) -> None:
     """Add multiscale label levels to a store (overview groups or OME-Zarr levels)."""
-    with _reported():
+    with one_line_errors():
         from segflow.outputs.pyramid import build_pyramid
 
         built = build_pyramid(store, levels=levels, resampling=resampling, overwrite=overwrite)

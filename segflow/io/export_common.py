@@ -21,18 +21,11 @@ def open_exportable(
     ``wrong_kind`` ends the ConfigError raised for the other kind of store,
     e.g. "is a volume output; export it with --to nifti".
     """
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
+    sink = ZarrSink.open(store) if not isinstance(store, ZarrSink) else store
     geometry = sink.geometry
     if not isinstance(geometry, kind):
         raise ConfigError(f"{sink.path} {wrong_kind}")
-    if sink.labels_path is None:
-        raise OutputError(
-            f"{sink.path} holds no labels (written with --no-labels); nothing to export"
-        )
-    if not sink.is_complete:
-        raise OutputError(
-            f"{sink.path} is not complete; finish it with `segflow run --resume` before exporting"
-        )
+    ZarrSink.open_finished(sink, purpose="exporting")
     return sink, geometry
 
 

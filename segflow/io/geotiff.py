@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -25,10 +25,10 @@ from rasterio.windows import Window
 
 from segflow.errors import ReaderError
 from segflow.heap import mapped_empty
+from segflow.io.files import check_input_file
 from segflow.io.lazy import (
     FileSourceBase,
     ThreadHandles,
-    check_input_file,
     check_user_nodata,
     file_token,
     normalize_region,
@@ -159,13 +159,15 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
                     f"{self.path}: the selected bands mix data types {sorted(dtypes)}; "
                     "select bands of one type with bands=[...]"
                 )
-            self._dtype = np.dtype(dtypes.pop())
+            self._dtype: np.dtype[Any] = np.dtype(dtypes.pop())
             if self._dtype.kind not in "biuf":
                 raise ReaderError(f"{self.path}: {self._dtype} data cannot be segmented")
             self._shape = (int(ds.height), int(ds.width))
             bh, bw = ds.block_shapes[self._bands[0] - 1]
             self._block = (int(bh), int(bw))
-            self._file_nodata = tuple(ds.nodatavals[b - 1] for b in self._bands)
+            self._file_nodata: tuple[float | None, ...] = tuple(
+                None if v is None else float(v) for v in (ds.nodatavals[b - 1] for b in self._bands)
+            )
             self._band_names = tuple(ds.descriptions[b - 1] or f"band_{b}" for b in self._bands)
             self._use_mask = _uses_mask(ds.mask_flag_enums[self._bands[0] - 1])
             self._geometry, plain_warning = self._read_geometry(ds)

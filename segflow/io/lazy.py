@@ -11,7 +11,6 @@ checksum, close, context-manager and pickling behaviour.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -24,37 +23,16 @@ import numpy as np
 import numpy.typing as npt
 from dask.base import tokenize
 
-from segflow.errors import ConfigError, ReaderError
+from segflow.errors import ConfigError
+from segflow.io.files import sha256_file
 from segflow.io.source import Region, Source
+
+_from_array: Any = da.from_array  # dask ships it without type hints
 
 H = TypeVar("H")
 
 # Spatial chunks: one size for every axis, or per axis a size or explicit block sizes.
 Chunks = int | Sequence[int | Sequence[int]]
-
-
-def check_input_file(path: Path) -> int:
-    """Fail with a one-line ReaderError unless ``path`` is a non-empty file; return its size."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ReaderError(f"{path}: file not found; check the path") from None
-    except OSError as e:
-        raise ReaderError(f"{path}: cannot be accessed ({e.strerror})") from None
-    if path.is_dir():
-        raise ReaderError(f"{path}: is a directory; give the path of an image file")
-    if st.st_size == 0:
-        raise ReaderError(f"{path}: file is empty (0 bytes); copy or export it again")
-    return st.st_size
-
-
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    """sha256 of a file (an input or a model), hex, read in blocks so memory stays flat."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_token(path: Path) -> tuple[str, int, int]:
@@ -285,7 +263,10 @@ def _as_dask(source: Source, chunks: Chunks, what: str) -> da.Array:
     full = ((reader.shape[0],), *spatial) if what == "data" else spatial
     name = f"read-{what}-{tokenize(source, full)}"
     meta = np.empty((0,) * reader.ndim, dtype=reader.dtype)
-    return da.from_array(reader, chunks=full, name=name, meta=meta, asarray=False, fancy=False)
+    array: da.Array = _from_array(
+        reader, chunks=full, name=name, meta=meta, asarray=False, fancy=False
+    )
+    return array
 
 
 def as_dask(source: Source, chunks: Chunks) -> da.Array:

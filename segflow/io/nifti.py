@@ -17,19 +17,15 @@ import zlib
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-from nibabel.affines import voxel_sizes
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
 from segflow.errors import ConfigError, ReaderError
 from segflow.heap import mapped_empty
+from segflow.io.files import check_input_file
 from segflow.io.lazy import (
     FileSourceBase,
     ThreadHandles,
-    check_input_file,
     check_user_nodata,
     file_token,
     normalize_region,
@@ -37,11 +33,18 @@ from segflow.io.lazy import (
     region_shape,
     valid_mask,
 )
+from segflow.io.nib import (
+    HeaderDataError,
+    ImageFileError,
+    NiftiImage,
+    aff2axcodes,
+    data_dtype,
+    load,
+    voxel_sizes,
+)
 from segflow.io.source import ReadResult, Region, VolumeGeometry
 
 __all__ = ["NiftiSource"]
-
-NiftiImage = nib.Nifti1Image | nib.Nifti2Image
 
 # what nibabel raises on unreadable, truncated or foreign files
 _LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
@@ -51,8 +54,8 @@ SLAB_BYTES = 8 * 2**20  # one read of k-slices
 def _load(path: Path) -> NiftiImage:
     # keep_file_open: a .gz stream read front to back is not re-inflated from the start
     # for every region; mmap=False: regions are copies, never views of a mapped file
-    img = nib.load(path, mmap=False, keep_file_open=True)
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+    img = load(path, mmap=False, keep_file_open=True)
+    if not isinstance(img, NiftiImage):
         raise ReaderError(
             f"{path}: is a {type(img).__name__}, not a single-file NIfTI; convert it to .nii.gz"
         )
@@ -203,7 +206,7 @@ class NiftiSource(FileSourceBase[NiftiImage]):
         dtype = probe.dtype.newbyteorder("=")
         if dtype.kind not in "biuf":
             raise ReaderError(
-                f"{self.path}: {img.get_data_dtype()} voxels (complex or RGB) cannot be "
+                f"{self.path}: {data_dtype(img)} voxels (complex or RGB) cannot be "
                 "segmented; convert the volume to a real-valued type"
             )
         return dtype
@@ -310,7 +313,7 @@ def best_affine(header: Any) -> tuple[npt.NDArray[np.float64], int, int]:
 def _geometry(img: NiftiImage, path: Path) -> VolumeGeometry:
     affine, sform_code, qform_code = best_affine(img.header)
     finite = bool(np.all(np.isfinite(affine)))
-    codes = nib.aff2axcodes(affine) if finite else (None, None, None)
+    codes = aff2axcodes(affine) if finite else (None, None, None)
     if any(c is None for c in codes):
         raise ReaderError(
             f"{path}: its affine is degenerate ({affine[:3].tolist()}); fix the header's "

@@ -22,13 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import nibabel as nib
 import numpy as np
 
-from segflow.classes import ClassInfo
 from segflow.errors import ConfigError, OutputError, ReaderError
+from segflow.io.classes import ClassInfo
 from segflow.io.cog import display_colors
 from segflow.io.export_common import open_exportable, prepare_target
+from segflow.io.nib import (
+    ImageFileError,
+    NiftiHeader,
+    NiftiImage,
+    data_dtype,
+    load,
+    new_header,
+    write_header,
+)
 from segflow.io.source import VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
 
@@ -90,8 +98,8 @@ def export_nifti(
     part = target.with_name(target.name + ".part")
     try:
         with _open(part) as f:
-            header.write_to(f)
-            f.write(b"\x00" * (int(header.get_data_offset()) - f.tell()))
+            offset = write_header(header, f)
+            f.write(b"\x00" * (offset - f.tell()))
             _write_voxels(f, sink, header, nodata_value)
         os.replace(part, target)
     except OSError as exc:
@@ -105,20 +113,17 @@ def export_nifti(
 
 
 def nifti_header(
-    shape: Sequence[int], dtype: np.dtype, geometry: VolumeGeometry, num_classes: int
-) -> nib.Nifti1Header | nib.Nifti2Header:
+    shape: Sequence[int], dtype: np.dtype[Any], geometry: VolumeGeometry, num_classes: int
+) -> NiftiHeader:
     """A single-file header carrying the geometry's affine with its sform/qform codes."""
-    header: nib.Nifti1Header | nib.Nifti2Header = (
-        nib.Nifti2Header() if max(shape) > NIFTI1_MAX_DIM else nib.Nifti1Header()
+    header = new_header(
+        shape,
+        dtype,
+        np.asarray(geometry.affine, dtype=np.float64),
+        qform_code=geometry.qform_code,
+        sform_code=geometry.sform_code,
+        nifti2=max(shape) > NIFTI1_MAX_DIM,  # dim[] is int16 in NIfTI-1
     )
-    affine = np.asarray(geometry.affine, dtype=np.float64)
-    header.set_data_shape(tuple(int(n) for n in shape))
-    header.set_data_dtype(dtype)
-    header.set_qform(affine, code=int(geometry.qform_code))  # also sets pixdim (zooms, qfac)
-    header.set_sform(affine, code=int(geometry.sform_code))
-    header.set_xyzt_units("mm")
-    header.set_slope_inter(1.0, 0.0)
-    header.set_intent("label", name="segflow")
     header["cal_min"] = 0
     header["cal_max"] = max(num_classes - 1, 0)
     header["descrip"] = b"segflow labels"
@@ -126,7 +131,7 @@ def nifti_header(
 
 
 def copy_spatial_header(
-    header: nib.Nifti1Header | nib.Nifti2Header,
+    header: NiftiHeader,
     reference: str | os.PathLike[str],
     shape: Sequence[int],
     geometry: VolumeGeometry,
@@ -134,10 +139,10 @@ def copy_spatial_header(
     """Copy the reference's spatial header fields after checking it is the store's input grid."""
     path = Path(reference)
     try:
-        ref = nib.load(path)
-    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        ref = load(path)
+    except (OSError, ValueError, ImageFileError) as exc:
         raise ReaderError(f"{path}: cannot be read as NIfTI ({exc})") from exc
-    if not isinstance(ref, nib.Nifti1Image | nib.Nifti2Image):
+    if not isinstance(ref, NiftiImage):
         raise ReaderError(f"{path}: is not a NIfTI image")
     ref_header: Any = ref.header
     if tuple(ref.shape[:3]) != tuple(shape):
@@ -166,12 +171,12 @@ def _open(path: Path) -> IO[bytes]:
 def _write_voxels(
     f: IO[bytes],
     sink: ZarrSink,
-    header: nib.Nifti1Header | nib.Nifti2Header,
+    header: NiftiHeader,
     nodata_value: int | None,
 ) -> None:
     """NIfTI stores i fastest, then j, then k: one (I, J, ck) slab is one contiguous run."""
     array = sink.labels_array()
-    disk = header.get_data_dtype()
+    disk = data_dtype(header)
     depth = sink.layout.spatial_shape[2]
     step = sink.layout.chunk_shape[2]
     for k0 in range(0, depth, step):

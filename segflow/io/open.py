@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segflow.errors import ConfigError, ReaderError
+from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
-from segflow.io.lazy import check_input_file
 from segflow.io.nifti import NiftiSource
 from segflow.io.source import Source
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from segflow.errors import ConfigError
+from segflow.io.nib import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 __all__ = [
     "AxisTransform",

@@ -15,12 +15,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from segflow.classes import ClassInfo
+from segflow.io.classes import ClassInfo
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
 
 STORE_FORMAT = "segflow.zarr"
@@ -31,8 +31,6 @@ VOLUME_AXES = ("i", "j", "k")
 PROBABILITY_SCALE = 1.0 / 254.0  # uint8 probabilities: p = q / 254, 255 = nodata
 
 JSON = Any  # JSON-compatible value (dict / list / str / int / float / bool / None)
-ProbabilityMode = Literal["none", "uint8", "float16"]
-PROBABILITY_MODES: tuple[str, ...] = get_args(ProbabilityMode)
 
 
 # --- JSON ---------------------------------------------------------------------------------
@@ -44,6 +42,8 @@ def jsonable(value: Any) -> JSON:
     Non-finite floats become the strings "NaN" / "Infinity" / "-Infinity" (the Zarr v3
     convention) because bare NaN is not valid JSON and other readers reject it.
     """
+    if isinstance(value, Enum):  # before str: a StrEnum is a str
+        return jsonable(value.value)
     if value is None or isinstance(value, bool | str | int):
         return value
     if isinstance(value, float):
@@ -54,8 +54,6 @@ def jsonable(value: Any) -> JSON:
         return jsonable(value.item())
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
-    if isinstance(value, Enum):
-        return jsonable(value.value)
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, Mapping):
@@ -72,13 +70,13 @@ def jsonable(value: Any) -> JSON:
 # --- stored values ------------------------------------------------------------------------
 
 
-def label_dtype_for(num_classes: int) -> np.dtype:
+def label_dtype_for(num_classes: int) -> np.dtype[Any]:
     """uint8 up to 255 classes (255 is nodata), uint16 above (65535 is nodata)."""
     return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
 
 
 def quantize_probabilities(
-    probabilities: npt.NDArray[np.floating], mode: ProbabilityMode
+    probabilities: npt.NDArray[np.floating[Any]], mode: str
 ) -> npt.NDArray[np.generic]:
     """Probabilities in [0, 1] (NaN = nodata) as stored.
 
@@ -96,9 +94,7 @@ def quantize_probabilities(
     return q
 
 
-def dequantize_probabilities(
-    stored: npt.NDArray[np.generic], mode: ProbabilityMode
-) -> npt.NDArray[np.float32]:
+def dequantize_probabilities(stored: npt.NDArray[np.generic], mode: str) -> npt.NDArray[np.float32]:
     """Inverse of :func:`quantize_probabilities`: float32 in [0, 1], NaN where nodata."""
     if mode == "float16":
         return np.asarray(stored).astype(np.float32)
@@ -410,88 +406,3 @@ def ome_probability_image_attrs(
     axes = [ome_channel_axis(), *ome_space_axes()]
     dataset = ome_dataset(path, [1.0, *scale], [0.0, *translation])
     return {"version": OME_VERSION, "multiscales": [ome_multiscale(name, axes, [dataset])]}
-
-
-def check_ome_image(ome: Mapping[str, Any]) -> list[str]:
-    """Problems with an ``ome`` block against the OME-Zarr 0.5 image / label-image rules we use.
-
-    Returns an empty list when the block is valid. Checks: version, axes (2-3 space axes,
-    unique names, order time/channel/space), datasets with exactly one scale (then at most
-    one translation) of the axes' length, scales non-decreasing across levels, and for
-    label images unique label values with 4 rgba bytes.
-    """
-    problems: list[str] = []
-    if ome.get("version") != OME_VERSION:
-        problems.append(f"version is {ome.get('version')!r}, expected {OME_VERSION!r}")
-    multiscales = ome.get("multiscales")
-    if not isinstance(multiscales, list) or not multiscales:
-        return [*problems, "multiscales must be a non-empty list"]
-    for m, ms in enumerate(multiscales):
-        problems += [f"multiscales[{m}]: {p}" for p in _check_multiscale(ms)]
-    label = ome.get("image-label")
-    if label is not None:
-        problems += [f"image-label: {p}" for p in _check_image_label(label)]
-    return problems
-
-
-def _check_multiscale(ms: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    axes = ms.get("axes")
-    if not isinstance(axes, list):
-        return ["axes missing"]
-    names = [a.get("name") for a in axes]
-    types = [a.get("type") for a in axes]
-    if len(set(names)) != len(names):
-        problems.append(f"axis names not unique: {names}")
-    if not 2 <= types.count("space") <= 3:
-        problems.append(f"needs 2 or 3 space axes, has {types.count('space')}")
-    order = {"time": 0, "channel": 1, "space": 2}
-    ranks = [order.get(t, 1) for t in types]
-    if ranks != sorted(ranks):
-        problems.append(f"axes must be ordered time, channel, space: {types}")
-    datasets = ms.get("datasets")
-    if not isinstance(datasets, list) or not datasets:
-        return [*problems, "datasets must be a non-empty list"]
-    scales: list[list[float]] = []
-    for n, ds in enumerate(datasets):
-        transforms = ds.get("coordinateTransformations", [])
-        kinds = [t.get("type") for t in transforms]
-        if not isinstance(ds.get("path"), str):
-            problems.append(f"datasets[{n}]: path missing")
-        if kinds not in (["scale"], ["scale", "translation"]):
-            problems.append(f"datasets[{n}]: transforms must be scale[, translation], got {kinds}")
-            continue
-        for t in transforms:
-            values = t.get(t["type"])
-            if not isinstance(values, list) or len(values) != len(axes):
-                problems.append(f"datasets[{n}]: {t['type']} needs {len(axes)} values")
-        scales.append(
-            [s for s, ty in zip(transforms[0]["scale"], types, strict=False) if ty == "space"]
-        )
-    if scales != sorted(scales):
-        problems.append("datasets must go from finest to coarsest scale")
-    return problems
-
-
-def _check_image_label(label: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    for key in ("colors", "properties"):
-        entries = label.get(key)
-        if entries is None:
-            continue
-        if not isinstance(entries, list) or not entries:
-            problems.append(f"{key} must be a non-empty list")
-            continue
-        values = [e.get("label-value") for e in entries]
-        if len(set(values)) != len(values):
-            problems.append(f"{key}: label-value entries are not unique")
-        if key == "colors":
-            for e in entries:
-                rgba = e.get("rgba")
-                if not (
-                    isinstance(rgba, list)
-                    and len(rgba) == 4
-                    and all(isinstance(v, int) and 0 <= v <= 255 for v in rgba)
-                ):
-                    problems.append(f"colors: bad rgba {rgba!r} for label {e.get('label-value')}")
-    return problems

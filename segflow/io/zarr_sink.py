@@ -21,96 +21,55 @@ never share an object). A missing data chunk is not proof of "not done": Zarr sk
 chunks that equal the fill value.
 
 A sink pickles to its path plus cached metadata; Zarr arrays are opened lazily in
-each process.
+each process. The layout lives in :mod:`segflow.io.zarr_layout`, the creation of a
+new store in :mod:`segflow.io.zarr_write`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-import shutil
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import zarr
-from zarr.codecs import ZstdCodec
-from zarr.core.sync import sync
 
-from segflow.classes import ClassInfo
-from segflow.errors import ConfigError, OutputError
+from segflow.errors import ConfigError, OutputError, SegflowError
 from segflow.io import zarr_meta as meta
+from segflow.io.classes import ClassInfo
 from segflow.io.source import Geometry, RasterGeometry, Region, VolumeGeometry
-from segflow.io.zarr_meta import (
-    PROBABILITY_MODES,
-    ProbabilityMode,
-    dequantize_probabilities,
-    label_dtype_for,
-    quantize_probabilities,
+from segflow.io.zarr_layout import DONE_PATH, OutputLayout, StoreKind, build_info
+from segflow.io.zarr_meta import dequantize_probabilities, label_dtype_for, quantize_probabilities
+from segflow.io.zarr_write import (
+    StoreArray,
+    check_can_create,
+    chunk_keys,
+    consolidate_store,
+    local_path,
+    make_dir,
+    open_array,
+    open_group,
+    remove_store,
+    write_new_store,
 )
+from segflow.options import ProbabilityMode
 
 __all__ = [  # the quantization helpers live in zarr_meta, next to the attributes describing them
     "OutputLayout",
     "ProbabilityMode",
+    "StoreState",
     "ZarrSink",
     "consolidate_store",
     "dequantize_probabilities",
     "label_dtype_for",
     "quantize_probabilities",
     "read_geometry",
+    "store_state",
 ]
 
-DONE_PATH = "_segflow/done"
-CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}
-PROBABILITY_CHUNK_BYTES = 8 * 2**20  # target raw size of one probabilities object
-COORD_CHUNK = 2**20
-ZSTD_LEVEL = 3
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """What the store holds and how it is chunked."""
-
-    spatial_shape: tuple[int, ...]  # (y, x) for rasters, (i, j, k) voxel axes for volumes
-    chunk_shape: tuple[int, ...]  # spatial chunk shape of the output arrays
-    num_classes: int
-    write_labels: bool = True
-    probabilities: ProbabilityMode = "none"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "spatial_shape", tuple(int(s) for s in self.spatial_shape))
-        object.__setattr__(self, "chunk_shape", tuple(int(c) for c in self.chunk_shape))
-        if len(self.spatial_shape) not in (2, 3) or any(s < 1 for s in self.spatial_shape):
-            raise ConfigError(
-                f"output shape must be 2 or 3 positive sizes, got {self.spatial_shape}"
-            )
-        if len(self.chunk_shape) != len(self.spatial_shape) or any(c < 1 for c in self.chunk_shape):
-            raise ConfigError(
-                f"chunk shape {self.chunk_shape} must have one positive size per axis of "
-                f"{self.spatial_shape}"
-            )
-        if not 1 <= self.num_classes <= 65535:
-            raise ConfigError(f"num_classes must be 1..65535, got {self.num_classes}")
-        if self.probabilities not in PROBABILITY_MODES:
-            close = difflib.get_close_matches(str(self.probabilities), PROBABILITY_MODES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"probabilities must be one of {', '.join(PROBABILITY_MODES)}, "
-                f"got {self.probabilities!r}{hint}"
-            )
-        if not self.write_labels and self.probabilities == "none":
-            raise ConfigError("nothing to write: enable labels or probabilities")
-
-    @property
-    def chunk_grid_shape(self) -> tuple[int, ...]:
-        return tuple(
-            math.ceil(s / c) for s, c in zip(self.spatial_shape, self.chunk_shape, strict=True)
-        )
+StoreState = Literal["absent", "partial", "complete", "foreign"]
 
 
 class ZarrSink:
@@ -119,20 +78,16 @@ class ZarrSink:
     def __init__(self, path: Path, info: Mapping[str, Any]) -> None:
         self.path = path
         self._info = dict(info)  # the root "segflow" attribute, as stored
-        self._arrays: dict[str, zarr.Array] = {}
-        layout = info["layout"]
-        self.layout = OutputLayout(
-            spatial_shape=tuple(layout["spatial_shape"]),
-            chunk_shape=tuple(layout["chunk_shape"]),
-            num_classes=int(layout["num_classes"]),
-            write_labels=bool(layout["write_labels"]),
-            probabilities=layout["probabilities"],
-        )
-        self.kind: Literal["raster", "volume"] = info["kind"]
+        self._arrays: dict[str, StoreArray] = {}
+        self.layout = OutputLayout.from_attrs(info["layout"])
+        kind = info["kind"]
+        if kind not in ("raster", "volume"):
+            raise ValueError(f"unknown store kind {kind!r}")
+        self.kind: StoreKind = kind
         self.classes = meta.classes_from_attrs(info["classes"])
         self.geometry = meta.geometry_from_attrs(info["geometry"])
-        self.label_dtype = label_dtype_for(self.layout.num_classes)
-        self.label_nodata = int(np.iinfo(self.label_dtype).max)
+        self.label_dtype = self.layout.label_dtype
+        self.label_nodata = self.layout.label_nodata
         self.chunk_grid_shape = self.layout.chunk_grid_shape
 
     # --- construction ----------------------------------------------------------------------
@@ -158,8 +113,8 @@ class ZarrSink:
         """
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
-        target = _local_path(path)
-        info = _build_info(layout, geometry, classes, attrs, fingerprint)
+        target = local_path(path)
+        info = build_info(layout, geometry, classes, attrs, fingerprint)
         if target.exists() or target.is_symlink():
             if resume:
                 sink = cls.open(target)
@@ -169,23 +124,23 @@ class ZarrSink:
                 raise OutputError(
                     f"{target} exists; pass --resume to continue it or --overwrite to replace it"
                 )
-            _check_can_create(target)
-            _remove_store(target)
+            check_can_create(target)
+            remove_store(target)
         else:
-            _check_can_create(target)
-        _make_dir(target)
-        _write_store(target, info, layout, geometry, classes)
+            check_can_create(target)
+        make_dir(target)
+        write_new_store(target, info, layout, geometry, classes)
         return cls(target, info)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> ZarrSink:
         """Open an existing segflow store (read-only until a chunk is written)."""
-        target = _local_path(path)
+        target = local_path(path)
         if not target.is_dir():
             what = "a file" if target.exists() else "missing"
             raise OutputError(f"{target} is not a segflow zarr store ({what}); check the path")
         try:
-            group = zarr.open_group(target, mode="r", zarr_format=3)
+            group = open_group(target)
         except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
             raise OutputError(
                 f"{target} is not a zarr v3 store ({exc}); pass --overwrite to replace it "
@@ -207,6 +162,33 @@ class ZarrSink:
             raise OutputError(
                 f"{target} has damaged segflow attributes ({exc}); pass --overwrite"
             ) from exc
+
+    @classmethod
+    def open_finished(
+        cls,
+        store: str | os.PathLike[str] | ZarrSink,
+        *,
+        need_labels: bool = True,
+        need_complete: bool = True,
+        purpose: str = "reading it",
+    ) -> ZarrSink:
+        """Open a store (or take an open one) that holds what ``purpose`` needs.
+
+        One-line OutputErrors when it holds no labels (``need_labels``) or is not
+        finalized (``need_complete``); ``purpose`` ends them, e.g. "exporting".
+        """
+        sink = store if isinstance(store, ZarrSink) else cls.open(store)
+        if need_labels and sink.labels_path is None:
+            raise OutputError(
+                f"{sink.path} holds no labels (written with --no-labels); {purpose} needs them"
+            )
+        if need_complete and not sink.is_complete:
+            done = len(sink.done_chunks())
+            raise OutputError(
+                f"{sink.path} is not complete ({done} of {sink.chunks_total} chunks written); "
+                f"finish it with `segflow run --resume` before {purpose}"
+            )
+        return sink
 
     # --- description -----------------------------------------------------------------------
 
@@ -232,11 +214,15 @@ class ZarrSink:
 
     @property
     def labels_path(self) -> str | None:
-        return self._info["arrays"]["labels"]
+        return _optional_str(self._info["arrays"]["labels"])
 
     @property
     def probabilities_path(self) -> str | None:
-        return self._info["arrays"]["probabilities"]
+        return _optional_str(self._info["arrays"]["probabilities"])
+
+    @property
+    def chunks_total(self) -> int:
+        return math.prod(self.chunk_grid_shape)
 
     def chunk_region(self, index: Sequence[int]) -> Region:
         """Spatial slices of one output chunk, clipped at the image edge."""
@@ -250,22 +236,13 @@ class ZarrSink:
 
     def done_chunks(self) -> set[tuple[int, ...]]:
         """Chunks recorded as written (one store listing, not one read per chunk)."""
-        done = self._array(DONE_PATH, writable=False)
-        prefix = f"{done.store_path.path}/c/"
-
-        async def keys() -> list[str]:
-            return [k async for k in done.store_path.store.list_prefix(prefix)]
-
-        found: set[tuple[int, ...]] = set()
+        self._array(DONE_PATH, writable=False)  # the record must exist, even when empty
         grid = self.chunk_grid_shape
-        for key in sync(keys()):
-            parts = key[len(prefix) :].split("/")
-            if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
-                continue  # not a chunk object (e.g. a temporary file)
-            index = tuple(int(p) for p in parts)
-            if all(0 <= i < g for i, g in zip(index, grid, strict=True)):
-                found.add(index)
-        return found
+        return {
+            index
+            for index in chunk_keys(self.path, DONE_PATH, len(grid))
+            if all(0 <= i < g for i, g in zip(index, grid, strict=True))
+        }
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -283,28 +260,9 @@ class ZarrSink:
         index = self._check_index(index)
         region = self.chunk_region(index)
         shape = tuple(s.stop - s.start for s in region)
-        if self.layout.write_labels:
-            if labels is None:
-                raise ValueError("this store records labels; write_chunk needs them")
-            if labels.shape != shape:
-                raise ValueError(
-                    f"labels for chunk {index} have shape {labels.shape}, expected {shape}"
-                )
-            if labels.dtype != self.label_dtype:
-                raise ValueError(f"labels must be {self.label_dtype}, got {labels.dtype}")
-        elif labels is not None:
-            raise ValueError("this store was created without labels")
+        self._check_labels(index, shape, labels)
+        self._check_probabilities(index, shape, probabilities)
         mode = self.layout.probabilities
-        if mode != "none":
-            expected = (self.layout.num_classes, *shape)
-            if probabilities is None or probabilities.shape != expected:
-                got = None if probabilities is None else probabilities.shape
-                raise ValueError(
-                    f"probabilities for chunk {index} must have shape {expected}, got {got}"
-                )
-        elif probabilities is not None:
-            raise ValueError("this store was created without probabilities")
-
         if labels is not None and self.labels_path is not None:
             self._array(self.labels_path)[region] = labels
         if probabilities is not None and self.probabilities_path is not None:
@@ -312,14 +270,44 @@ class ZarrSink:
             self._array(self.probabilities_path)[(slice(None), *region)] = stored
         self._array(DONE_PATH)[index] = np.uint8(1)  # only after the data is fully written
 
+    def _check_labels(
+        self, index: tuple[int, ...], shape: tuple[int, ...], labels: npt.NDArray[Any] | None
+    ) -> None:
+        if not self.layout.write_labels:
+            if labels is not None:
+                raise ValueError("this store was created without labels")
+            return
+        if labels is None:
+            raise ValueError("this store records labels; write_chunk needs them")
+        if labels.shape != shape:
+            raise ValueError(
+                f"labels for chunk {index} have shape {labels.shape}, expected {shape}"
+            )
+        if labels.dtype != self.label_dtype:
+            raise ValueError(f"labels must be {self.label_dtype}, got {labels.dtype}")
+
+    def _check_probabilities(
+        self, index: tuple[int, ...], shape: tuple[int, ...], probabilities: npt.NDArray[Any] | None
+    ) -> None:
+        if self.layout.probabilities is ProbabilityMode.NONE:
+            if probabilities is not None:
+                raise ValueError("this store was created without probabilities")
+            return
+        expected = (self.layout.num_classes, *shape)
+        if probabilities is None or probabilities.shape != expected:
+            got = None if probabilities is None else probabilities.shape
+            raise ValueError(
+                f"probabilities for chunk {index} must have shape {expected}, got {got}"
+            )
+
     def finalize(self, extra_attrs: Mapping[str, Any]) -> None:
         """Mark the store complete and record a run summary; every chunk must be done."""
-        missing = math.prod(self.chunk_grid_shape) - len(self.done_chunks())
+        missing = self.chunks_total - len(self.done_chunks())
         if missing:
             raise OutputError(
                 f"{self.path}: {missing} chunk(s) not written yet; run again with --resume"
             )
-        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        group = open_group(self.path, "r+")
         info = self._read_info()
         info["complete"] = True
         info["summary"] = meta.jsonable(extra_attrs)
@@ -329,13 +317,13 @@ class ZarrSink:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def labels_array(self) -> zarr.Array:
+    def labels_array(self) -> StoreArray:
         """The level-0 labels array, read-only."""
         if self.labels_path is None:
             raise OutputError(f"{self.path} holds no labels (written without them)")
         return self._array(self.labels_path, writable=False)
 
-    def probabilities_array(self) -> zarr.Array:
+    def probabilities_array(self) -> StoreArray:
         """The level-0 stored probabilities (quantized), read-only; see dequantize_probabilities."""
         if self.probabilities_path is None:
             raise OutputError(f"{self.path} holds no probabilities (written without them)")
@@ -366,22 +354,14 @@ class ZarrSink:
         return f"ZarrSink({str(self.path)!r}, kind={self.kind!r}, layout={self.layout})"
 
     def _read_info(self) -> dict[str, Any]:
-        info = zarr.open_group(self.path, mode="r", zarr_format=3).attrs.get("segflow")
+        info = open_group(self.path).attrs.get("segflow")
         return dict(info) if isinstance(info, dict) else {}
 
-    def _array(self, name: str, writable: bool = True) -> zarr.Array:
+    def _array(self, name: str, writable: bool = True) -> StoreArray:
         key = f"{name}:{'w' if writable else 'r'}"
         array = self._arrays.get(key)
         if array is None:
-            try:
-                opened = zarr.open_array(
-                    self.path, path=name, mode="r+" if writable else "r", zarr_format=3
-                )
-            except (OSError, ValueError) as exc:  # missing (FileNotFoundError) or bad JSON
-                raise OutputError(f"cannot open {self.path}/{name}: {exc}") from exc
-            if not isinstance(opened, zarr.Array):
-                raise OutputError(f"{self.path}/{name} is not an array")
-            array = self._arrays[key] = opened
+            array = self._arrays[key] = open_array(self.path, name, "r+" if writable else "r")
         return array
 
     def _check_index(self, index: Sequence[int]) -> tuple[int, ...]:
@@ -419,7 +399,7 @@ class ZarrSink:
         expected: list[tuple[str, tuple[int, ...], tuple[int, ...] | None]] = [
             (DONE_PATH, self.chunk_grid_shape, (1,) * len(self.chunk_grid_shape)),
         ]
-        chunks = _clip_chunks(layout)
+        chunks = layout.clipped_chunks
         if self.labels_path is not None:
             expected.append((self.labels_path, layout.spatial_shape, chunks))
         if self.probabilities_path is not None:
@@ -442,232 +422,19 @@ class ZarrSink:
 
 def read_geometry(sink: ZarrSink) -> RasterGeometry | VolumeGeometry:
     """The exact input geometry recorded in the store's attributes."""
-    return meta.geometry_from_attrs(sink._info["geometry"])
+    return sink.geometry
 
 
-# --- store creation -----------------------------------------------------------------------------
-
-
-def _build_info(
-    layout: OutputLayout,
-    geometry: Geometry,
-    classes: Sequence[ClassInfo],
-    attrs: Mapping[str, Any],
-    fingerprint: str,
-) -> dict[str, Any]:
-    if isinstance(geometry, RasterGeometry):
-        kind, ndim = "raster", 2
-    elif isinstance(geometry, VolumeGeometry):
-        kind, ndim = "volume", 3
-    else:
-        raise ConfigError(f"unsupported geometry {type(geometry).__name__}")
-    if len(layout.spatial_shape) != ndim:
-        raise ConfigError(f"a {kind} output needs {ndim} spatial axes, got {layout.spatial_shape}")
-    if len(classes) != layout.num_classes:
-        raise ConfigError(f"{len(classes)} class names given for {layout.num_classes} classes")
-    labels = None if not layout.write_labels else ("labels" if kind == "raster" else "0")
-    probabilities = None
-    if layout.probabilities != "none":
-        probabilities = "probabilities" if kind == "raster" else "probabilities/0"
-    arrays = {"labels": labels, "probabilities": probabilities, "done": DONE_PATH}
-    return meta.store_info(kind, asdict(layout), arrays, classes, geometry, attrs, fingerprint)
-
-
-def _local_path(path: str | os.PathLike[str]) -> Path:
-    if "://" in str(path):
-        raise OutputError(f"output {path} is a URI; segflow writes local (or mounted) paths only")
-    return Path(path).expanduser()
-
-
-def _check_can_create(target: Path) -> None:
-    """Fail before writing anything when the store's folder cannot be created."""
-    parent = target.parent
-    while not parent.exists():
-        if parent.is_symlink() or parent == parent.parent:
-            break
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"cannot create {target}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"cannot create {target}: {parent} is not writable; choose another output"
-        )
-
-
-def _remove_store(target: Path) -> None:
-    """--overwrite: delete an existing zarr store, and nothing that is not one."""
-    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
-        target.rmdir()  # left by a run that stopped before writing metadata
-        return
-    is_store = target.is_dir() and any(
-        (target / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")
-    )
-    if not is_store:
-        raise OutputError(f"{target} exists and is not a zarr store; refusing to delete it")
+def store_state(path: str | os.PathLike[str]) -> StoreState:
+    """absent, partial (chunks may be done, not finalized), complete, or foreign (not ours)."""
+    target = Path(path).expanduser()
+    if not target.exists():
+        return "absent"
     try:
-        shutil.rmtree(target)
-    except OSError as exc:
-        raise OutputError(f"cannot remove the existing store {target}: {exc}") from exc
+        return "complete" if ZarrSink.open(target).is_complete else "partial"
+    except SegflowError:
+        return "foreign"
 
 
-def _make_dir(target: Path) -> None:
-    try:
-        target.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {target}: {exc.strerror or exc}") from exc
-
-
-def _clip_chunks(layout: OutputLayout) -> tuple[int, ...]:
-    return tuple(min(c, s) for c, s in zip(layout.chunk_shape, layout.spatial_shape, strict=True))
-
-
-def _probability_spec(layout: OutputLayout) -> tuple[tuple[int, ...], tuple[int, ...], Any, Any]:
-    """Shape, chunks, dtype and fill of the probabilities array.
-
-    All classes share one object unless it would exceed ~8 MiB (e.g. hundreds of classes).
-    """
-    dtype = np.dtype(np.uint8 if layout.probabilities == "uint8" else np.float16)
-    per_class = math.prod(_clip_chunks(layout)) * dtype.itemsize
-    class_chunk = max(1, min(layout.num_classes, PROBABILITY_CHUNK_BYTES // per_class))
-    fill = 255 if layout.probabilities == "uint8" else np.nan
-    shape = (layout.num_classes, *layout.spatial_shape)
-    return shape, (class_chunk, *_clip_chunks(layout)), dtype, fill
-
-
-def _create(
-    group: zarr.Group,
-    path: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: Any,
-    fill: Any,
-    dims: Sequence[str],
-    attrs: Mapping[str, Any],
-    *,
-    compress: bool = True,
-) -> zarr.Array:
-    return group.create_array(
-        path,
-        shape=shape,
-        chunks=chunks,
-        dtype=dtype,
-        fill_value=fill,
-        compressors=ZstdCodec(level=ZSTD_LEVEL) if compress else None,
-        dimension_names=list(dims),
-        attributes=dict(attrs),
-        chunk_key_encoding=CHUNK_KEY_ENCODING,
-    )
-
-
-def _write_store(
-    target: Path,
-    info: dict[str, Any],
-    layout: OutputLayout,
-    geometry: Geometry,
-    classes: Sequence[ClassInfo],
-) -> None:
-    nodata = int(np.iinfo(label_dtype_for(layout.num_classes)).max)
-    attrs: dict[str, Any] = {"segflow": info}
-    if isinstance(geometry, RasterGeometry):
-        attrs["Conventions"] = "CF-1.8"
-    elif layout.write_labels:  # without labels the root is a plain group over "probabilities"
-        attrs["ome"] = meta.ome_label_image_attrs(target.stem, geometry, classes, nodata)
-    try:
-        root = zarr.create_group(target, zarr_format=3, attributes=attrs)
-        dims = ("y", "x") if isinstance(geometry, RasterGeometry) else meta.VOLUME_AXES
-        _create(
-            root,
-            DONE_PATH,
-            layout.chunk_grid_shape,
-            (1,) * len(dims),
-            np.uint8,
-            0,
-            [f"chunk_{d}" for d in dims],
-            {"description": "1 where that output chunk is written"},
-            compress=False,
-        )
-        if isinstance(geometry, RasterGeometry):
-            _write_raster_arrays(root, layout, geometry, classes)
-        else:
-            _write_volume_arrays(root, layout, geometry, target.stem, info["probabilities"])
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc}") from exc
-    consolidate_store(target)
-
-
-def _write_raster_arrays(
-    root: zarr.Group, layout: OutputLayout, geometry: RasterGeometry, classes: Sequence[ClassInfo]
-) -> None:
-    height, width = layout.spatial_shape
-    y, x = meta.pixel_center_coordinates(geometry.transform, (height, width))
-    y_attrs, x_attrs = meta.cf_xy_coordinate_attrs(geometry.crs_wkt)
-    for name, values, attrs in (("y", y, y_attrs), ("x", x, x_attrs)):
-        chunk = (min(len(values), COORD_CHUNK),)
-        _create(root, name, values.shape, chunk, np.float64, np.nan, [name], attrs)[:] = values
-    grid_mapping = meta.cf_grid_mapping_attrs(geometry.crs_wkt, geometry.transform)
-    _create(root, meta.GRID_MAPPING, (), (), np.int64, 0, [], grid_mapping, compress=False)
-    dtype = label_dtype_for(layout.num_classes)
-    nodata = int(np.iinfo(dtype).max)
-    chunks = _clip_chunks(layout)
-    if layout.write_labels:
-        label_attrs = meta.cf_label_attrs(classes, nodata)
-        _create(
-            root, "labels", layout.spatial_shape, chunks, dtype, nodata, ("y", "x"), label_attrs
-        )
-    if layout.probabilities != "none":
-        shape, prob_chunks, prob_dtype, fill = _probability_spec(layout)
-        prob_attrs = meta.cf_probability_attrs(layout.probabilities)
-        _create(
-            root,
-            "probabilities",
-            shape,
-            prob_chunks,
-            prob_dtype,
-            fill,
-            ("class", "y", "x"),
-            prob_attrs,
-        )
-        k = layout.num_classes
-        class_attrs = {"long_name": "class index", "flag_meanings": meta.flag_meanings(classes)}
-        _create(root, "class", (k,), (k,), np.uint16, 0, ("class",), class_attrs)[:] = np.arange(k)
-
-
-def _write_volume_arrays(
-    root: zarr.Group,
-    layout: OutputLayout,
-    geometry: VolumeGeometry,
-    name: str,
-    encoding: Mapping[str, Any] | None,
-) -> None:
-    dtype = label_dtype_for(layout.num_classes)
-    nodata = int(np.iinfo(dtype).max)
-    if layout.write_labels:
-        attrs = {"long_name": "class label", "nodata": nodata}
-        _create(
-            root,
-            "0",
-            layout.spatial_shape,
-            _clip_chunks(layout),
-            dtype,
-            nodata,
-            meta.VOLUME_AXES,
-            attrs,
-        )
-    if layout.probabilities != "none":
-        ome = meta.ome_probability_image_attrs(f"{name} probabilities", geometry)
-        group = root.create_group("probabilities", attributes={"ome": ome})
-        shape, chunks, prob_dtype, fill = _probability_spec(layout)
-        attrs = {"long_name": "class probability", **(encoding or {})}
-        _create(group, "0", shape, chunks, prob_dtype, fill, ["c", *meta.VOLUME_AXES], attrs)
-
-
-def consolidate_store(target: Path) -> None:
-    """Consolidated metadata lets xarray.open_zarr open the store in one read, without a warning.
-
-    Call again after adding arrays (e.g. overview levels): readers that use the
-    consolidated copy do not see arrays added after it. Zarr warns that consolidation is
-    not in the v3 spec yet; readers that ignore it read the per-array metadata.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(target, zarr_format=3)
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)

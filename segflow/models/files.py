@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from segflow.errors import ModelError
-from segflow.io.lazy import sha256_file
+from segflow.io.files import sha256_file
 from segflow.models import legacy
 from segflow.models.exported import (
     OnnxModule,

@@ -17,6 +17,7 @@ import numpy as np
 
 from segflow.errors import ReaderError
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
+from segflow.io.zarr_levels import pyramid_levels
 from segflow.io.zarr_sink import ZarrSink
 
 # NIfTI xform codes (sform_code / qform_code)
@@ -35,11 +36,8 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def describe_store(store: str | os.PathLike[str] | ZarrSink) -> dict[str, Any]:
-    from segflow.outputs.pyramid import pyramid_levels
-
     sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    done = len(sink.done_chunks())
-    total = math.prod(sink.chunk_grid_shape)
+    done, total = len(sink.done_chunks()), sink.chunks_total
     layout = sink.layout
     return {
         "type": "store",

@@ -28,11 +28,12 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from segflow.errors import ConfigError, OutputError, ReaderError
+from segflow.io.classes import ClassInfo
 from segflow.io.cog import display_colors
+from segflow.io.display import choose_bands, read_display_bands
 from segflow.io.source import RasterGeometry, VolumeGeometry
+from segflow.io.zarr_levels import open_level, pyramid_levels
 from segflow.io.zarr_sink import ZarrSink
-from segflow.models.meta import ClassInfo
-from segflow.outputs.pyramid import open_level, pyramid_levels
 
 DEFAULT_MAX_SIZE = 1024
 LEGEND_WIDTH = 220
@@ -61,11 +62,7 @@ def preview(
     ``alpha`` is the opacity of the class colours over the input; without an input the
     mask is drawn opaque.
     """
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    if sink.labels_path is None:
-        raise OutputError(
-            f"{sink.path} holds no labels (written with --no-labels); nothing to show"
-        )
+    sink = ZarrSink.open_finished(store, need_complete=False, purpose="a preview")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"overlay opacity must be between 0 and 1, got {alpha}")
     if max_size < 2 * LEGEND_WIDTH:
@@ -134,76 +131,20 @@ def decimated_rgb(
     path: Path, sink: ZarrSink, out_shape: tuple[int, int], bands: Sequence[int] | None
 ) -> npt.NDArray[np.uint8]:
     """The input read decimated, three display bands stretched to 0..255 (nodata black)."""
-    import rasterio
-    from rasterio.enums import Resampling as GdalResampling
-    from rasterio.errors import RasterioError
-
-    try:
-        ds = rasterio.open(path)
-    except RasterioError as exc:
-        raise ReaderError(f"{path}: cannot be opened as a raster ({exc})") from exc
-    with ds:
-        if (ds.height, ds.width) != tuple(sink.layout.spatial_shape):
-            raise ConfigError(
-                f"{path} is {ds.width} x {ds.height} px but {sink.path.name} is "
-                f"{sink.layout.spatial_shape[1]} x {sink.layout.spatial_shape[0]}; pass the "
-                "image the store was made from"
-            )
-        _check_same_grid(path, ds, sink)
-        indexes = choose_bands(ds, bands)
-        data = ds.read(
-            indexes=indexes,
-            out_shape=(len(indexes), *out_shape),
-            resampling=GdalResampling.nearest,
-            masked=True,
-        )
-    values = np.ma.filled(data.astype(np.float64), np.nan)
+    geometry = sink.geometry
+    assert isinstance(geometry, RasterGeometry)
+    values = read_display_bands(
+        path,
+        out_shape,
+        bands,
+        expect_shape=sink.layout.spatial_shape,
+        expect_geometry=geometry,
+        store_name=sink.path.name,
+    )
     stretched = stretch(values)
     if stretched.shape[0] == 1:
         stretched = np.repeat(stretched, 3, axis=0)
     return np.ascontiguousarray(stretched.transpose(1, 2, 0))
-
-
-def _check_same_grid(path: Path, ds: Any, sink: ZarrSink) -> None:
-    geometry = sink.geometry
-    assert isinstance(geometry, RasterGeometry)
-    if not geometry.georeferenced:
-        return
-    have = tuple(ds.transform)[:6]
-    if not np.allclose(have, geometry.transform, rtol=1e-9, atol=1e-9):
-        raise ConfigError(
-            f"{path} has a different geotransform than {sink.path.name}; pass the image the "
-            "store was made from"
-        )
-
-
-def choose_bands(ds: Any, bands: Sequence[int] | None) -> list[int]:
-    """Display bands: the given ones, else red/green/blue by colour interpretation or band
-    description, else the first three (one band shows as grey)."""
-    from rasterio.enums import ColorInterp
-
-    if bands is not None:
-        chosen = [int(b) for b in bands]
-        bad = [b for b in chosen if not 1 <= b <= ds.count]
-        if bad or len(chosen) not in (1, 3):
-            raise ConfigError(
-                f"display bands {chosen} must be 1 or 3 band numbers in 1..{ds.count}"
-            )
-        return chosen
-    if ds.count < 3:
-        return [1]
-    interp = list(ds.colorinterp)
-    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(c in interp for c in wanted):
-        return [interp.index(c) + 1 for c in wanted]
-    names = [(d or "").lower() for d in ds.descriptions]
-    found = []
-    for colour in ("red", "green", "blue"):
-        match = [i + 1 for i, name in enumerate(names) if colour in name]
-        if len(match) != 1:
-            break
-        found.append(match[0])
-    return found if len(found) == 3 else [1, 2, 3]
 
 
 def stretch(

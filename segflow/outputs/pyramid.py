@@ -1,14 +1,9 @@
 """Multiscale label pyramids inside a segflow store, built chunk by chunk.
 
 Each level halves the previous one (mode or nearest downsampling of labels), so a
-viewer or a preview reads a coarse level instead of the whole image.
-
-Rasters: level ``n`` is the group ``overviews/<n>``, laid out exactly like level 0
-(``labels`` (y, x), ``x``, ``y``, ``spatial_ref`` with the level's own
-GeoTransform), so ``xarray.open_zarr(store, group="overviews/1")`` plus rioxarray
-opens it like the full-resolution data. Volumes: level ``n`` is the array ``<n>``
-beside ``0`` in the OME-Zarr label image, listed in ``ome.multiscales[0].datasets``.
-Either way the root ``segflow`` attribute records the levels under ``pyramid``.
+viewer or a preview reads a coarse level instead of the whole image. Where the
+levels live in the store (overview groups for rasters, OME-Zarr levels for
+volumes) is :mod:`segflow.io.zarr_levels`' business.
 
 Memory: one output chunk and its source region (``factor`` times larger) per
 worker thread, never a whole level.
@@ -19,39 +14,47 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import zarr
-from zarr.codecs import ZstdCodec
 
 from segflow.errors import ConfigError, OutputError
-from segflow.io import zarr_meta as meta
-from segflow.io.source import RasterGeometry, VolumeGeometry
-from segflow.io.zarr_sink import CHUNK_KEY_ENCODING, ZSTD_LEVEL, ZarrSink
+from segflow.io.source import VolumeGeometry
+from segflow.io.zarr_levels import (
+    OVERVIEW_GROUP,
+    PyramidLevel,
+    create_level,
+    level_path,
+    open_level,
+    pyramid_levels,
+    raster_level_dims,
+    raster_level_transform,
+    record_levels,
+    remove_levels,
+    volume_level_affine,
+)
+from segflow.io.zarr_sink import ZarrSink
+from segflow.io.zarr_write import StoreArray
 from segflow.options import Resampling
 
-OVERVIEW_GROUP = "overviews"
+__all__ = [  # the level storage names stay importable from here
+    "OVERVIEW_GROUP",
+    "PyramidLevel",
+    "build_pyramid",
+    "downsample_labels",
+    "open_level",
+    "plan_factors",
+    "pyramid_levels",
+    "raster_level_dims",
+    "raster_level_transform",
+    "volume_level_affine",
+]
+
 RASTER_MIN_SIZE = 256  # stop once the level fits in one 256 px tile, as GDAL overviews do
 VOLUME_MIN_SIZE = 32
 ANISOTROPY = 1.5  # volumes: halve an axis only while its spacing is within 1.5x the finest
-
-
-@dataclass(frozen=True)
-class PyramidLevel:
-    """One stored level; ``factor`` is relative to level 0, per spatial axis."""
-
-    level: int
-    path: str  # the level's label array inside the store
-    factor: tuple[int, ...]
-    shape: tuple[int, ...]
-    chunk_shape: tuple[int, ...]
 
 
 # --- pure downsampling ------------------------------------------------------------------------
@@ -158,59 +161,6 @@ def plan_factors(
     return steps
 
 
-def raster_level_transform(
-    transform: Sequence[float], factor: Sequence[int]
-) -> tuple[float, float, float, float, float, float]:
-    """Affine (a, b, c, d, e, f) of a level whose pixels cover ``factor`` (y, x) pixels."""
-    a, b, c, d, e, f = (float(v) for v in transform)
-    fy, fx = (int(v) for v in factor)
-    return (a * fx, b * fy, c, d * fx, e * fy, f)
-
-
-def volume_level_affine(affine: npt.ArrayLike, factor: Sequence[int]) -> npt.NDArray[np.float64]:
-    """Voxel-to-world affine of a level: its voxel centres sit at the centres of the blocks."""
-    aff = np.asarray(affine, dtype=np.float64)
-    f = np.asarray(factor, dtype=np.float64)
-    out = aff.copy()
-    out[:3, :3] = aff[:3, :3] * f[None, :]
-    out[:3, 3] = aff[:3, :3] @ ((f - 1.0) / 2.0) + aff[:3, 3]
-    return out
-
-
-# --- reading what is stored -----------------------------------------------------------------
-
-
-def pyramid_levels(store: str | os.PathLike[str] | ZarrSink) -> list[PyramidLevel]:
-    """The levels recorded in the store, finest first; empty when it has no pyramid."""
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    info = _attrs(_root(sink.path, "r")).get("segflow", {})
-    recorded = info.get("pyramid") if isinstance(info, dict) else None
-    if not isinstance(recorded, dict):
-        return []
-    return [
-        PyramidLevel(
-            level=int(entry["level"]),
-            path=str(entry["path"]),
-            factor=tuple(int(v) for v in entry["factor"]),
-            shape=tuple(int(v) for v in entry["shape"]),
-            chunk_shape=tuple(int(v) for v in entry["chunk_shape"]),
-        )
-        for entry in recorded.get("levels", [])
-    ]
-
-
-def open_level(store: str | os.PathLike[str] | ZarrSink, level: int) -> zarr.Array:
-    """The label array of ``level`` (0 = full resolution), read-only."""
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    if level == 0:
-        return sink.labels_array()
-    for entry in pyramid_levels(sink):
-        if entry.level == level:
-            array = zarr.open_array(sink.path, path=entry.path, mode="r", zarr_format=3)
-            return array
-    raise OutputError(f"{sink.path} has no pyramid level {level}; build it with `segflow pyramid`")
-
-
 # --- building ---------------------------------------------------------------------------------
 
 
@@ -229,24 +179,13 @@ def build_pyramid(
     written whole by one task). ``overwrite`` replaces an existing pyramid.
     """
     method = Resampling.parse(resampling)
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    if sink.labels_path is None:
-        raise OutputError(f"{sink.path} holds no labels; pyramids are built from labels")
-    if not sink.is_complete:
-        done, total = len(sink.done_chunks()), math.prod(sink.chunk_grid_shape)
-        raise OutputError(
-            f"{sink.path} is not complete ({done} of {total} chunks written); finish it with "
-            "`segflow run --resume` before building a pyramid"
-        )
+    sink = ZarrSink.open_finished(store, purpose="building a pyramid")
     if pyramid_levels(sink) and not overwrite:
         raise OutputError(f"{sink.path} already has a pyramid; pass --overwrite to rebuild it")
-    root = _root(sink.path, "r+")
-    _remove_levels(root, sink)
-
+    remove_levels(sink)
     geometry = sink.geometry
     spacing = geometry.zooms if isinstance(geometry, VolumeGeometry) else None
     steps = plan_factors(sink.layout.spatial_shape, spacing, levels=levels, min_size=min_size)
-    nodata = sink.label_nodata
     built: list[PyramidLevel] = []
     source = sink.labels_array()
     cumulative: tuple[int, ...] = (1,) * len(sink.layout.spatial_shape)
@@ -255,23 +194,24 @@ def build_pyramid(
             cumulative = tuple(t * s for t, s in zip(cumulative, step, strict=True))
             shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
             chunks = tuple(min(c, s) for c, s in zip(sink.layout.chunk_shape, shape, strict=True))
-            target = _create_level(root, sink, n, shape, chunks, cumulative)
+            target = create_level(sink, n, shape, chunks, cumulative)
             jobs = [
-                pool.submit(_write_level_chunk, source, target, index, step, nodata, method)
+                pool.submit(
+                    _write_level_chunk, source, target, index, step, sink.label_nodata, method
+                )
                 for index in np.ndindex(*target.cdata_shape)
             ]
             for job in jobs:
                 job.result()  # re-raise the first failure
-            built.append(PyramidLevel(n, _level_path(sink, n), cumulative, shape, chunks))
+            built.append(PyramidLevel(n, level_path(sink, n), cumulative, shape, chunks))
             source = target
-    _record(root, sink, built, method)
-    _consolidate(sink.path)
+    record_levels(sink, built, method.value)
     return built
 
 
 def _write_level_chunk(
-    source: zarr.Array,
-    target: zarr.Array,
+    source: StoreArray,
+    target: StoreArray,
     index: tuple[int, ...],
     step: tuple[int, ...],
     nodata: int,
@@ -287,182 +227,3 @@ def _write_level_chunk(
     )
     block = np.asarray(source[src])
     target[out] = downsample_labels(block, step, nodata, method)
-
-
-def raster_level_dims(level: int) -> tuple[str, str]:
-    """Dimension names of an overview level: ``y_<n>``, ``x_<n>``.
-
-    Not ``y``/``x``: the overview groups sit below level 0, and ``xarray.open_datatree``
-    refuses a child whose dimensions share the parent's names but not its sizes.
-    rioxarray finds them through their CF ``axis`` attributes.
-    """
-    return (f"y_{level}", f"x_{level}")
-
-
-def _attrs(group: zarr.Group) -> dict[str, Any]:
-    return dict(group.attrs.asdict())
-
-
-def _root(path: Path, mode: Any) -> zarr.Group:
-    # not the consolidated copy: it is stale while levels are added or removed
-    return zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
-
-
-def _level_path(sink: ZarrSink, level: int) -> str:
-    return f"{OVERVIEW_GROUP}/{level}/labels" if sink.kind == "raster" else str(level)
-
-
-def _remove_levels(root: zarr.Group, sink: ZarrSink) -> None:
-    """Drop a previous (or half-built) pyramid: our level groups/arrays only."""
-    if sink.kind == "raster":
-        if OVERVIEW_GROUP in root:
-            del root[OVERVIEW_GROUP]
-    else:
-        for name in list(root.array_keys()):
-            if name.isdigit() and name != "0":
-                del root[name]
-    attrs = _attrs(root)
-    info = dict(attrs.get("segflow", {}))
-    if "pyramid" in info:
-        del info["pyramid"]
-        root.attrs["segflow"] = info
-    if sink.kind == "volume" and "ome" in attrs:
-        ome = dict(attrs["ome"])
-        multiscales = [dict(m) for m in ome.get("multiscales", [])]
-        if multiscales:
-            multiscales[0]["datasets"] = multiscales[0]["datasets"][:1]
-            ome["multiscales"] = multiscales
-            root.attrs["ome"] = ome
-
-
-def _create_level(
-    root: zarr.Group,
-    sink: ZarrSink,
-    level: int,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    factor: tuple[int, ...],
-) -> zarr.Array:
-    compressor = ZstdCodec(level=ZSTD_LEVEL)
-    common: dict[str, Any] = dict(
-        shape=shape,
-        chunks=chunks,
-        dtype=sink.label_dtype,
-        fill_value=sink.label_nodata,
-        compressors=compressor,
-        chunk_key_encoding=CHUNK_KEY_ENCODING,
-    )
-    geometry = sink.geometry
-    if isinstance(geometry, RasterGeometry):
-        group = root.require_group(OVERVIEW_GROUP).create_group(
-            str(level),
-            attributes={
-                "Conventions": "CF-1.8",
-                "segflow_overview": {"level": level, "factor": list(factor)},
-            },
-        )
-        transform = raster_level_transform(geometry.transform, factor)
-        dims = raster_level_dims(level)
-        _write_raster_coords(group, dims, shape, geometry.crs_wkt, transform, compressor)
-        return group.create_array(
-            "labels",
-            dimension_names=list(dims),
-            attributes=meta.cf_label_attrs(sink.classes, sink.label_nodata),
-            **common,
-        )
-    return root.create_array(
-        str(level),
-        dimension_names=list(meta.VOLUME_AXES),
-        attributes={"long_name": "class label", "nodata": sink.label_nodata},
-        **common,
-    )
-
-
-def _write_raster_coords(
-    group: zarr.Group,
-    dims: tuple[str, str],
-    shape: tuple[int, ...],
-    crs_wkt: str | None,
-    transform: tuple[float, float, float, float, float, float],
-    compressor: ZstdCodec,
-) -> None:
-    """x, y and spatial_ref of one overview level, as the sink writes them for level 0."""
-    height, width = shape
-    y, x = meta.pixel_center_coordinates(transform, (height, width))
-    y_attrs, x_attrs = meta.cf_xy_coordinate_attrs(crs_wkt)
-    for name, values, attrs in ((dims[0], y, y_attrs), (dims[1], x, x_attrs)):
-        coord = group.create_array(
-            name,
-            shape=values.shape,
-            chunks=values.shape,
-            dtype=np.float64,
-            fill_value=np.nan,
-            compressors=compressor,
-            dimension_names=[name],
-            attributes=attrs,
-            chunk_key_encoding=CHUNK_KEY_ENCODING,
-        )
-        coord[:] = values
-    ref = group.create_array(
-        meta.GRID_MAPPING,
-        shape=(),
-        dtype=np.int64,
-        fill_value=0,
-        compressors=None,
-        dimension_names=[],
-        attributes=meta.cf_grid_mapping_attrs(crs_wkt, transform),
-    )
-    ref[...] = 0
-
-
-def _record(
-    root: zarr.Group, sink: ZarrSink, levels: list[PyramidLevel], method: Resampling
-) -> None:
-    geometry = sink.geometry
-    entries: list[dict[str, Any]] = []
-    for lv in levels:
-        entry: dict[str, Any] = {
-            "level": lv.level,
-            "path": lv.path,
-            "factor": list(lv.factor),
-            "shape": list(lv.shape),
-            "chunk_shape": list(lv.chunk_shape),
-        }
-        if isinstance(geometry, RasterGeometry):
-            entry["group"] = f"{OVERVIEW_GROUP}/{lv.level}"
-            entry["dims"] = list(raster_level_dims(lv.level))
-            entry["transform"] = list(raster_level_transform(geometry.transform, lv.factor))
-        else:
-            entry["affine"] = volume_level_affine(geometry.affine, lv.factor).tolist()
-        entries.append(entry)
-    layout = (
-        f"group {OVERVIEW_GROUP}/<n>: labels (y_<n>, x_<n>), coordinates y_<n>, x_<n>, spatial_ref"
-        if sink.kind == "raster"
-        else "OME-Zarr multiscale arrays <level> beside 0"
-    )
-    attrs = _attrs(root)
-    info = dict(attrs.get("segflow", {}))
-    info["pyramid"] = {"resampling": method.value, "layout": layout, "levels": entries}
-    root.attrs["segflow"] = info
-    if isinstance(geometry, VolumeGeometry) and "ome" in attrs:
-        ome = dict(attrs["ome"])
-        multiscale = dict(ome["multiscales"][0])
-        scale, translation = meta.volume_scale_translation(geometry)
-        datasets = list(multiscale["datasets"][:1])
-        for lv in levels:
-            # block centre of the level's first voxel, in the OME (axis-aligned) description
-            shifted = [
-                t + (f - 1) / 2.0 * s for t, f, s in zip(translation, lv.factor, scale, strict=True)
-            ]
-            scaled = [s * f for s, f in zip(scale, lv.factor, strict=True)]
-            datasets.append(meta.ome_dataset(lv.path, scaled, shifted))
-        multiscale["datasets"] = datasets
-        multiscale["type"] = method.value
-        ome["multiscales"] = [multiscale, *ome["multiscales"][1:]]
-        root.attrs["ome"] = ome
-
-
-def _consolidate(path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(path, zarr_format=3)

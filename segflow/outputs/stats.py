@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,17 +43,10 @@ def class_statistics(
     ``fraction`` is the share of the valid (non-nodata) pixels. An incomplete store is
     refused unless ``allow_incomplete`` (unwritten chunks then count as nodata).
     """
-    sink = store if isinstance(store, ZarrSink) else ZarrSink.open(store)
-    if sink.labels_path is None:
-        raise OutputError(
-            f"{sink.path} holds no labels (written with --no-labels); nothing to count"
-        )
-    done, total = len(sink.done_chunks()), math.prod(sink.chunk_grid_shape)
-    if done < total and not allow_incomplete:
-        raise OutputError(
-            f"{sink.path} is not complete ({done} of {total} chunks written); finish it with "
-            "`segflow run --resume`"
-        )
+    sink = ZarrSink.open_finished(
+        store, need_complete=not allow_incomplete, purpose="counting classes"
+    )
+    done, total = len(sink.done_chunks()), sink.chunks_total
     geometry = sink.geometry
     if isinstance(geometry, VolumeGeometry):
         return _volume_statistics(sink, geometry, done, total)
@@ -202,7 +194,7 @@ def equal_area_pixel_areas(
     x0, x1, x2, x3 = x[:-1, :-1], x[:-1, 1:], x[1:, 1:], x[1:, :-1]
     y0, y1, y2, y3 = y[:-1, :-1], y[:-1, 1:], y[1:, 1:], y[1:, :-1]
     twice = (x0 * y1 - x1 * y0) + (x1 * y2 - x2 * y1) + (x2 * y3 - x3 * y2) + (x3 * y0 - x0 * y3)
-    return np.abs(twice) / 2.0
+    return np.asarray(np.abs(twice) / 2.0, dtype=np.float64)
 
 
 # --- volumes ----------------------------------------------------------------------------------

@@ -25,23 +25,20 @@ Design of the look, and why:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import rasterio
-from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioIOError
-from rasterio.transform import Affine
-from rasterio.windows import Window
 
 from segflow.errors import ConfigError, OutputError
-from segflow.models.meta import ClassInfo
+from segflow.io.classes import ClassInfo
+from segflow.io.geotiff_write import GeoTiffWriter, check_crs
 from segflow.samples.textures import (
     F32,
     F64,
@@ -199,7 +196,7 @@ def _layout(
     seed: int, r: npt.NDArray[np.int64], c: npt.NDArray[np.int64], y: F64, x: F64
 ) -> tuple[npt.NDArray[np.uint8], _Blocks]:
     """Class of every pixel, and the street-block grid (for the urban texture)."""
-    key = lambda name: layer_key(seed, name)  # noqa: E731
+    key = functools.partial(layer_key, seed)
 
     landuse = fbm2(y, x, cell=_LANDUSE_CELL, key=key("landuse"), octaves=6)
     river = np.abs(fbm2(y, x, cell=_RIVER_CELL, key=key("river"), octaves=4))
@@ -244,7 +241,7 @@ def _spectra(
     bands: int,
 ) -> list[F32]:
     """Reflectance of every pixel per band, following the truth."""
-    key = lambda name: layer_key(seed, name)  # noqa: E731
+    key = functools.partial(layer_key, seed)
     shape = truth.shape
 
     # water: clear to turbid patches, very smooth
@@ -402,12 +399,7 @@ def make_landcover_scene(
         raise ConfigError(f"tile must be a positive multiple of 16, got {tile}")
     if not (pixel_size > 0 and math.isfinite(pixel_size)):
         raise ConfigError(f"pixel_size must be a positive number, got {pixel_size}")
-    try:
-        crs_obj = CRS.from_user_input(crs)
-    except CRSError as exc:
-        raise ConfigError(
-            f"crs {crs!r} is not a valid CRS ({exc}); use e.g. 'EPSG:32633'"
-        ) from None
+    check_crs(crs)
     try:
         x0, y0 = (float(v) for v in origin)
     except (TypeError, ValueError):
@@ -416,16 +408,12 @@ def make_landcover_scene(
     if image_path.resolve() == truth_path.resolve():
         raise ConfigError(f"image and truth paths are the same: {image_path}")
 
-    transform = Affine(pixel_size, 0.0, x0, 0.0, -pixel_size, y0)
-    common = {
-        "driver": "GTiff",
-        "height": h,
-        "width": w,
-        "crs": crs_obj,
+    transform = (float(pixel_size), 0.0, x0, 0.0, -float(pixel_size), y0)
+    common: dict[str, Any] = {
+        "shape": (h, w),
+        "crs": crs,
         "transform": transform,
-        "tiled": True,
-        "blockxsize": tile,
-        "blockysize": tile,
+        "tile": tile,
         "compress": "deflate",
         "predictor": 2,
         "zlevel": 1,  # noise barely compresses; level 1 is several times faster than 6
@@ -436,59 +424,32 @@ def make_landcover_scene(
     classes = landcover_classes()
     counts = np.zeros(256, dtype=np.int64)
     side = _block_side(tile)
+    image_nodata = IMAGE_NODATA if nodata_collar else None
     try:
         image_path.parent.mkdir(parents=True, exist_ok=True)
         truth_path.parent.mkdir(parents=True, exist_ok=True)
         with (
-            rasterio.open(
+            GeoTiffWriter(
                 image_path,
-                "w",
                 count=bands,
                 dtype="uint16",
-                nodata=IMAGE_NODATA if nodata_collar else None,
+                nodata=image_nodata,
                 interleave="pixel",
                 **common,
             ) as img,
-            rasterio.open(
-                truth_path, "w", count=1, dtype="uint8", nodata=TRUTH_NODATA, **common
-            ) as tru,
+            GeoTiffWriter(truth_path, count=1, dtype="uint8", nodata=TRUTH_NODATA, **common) as tru,
         ):
             for r0 in range(0, h, side):
                 for c0 in range(0, w, side):
                     rows, cols = slice(r0, min(r0 + side, h)), slice(c0, min(c0 + side, w))
                     data, truth = render_landcover(
-                        rows,
-                        cols,
-                        size=(h, w),
-                        seed=seed,
-                        bands=bands,
-                        nodata_collar=nodata_collar,
+                        rows, cols, size=(h, w), seed=seed, bands=bands, nodata_collar=nodata_collar
                     )
-                    window = Window(c0, r0, cols.stop - c0, rows.stop - r0)
-                    img.write(data, window=window)
-                    tru.write(truth, 1, window=window)
+                    img.write(data, r0, c0)
+                    tru.write(truth, r0, c0)
                     counts += np.bincount(truth.ravel(), minlength=256)
-            for i, name in enumerate(names, start=1):
-                img.set_band_description(i, name)
-            img.update_tags(
-                SEGFLOW_SAMPLE="landcover",
-                SEGFLOW_SEED=str(seed),
-                SEGFLOW_GENERATOR_VERSION=str(GENERATOR_VERSION),
-                REFLECTANCE_SCALE=str(REFLECTANCE_SCALE),
-            )
-            tru.set_band_description(1, "class")
-            tru.update_tags(
-                SEGFLOW_SAMPLE="landcover_truth",
-                SEGFLOW_SEED=str(seed),
-                SEGFLOW_CLASSES=json.dumps([ci.model_dump(mode="json") for ci in classes]),
-                **{f"CLASS_{i}": ci.name for i, ci in enumerate(classes)},
-            )
-            tru.write_colormap(
-                1,
-                {i: (*ci.color, 255) for i, ci in enumerate(classes)}
-                | {TRUTH_NODATA: (0, 0, 0, 0)},
-            )
-    except (RasterioIOError, OSError) as exc:
+            _describe(img, tru, names, classes, seed)
+    except OSError as exc:  # rasterio write errors are OSErrors
         raise OutputError(
             f"cannot write the land-cover sample to {image_path} / {truth_path}: {exc}"
         ) from exc
@@ -498,12 +459,42 @@ def make_landcover_scene(
         truth_path=truth_path,
         shape_yx=(h, w),
         crs=crs,
-        transform=(transform.a, transform.b, transform.c, transform.d, transform.e, transform.f),
+        transform=transform,
         band_names=names,
         classes=tuple(classes),
-        nodata=IMAGE_NODATA if nodata_collar else None,
+        nodata=image_nodata,
         truth_nodata=TRUTH_NODATA,
         seed=seed,
         class_counts=tuple(int(n) for n in counts[: len(classes)]),
         nodata_pixels=int(counts[TRUTH_NODATA]),
     )
+
+
+def _describe(
+    img: GeoTiffWriter,
+    tru: GeoTiffWriter,
+    names: tuple[str, ...],
+    classes: list[ClassInfo],
+    seed: int,
+) -> None:
+    """Band names, provenance tags, class names and the colour map of the truth."""
+    img.describe_bands(names)
+    img.tag(
+        {
+            "SEGFLOW_SAMPLE": "landcover",
+            "SEGFLOW_SEED": str(seed),
+            "SEGFLOW_GENERATOR_VERSION": str(GENERATOR_VERSION),
+            "REFLECTANCE_SCALE": str(REFLECTANCE_SCALE),
+        }
+    )
+    tru.describe_bands(["class"])
+    tru.tag(
+        {
+            "SEGFLOW_SAMPLE": "landcover_truth",
+            "SEGFLOW_SEED": str(seed),
+            "SEGFLOW_CLASSES": json.dumps([ci.model_dump(mode="json") for ci in classes]),
+            **{f"CLASS_{i}": ci.name for i, ci in enumerate(classes)},
+        }
+    )
+    colors = {i: (*ci.color, 255) for i, ci in enumerate(classes)}
+    tru.colormap(colors | {TRUTH_NODATA: (0, 0, 0, 0)})

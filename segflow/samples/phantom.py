@@ -13,17 +13,17 @@ the same arrays. With the default RAS affine the anatomy is where it belongs
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
 from segflow.errors import ConfigError, OutputError
-from segflow.models.meta import ClassInfo
+from segflow.io.classes import ClassInfo
+from segflow.io.nib import aff2axcodes, save_volume
+from segflow.options import did_you_mean
 from segflow.samples.textures import check_seed, smooth_field
 
 BACKGROUND, BODY, LIVER, KIDNEY, SPLEEN, BONE = 0, 1, 2, 3, 4, 5
@@ -118,8 +118,7 @@ def _check_affine(
 def _check_modality(modality: str) -> str:
     m = str(modality).lower()
     if m not in MODALITIES:
-        close = difflib.get_close_matches(m, MODALITIES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(m, MODALITIES)
         raise ConfigError(
             f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}{hint}"
         )
@@ -293,26 +292,25 @@ def make_phantom_volume(
         raise ConfigError(f"image and label paths are the same: {image_path}")
 
     image, labels = render_phantom(dims, seed=seed, modality=mod)
-    img = nib.Nifti1Image(image, aff)
-    lab = nib.Nifti1Image(labels, aff)
-    for nii, descrip in (
-        (img, f"segflow phantom {mod} seed={seed}"),
-        (lab, "segflow phantom labels"),
-    ):
-        hdr = nii.header
-        hdr.set_xyzt_units("mm", "sec")
-        nii.set_sform(aff, code=1)
-        nii.set_qform(aff, code=1)  # nearest rigid+zoom form when the affine has shears
-        hdr["descrip"] = descrip.encode()[:79]
-    img.header.set_data_dtype(np.int16)
-    img.header.set_slope_inter(1.0, 0.0)
-    lab.header.set_data_dtype(np.uint8)
-    lab.header.set_intent("label")
     try:
         image_path.parent.mkdir(parents=True, exist_ok=True)
         label_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, image_path)
-        nib.save(lab, label_path)
+        save_volume(
+            image_path,
+            image,
+            aff,
+            descrip=f"segflow phantom {mod} seed={seed}",
+            disk_dtype=np.int16,
+            slope_inter=(1.0, 0.0),
+        )
+        save_volume(
+            label_path,
+            labels,
+            aff,
+            descrip="segflow phantom labels",
+            disk_dtype=np.uint8,
+            intent="label",
+        )
     except OSError as exc:
         raise OutputError(
             f"cannot write the phantom to {image_path} / {label_path}: {exc}"
@@ -320,7 +318,7 @@ def make_phantom_volume(
 
     counts = np.bincount(labels.ravel(), minlength=len(_CLASSES))
     zooms = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
-    axcodes = nib.aff2axcodes(aff)
+    axcodes = aff2axcodes(aff)
     return VolumeInfo(
         image_path=image_path,
         label_path=label_path,

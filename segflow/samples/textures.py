@@ -90,13 +90,15 @@ def _normal_table() -> F32:
     u2 = uniform2(0x5EED, idx, 2)
     table = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
     table = (table - table.mean()) / table.std()
-    return table.astype(np.float32)
+    out: F32 = table.astype(np.float32)
+    return out
 
 
 def normal2(key: int, rows: npt.NDArray[np.integer], cols: npt.NDArray[np.integer]) -> F32:
     """Per-pixel standard-normal noise at global ``rows x cols`` (1D each), shape (h, w)."""
     h = hash2(key, rows[:, None], cols[None, :])
-    return _normal_table()[h >> np.uint32(16)]
+    out: F32 = _normal_table()[h >> np.uint32(16)]
+    return out
 
 
 def _fade(t: F64) -> F64:

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 
 from segflow.errors import ConfigError, ReaderError
+from segflow.io.files import check_input_file, sha256_file
 from segflow.io.geotiff import GeoTiffSource
 from segflow.io.lazy import (
     ThreadHandles,
     as_dask,
-    check_input_file,
     check_user_nodata,
     coerce_chunks,
     normalize_region,
-    sha256_file,
     valid_as_dask,
     valid_mask,
 )

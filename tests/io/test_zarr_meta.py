@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from rasterio.crs import CRS
 
 from segflow.io import zarr_meta as meta
+from segflow.io.classes import ClassInfo
 from segflow.io.source import RasterGeometry, VolumeGeometry
-from segflow.models.meta import ClassInfo
+from tests.io.ome import valid_image_attrs, valid_label_attrs
 
 # Floats chosen to break naive formatting (%g, str of float32, 6 significant digits).
 OBLIQUE_LIA = VolumeGeometry(
@@ -163,7 +165,7 @@ def test_label_attrs_never_trigger_xarray_masking() -> None:
 def test_ome_label_image_structure() -> None:
     ome = json_roundtrip(meta.ome_label_image_attrs("scan", OBLIQUE_LIA, CLASSES, 255))
     assert isinstance(ome, dict)
-    assert meta.check_ome_image(ome) == []
+    valid_label_attrs(ome)
     assert ome["version"] == "0.5"
     (ms,) = ome["multiscales"]
     assert ms["name"] == "scan"
@@ -194,7 +196,7 @@ def test_ome_label_image_structure() -> None:
 
 def test_ome_probability_image_has_channel_axis_first() -> None:
     ome = meta.ome_probability_image_attrs("scan probabilities", OBLIQUE_LIA)
-    assert meta.check_ome_image(ome) == []
+    valid_image_attrs(ome)
     (ms,) = ome["multiscales"]
     assert [a["name"] for a in ms["axes"]] == ["c", "i", "j", "k"]
     assert ms["axes"][0] == {"name": "c", "type": "channel"}
@@ -209,9 +211,10 @@ def test_ome_pyramid_levels_can_be_appended() -> None:
     ome["multiscales"][0]["datasets"].append(
         meta.ome_dataset("1", scale, level0["coordinateTransformations"][1]["translation"])
     )
-    assert meta.check_ome_image(ome) == []
+    valid_label_attrs(ome)
     ome["multiscales"][0]["datasets"].reverse()
-    assert any("finest to coarsest" in p for p in meta.check_ome_image(ome))
+    with pytest.raises(ValidationError, match="scale"):
+        valid_label_attrs(ome)  # levels go from finest to coarsest
 
 
 def _broken(change: str) -> dict:
@@ -246,5 +249,6 @@ def _broken(change: str) -> dict:
         "rgba",
     ],
 )
-def test_check_ome_image_finds_problems(change: str) -> None:
-    assert meta.check_ome_image(_broken(change)), change
+def test_broken_ome_metadata_is_rejected(change: str) -> None:
+    with pytest.raises(ValidationError):
+        valid_label_attrs(_broken(change))
