@@ -29,7 +29,9 @@ TARGET_GROWTH = 0.10
 
 def one_run(size: int, tmp: str) -> dict[str, Any]:
     from segflow import segment
+    from segflow.heap import tune_process
 
+    tune_process()  # as the segflow command does
     path = Path(tmp) / f"scene{size}.tif"
     before = peak_rss_mb()
     with timer() as t:

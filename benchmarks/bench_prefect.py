@@ -63,7 +63,9 @@ def pixel_file(path: Path) -> Path:
 # --- part 1 -------------------------------------------------------------------------------------
 
 
-def overhead(tmp: Path, model_path: Path, scenes: list[Path], options: dict) -> dict[str, float]:
+def overhead(
+    tmp: Path, model_path: Path, scenes: list[Path], options: dict[str, Any]
+) -> dict[str, float]:
     from prefect.server.api.server import SubprocessASGIServer
 
     from flows.segment import loaded_model, segment_batch

@@ -33,7 +33,8 @@ from benchmarks.common import (
 )
 from segflow import segment
 from segflow.engine.grid import make_grid
-from segflow.heap import tune_heap
+from segflow.heap import tune_process
+from segflow.io.nib import save_volume
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
@@ -50,8 +51,7 @@ def write_volume(path: Path, size: int) -> Path:
         i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
         r = np.sqrt((i - size / 2) ** 2 + (j - size / 2) ** 2 + (k - size / 2) ** 2)
         data[:, :, k] = np.where(r < size * 0.4, 40, -1000) + rng.integers(-20, 20, (size, size))
-    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0]))
-    nib.save(img, path)
+    save_volume(path, data, np.eye(4), descrip="segflow benchmark volume", disk_dtype=np.int16)
     return path
 
 
@@ -84,7 +84,7 @@ def pure_forward_seconds(module: torch.nn.Module, patches: int, batch: int) -> f
 
 
 def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
-    from monai.inferers import sliding_window_inference
+    from monai.inferers.utils import sliding_window_inference
 
     image = nib.load(path)
     assert isinstance(image, nib.Nifti1Image)
@@ -100,6 +100,7 @@ def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
 
 
 def memory_run(size: int, tmp: str) -> dict[str, Any]:
+    tune_process()  # as the segflow command does
     path = Path(tmp) / f"vol{size}.nii"
     with timer() as t:
         result = segment(
@@ -157,7 +158,7 @@ def main() -> bool:
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
-    tune_heap()  # the baselines run under the heap settings the engine uses
+    tune_process()  # as the segflow command does; the baselines run under the same settings
     model = unet3d_model()
     figures: dict[str, Any] = {"volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net"}
     checks = []

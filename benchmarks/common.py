@@ -140,4 +140,5 @@ def run_subprocess(fn: Callable[..., Any], *args: Any) -> Any:
 
 def run_subprocess_json(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """``run_subprocess`` for a function returning a JSON-able dict (checked as such)."""
-    return json.loads(json.dumps(run_subprocess(fn, *args)))
+    result: dict[str, Any] = json.loads(json.dumps(run_subprocess(fn, *args)))
+    return result

@@ -1,4 +1,4 @@
-"""glibc heap settings for region tasks (Linux only; no-ops with another libc or macOS).
+"""Process tuning for region tasks: glibc heap settings (Linux only) and GDAL's cache.
 
 Region tasks and forward passes allocate and free buffers of tens to hundreds
 of megabytes from several threads. Handing each one back to the system when
@@ -8,6 +8,13 @@ freed buffers stay in the heap for reuse, the number of heaps is capped, and
 free heap is given back between regions once it passes a limit. Buffers of
 another size and lifetime (a region's read) are mapped on their own instead
 (``mapped_empty``), so they leave no holes in the heap.
+
+These settings change the whole process, so a library never applies them by
+itself: the ``segflow`` command calls ``tune_process`` at start, a caller may
+call it, LocalClusters started by segflow give their workers
+``heap_environment``, and ``dask worker --preload-nanny segflow.heap`` (or
+``--preload``) applies them at worker start-up (``dask_setup``). Elsewhere
+glibc's defaults, or the user's MALLOC_* variables, stay in charge.
 """
 
 from __future__ import annotations
@@ -30,9 +37,13 @@ MMAP_THRESHOLD_BYTES = 512 * 2**20  # glibc's largest; above any activation at d
 TRIM_THRESHOLD_BYTES = 1024 * 2**20  # trimming is left to release_free_heap
 FREE_HEAP_LIMIT_BYTES = 256 * 2**20
 MAPPED_BYTES = 16 * 2**20  # mapped_empty's arrays from this size up
+GDAL_CACHE_MB = 32  # about one row of tiles of a 16384-wide scene
 # glibc reads MALLOC_* variables when the process starts, so those are the user's settings;
 # ones set later (a Dask nanny sets one in the process that starts its workers) are not
 _MALLOC_SETTINGS_AT_START = frozenset(name for name in os.environ if name.startswith("MALLOC_"))
+# a worker started with heap_environment runs under segflow's settings without tune_process
+_STARTED_TUNED = os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(TRIM_THRESHOLD_BYTES)
+_applied_here = False  # set by tune_process
 
 
 class _MallInfo2(ctypes.Structure):
@@ -122,10 +133,47 @@ def heap_environment() -> dict[str, str]:
 
 
 @functools.cache
-def tune_heap() -> None:
-    """The heap settings region tasks run under (once per process)."""
-    limit_malloc_arenas()
-    reuse_freed_buffers()
+def tune_process() -> bool:
+    """Apply segflow's heap settings and GDAL cache size to this process (once).
+
+    Each setting the user gave (a MALLOC_* variable the process started with,
+    GDAL_CACHEMAX) is kept. Returns whether the process now runs under
+    segflow's heap settings: False with another libc, or where the user's
+    variables decide them all.
+    """
+    global _applied_here
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))  # read when GDAL first caches
+    arenas_capped = limit_malloc_arenas()
+    buffers_kept = reuse_freed_buffers()
+    _applied_here = arenas_capped or buffers_kept
+    return heap_tuned()
+
+
+def heap_tuned() -> bool:
+    """Whether segflow's heap settings are in effect: from ``tune_process`` or at start-up."""
+    return _applied_here or _STARTED_TUNED
+
+
+def dask_setup(service: object) -> None:
+    """Dask preload hook: segflow's settings for the workers of ``dask worker``.
+
+    ``--preload-nanny segflow.heap`` gives the workers a nanny starts
+    ``heap_environment`` (less the nanny's own MALLOC_* settings, the user's),
+    which glibc reads at their start; ``--preload segflow.heap`` tunes a worker
+    once it runs, where a nanny's trim threshold already keeps freed buffers
+    from being reused.
+    """
+    spawn_env = getattr(service, "pre_spawn_env", None)
+    if isinstance(spawn_env, dict):  # a Nanny, before it starts its worker
+        settings = {
+            name: value
+            for name, value in heap_environment().items()
+            if name not in _MALLOC_SETTINGS_AT_START
+        }
+        spawn_env.update(settings)  # set in the environment the worker starts with
+        getattr(service, "env", {}).update(settings)  # and kept there once it runs
+    else:
+        tune_process()
 
 
 def release_free_heap(limit_bytes: int | None = None) -> bool:
@@ -133,11 +181,15 @@ def release_free_heap(limit_bytes: int | None = None) -> bool:
 
     Trimming after every region would cost page faults when the memory is
     reused; never trimming let a 16384^2 run hold ~450 MB of free heap. Returns
-    whether it trimmed.
+    whether it trimmed. Only done under segflow's settings (``heap_tuned``):
+    with glibc's own trim threshold the heap trims itself, and a library must
+    not change how its caller's heap behaves.
     """
     libc = _glibc()
+    if libc is None or not heap_tuned():
+        return False
     limit = FREE_HEAP_LIMIT_BYTES if limit_bytes is None else limit_bytes
-    if libc is None or libc.mallinfo2().fordblks <= limit:
+    if libc.mallinfo2().fordblks <= limit:
         return False
     libc.malloc_trim(0)
     return True

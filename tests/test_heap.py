@@ -1,4 +1,8 @@
-"""The glibc heap helpers: real calls into the C library where it is glibc."""
+"""The glibc heap helpers: real calls into the C library where it is glibc.
+
+What changes the whole process (``tune_process``) is tried in subprocesses, so
+the test process keeps glibc's defaults like any caller of the library.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,26 @@ import numpy as np
 import pytest
 
 from segflow import heap
+from tests.conftest import REPO
 
 glibc = pytest.mark.skipif(heap._glibc() is None, reason="needs glibc (Linux)")
 
 
 @glibc
-def test_free_heap_over_the_limit_is_given_back():
+def test_free_heap_over_the_limit_is_given_back(monkeypatch):
+    monkeypatch.setattr(heap, "heap_tuned", lambda: True)
     buffers = [np.ones(2**18, dtype=np.uint8) for _ in range(64)]  # 16 MB of heap chunks
     del buffers
     assert heap.release_free_heap(limit_bytes=0)
     assert not heap.release_free_heap(limit_bytes=2**62)
+
+
+@glibc
+def test_an_untuned_heap_is_left_to_glibc(monkeypatch):
+    monkeypatch.setattr(heap, "heap_tuned", lambda: False)
+    buffers = [np.ones(2**18, dtype=np.uint8) for _ in range(64)]
+    del buffers
+    assert not heap.release_free_heap(limit_bytes=0)
 
 
 def test_helpers_are_no_ops_without_glibc(monkeypatch):
@@ -64,6 +78,96 @@ def test_only_settings_the_process_started_with_are_the_users(at_start):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == str(not at_start)
+
+
+def _python(script: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``script`` in a fresh interpreter without the caller's MALLOC_* settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={**clean, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+# whether a 64 MB malloc gets a mapping of its own: always with glibc's defaults
+# (their largest mmap threshold is 32 MB), never under segflow's 512 MB threshold
+_PROBE = """
+from segflow import heap
+def mapped():
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = heap._glibc().mallinfo2().hblks
+    pointer = libc.malloc(64 * 2**20)
+    mapped = heap._glibc().mallinfo2().hblks > before
+    libc.free(pointer)
+    return mapped
+"""
+
+
+@glibc
+def test_segment_leaves_the_callers_process_as_it_was(tmp_path):
+    script = _PROBE + (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import segflow\n"
+        "from tests.conftest import pixel_model, textured, write_tif\n"
+        "tmp = Path(sys.argv[1])\n"
+        "path = write_tif(tmp / 'in.tif', textured((96, 80), 1, seed=0), tile=None)\n"
+        "model = pixel_model([[0.0], [1.0]], [0.0, -100.0])\n"
+        "segflow.segment(path, model, tmp / 'o.zarr', patch_size=32, device='cpu')\n"
+        "print(mapped(), heap.heap_tuned())\n"
+        "print(heap.tune_process(), mapped(), heap.heap_tuned(), heap.tune_process())\n"
+    )
+    out = _python(script, str(tmp_path))
+    assert out[:2] == ["True", "False"]  # glibc's defaults after import segflow and segment()
+    assert out[2:] == ["True", "False", "True", "True"]  # tune_process tunes it, once
+
+
+@glibc
+def test_a_worker_started_with_the_heap_environment_counts_as_tuned():
+    script = _PROBE + "print(mapped(), heap.heap_tuned(), heap.tune_process())\n"
+    assert _python(script, env=heap.heap_environment()) == ["False", "True", "True"]
+
+
+@glibc
+def test_dask_workers_preloading_segflow_heap_are_tuned():
+    script = _PROBE + (
+        "import asyncio\n"
+        "from distributed import Scheduler, Worker\n"
+        "async def main():\n"
+        "    async with Scheduler(host='127.0.0.1', dashboard_address=None) as s:\n"
+        "        async with Worker(s.address, preload=['segflow.heap']):\n"
+        "            print(mapped(), heap.heap_tuned())\n"
+        "print(mapped())\n"
+        "asyncio.run(main())\n"
+    )
+    assert _python(script) == ["True", "False", "True"]
+
+
+@glibc
+def test_a_nanny_preloading_segflow_heap_starts_its_worker_tuned():
+    # the nanny's own trim threshold (dask's default) would otherwise reach the worker
+    script = _PROBE + (
+        "import asyncio\n"
+        "from distributed import Client, Nanny, Scheduler\n"
+        "def probe():\n"
+        "    return mapped(), heap.heap_tuned()\n"
+        "async def main():\n"
+        "    async with Scheduler(host='127.0.0.1', dashboard_address=None) as s:\n"
+        "        async with Nanny(s.address, nthreads=1, preload_nanny=['segflow.heap']):\n"
+        "            async with Client(s.address, asynchronous=True) as client:\n"
+        "                [result] = (await client.run(probe)).values()\n"
+        "                print(*result)\n"
+        "asyncio.run(main())\n"
+    )
+    assert _python(script) == ["False", "True"]
 
 
 def _owner(array: np.ndarray) -> object:

@@ -41,6 +41,11 @@ _mount_subcommands()
 
 
 def main() -> None:
+    # the command owns its process: tune the heap (and GDAL's cache) before any work;
+    # the library leaves a caller's process as it is
+    from segflow.heap import tune_process
+
+    tune_process()
     app()
 
 

@@ -12,6 +12,7 @@ import threading
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from segflow.engine.grid import PatchGrid, Region, intersect, region_shape, shift
@@ -21,12 +22,13 @@ from segflow.options import BlendMode
 WEIGHT_FLOOR = 1e-3
 
 
-def window_1d(mode: BlendMode, size: int, sigma: float = 0.125) -> np.ndarray:
+def window_1d(mode: BlendMode, size: int, sigma: float = 0.125) -> npt.NDArray[np.float32]:
     """A 1-D window of ``size`` samples, peak 1, floored where it tapers."""
     centre = (size - 1) / 2.0
     pos = np.arange(size, dtype=np.float64)
     # distance from the centre in half-widths: 0 at the centre, ~1 at the edges
     r = np.abs(pos - centre) / max(size / 2.0, 1.0)
+    w: npt.NDArray[np.float64]
     if mode is BlendMode.GAUSSIAN:
         w = np.exp(-0.5 * ((pos - centre) / max(sigma * size, 1e-6)) ** 2)
     elif mode is BlendMode.HANN:

@@ -9,28 +9,29 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import dask
 import dask.local
 import dask.threaded
+from dask.base import compute
 from dask.callbacks import Callback
+from dask.delayed import Delayed, delayed
 
 from segflow.engine.grid import Index, region_shape
 from segflow.engine.region import RegionStats, RegionWork, process_region, task_region
 from segflow.engine.sharing import sharing
 from segflow.errors import ConfigError
-from segflow.heap import tune_heap
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"
 # the accumulators of the region tasks in flight plus the patches they share
 REGION_MEMORY_BYTES = 256 * 2**20
+LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", None)
 
 
 class _TaskProgress(Callback):
     """Counts finished region tasks under the local schedulers."""
 
+    # Callback.__init__ only stores hooks passed as arguments; this one is a method
     def __init__(self, total: int, report: ProgressFn) -> None:
-        super().__init__()
         self.total = total
         self.done = 0
         self.report = report
@@ -42,10 +43,10 @@ class _TaskProgress(Callback):
             self.report(self.done, self.total)
 
 
-def build_tasks(work: RegionWork, tasks: list[Index]) -> list[Any]:
+def build_tasks(work: RegionWork, tasks: list[Index]) -> list[Delayed]:
     """One delayed task per region; the work description is one shared graph node."""
-    shared = dask.delayed(work, traverse=False)
-    run = dask.delayed(process_region, pure=False)
+    shared = delayed(work, traverse=False)
+    run = delayed(process_region, pure=False)
     return [
         run(shared, task, dask_key_name=f"{TASK_PREFIX}-{'-'.join(map(str, task))}")
         for task in tasks
@@ -69,33 +70,39 @@ def execute(
     GPU worker started with ``--resources GPU=1`` runs one model task at a time.
     It is passed at compute time: annotations can be lost in graph optimisation.
     """
-    tune_heap()
     report = progress or (lambda done, total: None)
     report(0, len(tasks))
     total = RegionStats(class_counts=[0] * work.model.num_classes)
     if not tasks:
         return total
-    if scheduler in ("threads", "sync", "synchronous", None):
-        name = "sync" if scheduler in ("sync", "synchronous") else "threads"
-        in_flight, shared_bytes = local_memory_plan(work, tasks, 1 if name == "sync" else workers)
-        # tasks in one process share the patches their regions have in common
-        regions = [task_region(work, t) for t in tasks]
-        with sharing(work.grid, regions, shared_bytes) as key:
-            local = dataclasses.replace(
-                work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
-            )
-            # the scheduler's function itself: named ones make dask import distributed
-            # (half a second) to look for a default client first
-            get = dask.local.get_sync if name == "sync" else dask.threaded.get
-            with _TaskProgress(len(tasks), report):
-                results = dask.compute(
-                    *build_tasks(local, tasks), scheduler=get, num_workers=in_flight
-                )
+    if scheduler in LOCAL_SCHEDULERS:
+        sync = scheduler in ("sync", "synchronous")
+        results = _run_local(work, tasks, sync, workers, report)
     else:
         results = _run_distributed(build_tasks(work, tasks), scheduler, report, resources)
     for result in results:
         total.merge(result)
     return total
+
+
+def _run_local(
+    work: RegionWork, tasks: list[Index], sync: bool, workers: int | None, report: ProgressFn
+) -> list[RegionStats]:
+    """Run ``tasks`` in this process, sharing the patches their regions have in common."""
+    in_flight, shared_bytes = local_memory_plan(work, tasks, 1 if sync else workers)
+    regions = [task_region(work, t) for t in tasks]
+    with sharing(work.grid, regions, shared_bytes) as key:
+        local = dataclasses.replace(
+            work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
+        )
+        # the scheduler's function itself: named ones make dask import distributed
+        # (half a second) to look for a default client first
+        get = dask.local.get_sync if sync else dask.threaded.get
+        with _TaskProgress(len(tasks), report):
+            results = compute(  # type: ignore[no-untyped-call]
+                *build_tasks(local, tasks), scheduler=get, num_workers=in_flight
+            )
+    return list(results)
 
 
 def local_memory_plan(
@@ -129,7 +136,7 @@ def _run_distributed(
         client_cm = nullcontext(scheduler)
     elif isinstance(scheduler, str) and "://" in scheduler:
         try:
-            client_cm = Client(scheduler, timeout="20s")
+            client_cm = Client(scheduler, timeout="20s")  # type: ignore[no-untyped-call]
         except OSError as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     else:
@@ -140,7 +147,8 @@ def _run_distributed(
     with client_cm as client:
         futures = client.compute(graph, resources=resources)
         results: list[RegionStats] = []
-        for done, future in enumerate(as_completed(futures), start=1):
+        completed = as_completed(futures)  # type: ignore[no-untyped-call]
+        for done, future in enumerate(completed, start=1):
             results.append(future.result())
             report(done, len(graph))
         return results

@@ -4,26 +4,26 @@ A task owns a block of whole storage chunks. It reads its region plus the
 halo of every global-grid patch that touches it, predicts the patches in
 batches (the next batch is cut and normalized in a background thread while
 the model runs), blends them into a float32 accumulator and writes its chunks
-whole, then records them as done. A patch a neighbouring task has already
-predicted in this process is taken from it (see shared_patches). Patches are
-visited in global order, so every pixel sums the same terms in the same order
-whatever the chunking.
+whole, then records them as done (batch assembly is in ``batches``). A patch
+a neighbouring task has already predicted in this process is taken from it
+(see ``sharing``). Patches are visited in global order, so every pixel sums
+the same terms in the same order whatever the chunking.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from segflow.engine.blend import Accumulator, BlendMode, patch_window
+from segflow.engine.batches import BatchBuffers, BatchItem, cut_patches, group_batches, prefetch
+from segflow.engine.blend import Accumulator, patch_window
 from segflow.engine.grid import (
     Index,
     PatchGrid,
@@ -36,13 +36,14 @@ from segflow.engine.grid import (
     shift,
     union,
 )
-from segflow.engine.normalize import normalize
-from segflow.engine.sharing import shared_patches
-from segflow.heap import release_free_heap, tune_heap
+from segflow.engine.sharing import SharedPatches, shared_patches
+from segflow.heap import release_free_heap
+from segflow.io.orientation import AxisTransform
 from segflow.io.source import Source
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import Normalization
-from segflow.models.predictor import AxisOrder, Predictor, cached_predictor, model_cache_key
+from segflow.models.predictor import Predictor, cached_predictor, model_cache_key
+from segflow.options import BlendMode
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class PredictorOptions:
     amp: bool = True
     tta: bool = False
     squeeze_axis: int | None = None
-    axis_order: AxisOrder | None = None
+    axis_order: AxisTransform | None = None
     threads: int | None = None
 
 
@@ -171,9 +172,28 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
     # this thread's elementwise work runs on its share of the cores: OpenMP teams
     # that compete for the same cores slow every op down several times
     torch.set_num_threads(work.task_threads)
-    tune_heap()  # once per process: also in Dask worker processes
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
+    accumulator, invalid = _predict_region(work, region, stats)
+    labels, probabilities = _region_outputs(work, accumulator, invalid)
+    stats.chunks_written = _write_chunks(work, task, region, labels, probabilities)
+    stats.valid_pixels = labels.size - (
+        int(np.count_nonzero(invalid)) if invalid is not None else 0
+    )
+    stats.class_counts = class_counts(labels, work.model.num_classes)
+    del labels, probabilities
+    release_free_heap()
+    return stats
+
+
+def _predict_region(
+    work: RegionWork, region: Region, stats: RegionStats
+) -> tuple[Accumulator, npt.NDArray[np.bool_] | None]:
+    """Read ``region`` with its patches' halo, predict and blend it.
+
+    Returns the blend and the region's nodata mask (None where all is valid);
+    the read buffer is freed on return, before labels are made.
+    """
     patches = work.grid.touching(region)
     extents = [work.grid.extent(p) for p in patches]
     read_region = clip(union(extents), work.grid.shape)
@@ -186,21 +206,40 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
         work.model.num_classes, region, track_weights=work.write_probabilities
     )
     if region_valid.any():
-        todo: list[tuple[Index, Region]] = []
-        for index, extent in zip(patches, extents, strict=True):
-            inside = shift(clip(extent, work.grid.shape), read_origin)
-            if valid[inside].any():
-                todo.append((index, extent))
-            else:
-                stats.patches_skipped += 1  # entirely nodata: not computed
-        cut = functools.partial(_patch_batch, raw.data, valid, read_origin, work)
+        todo = _patches_with_data(work, patches, extents, valid, read_origin, stats)
+        cut = functools.partial(
+            cut_patches, raw.data, valid, read_origin, work.grid, work.normalization
+        )
         buffers = BatchBuffers((work.batch_size, raw.data.shape[0], *work.grid.patch))
         _predict_and_blend(work, region, cut, buffers, todo, accumulator, stats)
-        del cut, buffers
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
-    del raw, valid, region_valid
+    return accumulator, invalid
 
+
+def _patches_with_data(
+    work: RegionWork,
+    patches: list[Index],
+    extents: list[Region],
+    valid: npt.NDArray[np.bool_],
+    read_origin: Index,
+    stats: RegionStats,
+) -> list[tuple[Index, Region]]:
+    """The patches with a valid pixel; those entirely nodata are counted and not computed."""
+    todo: list[tuple[Index, Region]] = []
+    for index, extent in zip(patches, extents, strict=True):
+        inside = shift(clip(extent, work.grid.shape), read_origin)
+        if valid[inside].any():
+            todo.append((index, extent))
+        else:
+            stats.patches_skipped += 1
+    return todo
+
+
+def _region_outputs(
+    work: RegionWork, accumulator: Accumulator, invalid: npt.NDArray[np.bool_] | None
+) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.floating] | None]:
+    """Labels (and probabilities when written) of the region, nodata where it is invalid."""
     labels = accumulator.labels(work.sink.label_dtype)
     if invalid is not None:
         labels[invalid] = work.sink.label_nodata
@@ -209,9 +248,20 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
         probabilities = accumulator.probabilities()
         if invalid is not None:
             probabilities[:, invalid] = np.nan
+    return labels, probabilities
 
+
+def _write_chunks(
+    work: RegionWork,
+    task: Index,
+    region: Region,
+    labels: npt.NDArray[np.integer],
+    probabilities: npt.NDArray[np.floating] | None,
+) -> int:
+    """Write the task's chunks not yet recorded as done; returns how many were written."""
     origin = tuple(s.start for s in region)
     done = work.sink.done_chunks()
+    written = 0
     for chunk in task_chunk_indices(work, task):
         if chunk in done:
             continue
@@ -221,20 +271,14 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
             labels[local] if work.write_labels else None,
             probabilities[(slice(None), *local)] if probabilities is not None else None,
         )
-        stats.chunks_written += 1
-    stats.valid_pixels = labels.size - (
-        int(np.count_nonzero(invalid)) if invalid is not None else 0
-    )
-    stats.class_counts = class_counts(labels, work.model.num_classes)
-    del labels, probabilities
-    release_free_heap()
-    return stats
+        written += 1
+    return written
 
 
 COUNT_BLOCK = 2**20
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
+def class_counts(labels: npt.NDArray[np.integer], num_classes: int) -> list[int]:
     """Pixels per class; nodata (the dtype's largest value) lands in a bin past the classes.
 
     Counted a block at a time: bincount copies its input to int64, 128 MB for
@@ -258,182 +302,90 @@ def _predict_and_blend(
     stats: RegionStats,
 ) -> None:
     """Predict (or take from a neighbour) every patch in ``todo`` and blend it in grid order."""
-    predictor = work.model.predictor(work.predictor_options)
-    shared = shared_patches(work.sharing_key)
-    me = object()  # this task, as the owner of its claims
-
-    def predict_here(index: Index) -> bool:
-        return shared is None or not shared.is_shared(index) or shared.claim(index, me)
-
-    def predict(extents: list[Region]) -> torch.Tensor:
-        stats.patches_predicted += len(extents)
-        return predictor(cut(extents))
-
+    blender = _Blender(work, region, cut, accumulator, stats)
     try:
         cut_into_buffer = functools.partial(cut, buffers=buffers)
-        batches = _batches(cut_into_buffer, todo, work.batch_size, predict_here)
-        for items, batch in _prefetch(batches):
-            predicted: dict[Index, torch.Tensor] = {}
-            if batch is not None:
-                stats.patches_predicted += len(batch)
-                own = [(index, extent) for index, extent, here in items if here]
-                for (index, extent), logits in zip(own, predictor(batch), strict=True):
-                    predicted[index] = logits
-                    # publish before waiting on anything: a neighbour may be waiting for it
-                    if shared is not None and shared.is_shared(index):
-                        shared.publish(index, extent, logits, region)
+        batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
+        for items, batch in prefetch(batches):
+            predicted = {} if batch is None else blender.forward(items, batch)
             for index, extent, here in items:
-                window = patch_window(work.blend, work.grid, index, work.sigma)
-                if here:
-                    accumulator.add(predicted.pop(index), extent, window)
-                else:
-                    assert shared is not None
-                    part = shared.take(index, me)
-                    if part is None:  # its claimer did not keep it: predict it here
-                        logits = predict([extent])[0]
-                        shared.publish(index, extent, logits, region)
-                        accumulator.add(logits, extent, window)
-                    else:
-                        corner = tuple(s.start for s in extent)
-                        accumulator.add(
-                            part.logits, part.extent, window[shift(part.extent, corner)]
-                        )
-                if shared is not None and shared.is_shared(index):
-                    shared.release(index)
+                blender.blend(index, extent, predicted.pop(index) if here else None)
             if batch is not None:  # blended: the logits may have been views of it
                 buffers.give_back(batch)
     finally:
+        blender.give_back_claims()
+
+
+class _Blender:
+    """One task's patches: predicted here or taken from the neighbour that claimed them."""
+
+    def __init__(
+        self,
+        work: RegionWork,
+        region: Region,
+        cut: Callable[[list[Region]], torch.Tensor],
+        accumulator: Accumulator,
+        stats: RegionStats,
+    ) -> None:
+        self._work = work
+        self._region = region
+        self._cut = cut
+        self._accumulator = accumulator
+        self._stats = stats
+        self._predictor = work.model.predictor(work.predictor_options)
+        self._shared = shared_patches(work.sharing_key)
+        self._me = object()  # this task, as the owner of its claims
+
+    def predicts_here(self, index: Index) -> bool:
+        """Whether this task predicts ``index``: not shared, or claimed by this task first."""
+        shared = self._shared
+        return shared is None or not shared.is_shared(index) or shared.claim(index, self._me)
+
+    def forward(self, items: list[BatchItem], batch: torch.Tensor) -> dict[Index, torch.Tensor]:
+        """The logits of the batch's own patches, each published as soon as predicted."""
+        self._stats.patches_predicted += len(batch)
+        own = [(index, extent) for index, extent, here in items if here]
+        predicted: dict[Index, torch.Tensor] = {}
+        for (index, extent), logits in zip(own, self._predictor(batch), strict=True):
+            predicted[index] = logits
+            # publish before waiting on anything: a neighbour may be waiting for it
+            shared = self._sharing(index)
+            if shared is not None:
+                shared.publish(index, extent, logits, self._region)
+        return predicted
+
+    def blend(self, index: Index, extent: Region, logits: torch.Tensor | None) -> None:
+        """Add one patch: ``logits`` predicted here, or None to take it from its claimer."""
+        window = patch_window(self._work.blend, self._work.grid, index, self._work.sigma)
+        if logits is not None:
+            self._accumulator.add(logits, extent, window)
+        else:
+            self._blend_claimed(index, extent, window)
+        shared = self._sharing(index)
         if shared is not None:
-            shared.give_back(me)
+            shared.release(index)
 
+    def give_back_claims(self) -> None:
+        if self._shared is not None:
+            self._shared.give_back(self._me)
 
-Batch = tuple[list[tuple[Index, Region, bool]], torch.Tensor | None]
+    def _sharing(self, index: Index) -> SharedPatches | None:
+        """The run's shared patches where ``index`` is one of them."""
+        shared = self._shared
+        return shared if shared is not None and shared.is_shared(index) else None
 
-
-def _batches(
-    cut: Callable[[list[Region]], torch.Tensor],
-    todo: list[tuple[Index, Region]],
-    batch_size: int,
-    predict_here: Callable[[Index], bool],
-) -> Iterator[Batch]:
-    """Group ``todo`` in grid order; each group's tensor holds the patches this task predicts.
-
-    A group closes once it holds ``batch_size`` patches to predict, so the
-    patches another task predicts ride along without a forward of their own.
-    """
-    items: list[tuple[Index, Region, bool]] = []
-    count = 0
-    for index, extent in todo:
-        here = predict_here(index)
-        items.append((index, extent, here))
-        count += here
-        if count == batch_size:
-            yield items, cut([e for _, e, h in items if h])
-            items, count = [], 0
-    if items:
-        own = [e for _, e, h in items if h]
-        yield items, cut(own) if own else None
-
-
-def _patch_batch(
-    raw: np.ndarray,
-    valid: np.ndarray,
-    origin: Sequence[int],
-    work: RegionWork,
-    extents: list[Region],
-    buffers: BatchBuffers | None = None,
-) -> torch.Tensor:
-    """Cut patches out of the raw read buffer and normalize them; zero-pad past the image edge.
-
-    Normalizing patch by patch, rather than the whole read region at once,
-    saves a float32 copy of the region (about 90 MB for 2048-pixel regions of
-    three bands) for a fraction more arithmetic, done while the model runs.
-    The batch is a reused buffer when ``buffers`` is given.
-    """
-    grid = work.grid
-    shape = (len(extents), raw.shape[0], *grid.patch)
-    batch = buffers.take(len(extents)) if buffers else torch.empty(shape, dtype=torch.float32)
-    for n, extent in enumerate(extents):
-        inside = clip(extent, grid.shape)
-        if inside != extent:  # the patch passes the image edge: pad with zeros
-            batch[n].zero_()
-        src = shift(inside, origin)
-        dst = shift(inside, tuple(s.start for s in extent))
-        target: tuple[int | slice, ...] = (n, slice(None), *dst)
-        normalize(raw[(slice(None), *src)], valid[src], work.normalization, out=batch[target])
-    return batch
-
-
-class BatchBuffers:
-    """Input batches a task reuses rather than allocating one per batch.
-
-    A fresh batch (6 MB for two 512^2 patches of three bands) often came from
-    new heap pages: about a third of a run's page faults. The prefetch thread
-    fills one while another waits in the queue and a third is in the forward,
-    so a task holds three; ``take`` allocates one more only if none is free.
-    """
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self._shape = shape
-        self._free: list[torch.Tensor] = []
-        self._lent: dict[int, torch.Tensor] = {}
-        self._lock = threading.Lock()
-
-    def take(self, patches: int) -> torch.Tensor:
-        """A batch of ``patches`` patches, contents undefined."""
-        with self._lock:
-            buffer = self._free.pop() if self._free else None
-        if buffer is None:
-            buffer = torch.empty(self._shape, dtype=torch.float32)
-        batch = buffer[:patches]
-        with self._lock:
-            self._lent[batch.data_ptr()] = buffer
-        return batch
-
-    def give_back(self, batch: torch.Tensor) -> None:
-        """``batch`` (from ``take``) is no longer used."""
-        with self._lock:
-            buffer = self._lent.pop(batch.data_ptr(), None)
-            if buffer is not None:
-                self._free.append(buffer)
-
-
-def _prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
-    """Assemble the next batches in a background thread while the model runs."""
-    q: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        # one core: cutting patches is light, and a second OpenMP team here would
-        # fight the forward pass's team for the same cores
-        torch.set_num_threads(1)
-        try:
-            for item in batches:
-                if stop.is_set():
-                    return
-                q.put(item)
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            q.put(exc)
-            return
-        q.put(None)
-
-    thread = threading.Thread(target=produce, name="segflow-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.01)
+    def _blend_claimed(self, index: Index, extent: Region, window: torch.Tensor) -> None:
+        shared = self._shared
+        assert shared is not None
+        part = shared.take(index, self._me)
+        if part is None:  # its claimer did not keep it: predict it here
+            self._stats.patches_predicted += 1
+            logits = self._predictor(self._cut([extent]))[0]
+            shared.publish(index, extent, logits, self._region)
+            self._accumulator.add(logits, extent, window)
+        else:
+            corner = tuple(s.start for s in extent)
+            self._accumulator.add(part.logits, part.extent, window[shift(part.extent, corner)])
 
 
 def default_task_chunks(chunk_shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:

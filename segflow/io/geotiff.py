@@ -9,7 +9,6 @@ own GDAL handle because GDAL handles must not be shared between threads.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -48,11 +47,6 @@ class GeoreferencingWarning(UserWarning):
 class NotARasterError(ReaderError):
     """GDAL does not recognise the file as any raster format."""
 
-
-# Each region is read once (plus thin halos), so GDAL's block cache buys little, while
-# its default (5 % of RAM) grows with the image until it holds most of the scene: cap it,
-# unless the user configured it. GDAL reads this once, before its first block read.
-os.environ.setdefault("GDAL_CACHEMAX", "32")  # MB: about one row of tiles of a 16384-wide scene
 
 # catch_warnings() swaps the process-wide filter list; serialise our own uses of it
 _OPEN_LOCK = threading.Lock()

@@ -13,7 +13,6 @@ from torch import nn
 from segflow import segment
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
-
 from tests.conftest import pixel_model, textured, write_tif
 
 
@@ -216,7 +215,7 @@ def test_normalization_is_global_not_per_tile(tmp_path):
 
 
 def test_batch_buffers_are_reused_and_never_lent_twice():
-    from segflow.engine.region import BatchBuffers
+    from segflow.engine.batches import BatchBuffers
 
     buffers = BatchBuffers((4, 3, 8, 8))
     first = buffers.take(4)
@@ -233,13 +232,10 @@ def test_batch_buffers_are_reused_and_never_lent_twice():
 def test_edge_patches_in_reused_batches_are_padded_with_zeros():
     # a reused buffer holds the previous batch: an edge patch's padding must be
     # zeroed, not left as that batch's pixels
-    from types import SimpleNamespace
-
+    from segflow.engine.batches import BatchBuffers, cut_patches
     from segflow.engine.grid import make_grid
-    from segflow.engine.region import BatchBuffers, _patch_batch
 
     grid = make_grid((40, 100), 48, 8)  # rows shorter than a patch: every patch is padded
-    work = SimpleNamespace(grid=grid, normalization=None)
     raw = np.full((3, 40, 100), 7, np.uint8)
     valid = np.ones((40, 100), bool)
     buffers = BatchBuffers((2, 3, 48, 48))
@@ -247,7 +243,7 @@ def test_edge_patches_in_reused_batches_are_padded_with_zeros():
     stale.fill_(float("nan"))
     buffers.give_back(stale)
     extents = [grid.extent(index) for index in list(grid.indices())[:2]]
-    batch = _patch_batch(raw, valid, (0, 0), work, extents, buffers=buffers)
+    batch = cut_patches(raw, valid, (0, 0), grid, None, extents, buffers=buffers)
     assert batch.data_ptr() == stale.data_ptr()
     assert (batch[:, :, :40] == 7).all()
     assert (batch[:, :, 40:] == 0).all()

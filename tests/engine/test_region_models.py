@@ -11,7 +11,6 @@ import zarr
 
 from segflow import segment
 from segflow.models import export_model, list_models, load_model, save_model
-
 from tests.conftest import textured, write_nifti, write_tif
 from tests.models.tiny import tiny_model
 

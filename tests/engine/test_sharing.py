@@ -9,15 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-import segflow.api
 import segflow.engine.execute
+import segflow.plan
 from segflow import segment
 from segflow.engine.grid import make_grid
 from segflow.engine.sharing import SharedPatches, patch_users, shared_patches, sharing
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
-
 from tests.conftest import textured, write_nifti, write_tif
 from tests.engine.test_region import conv_model
 
@@ -100,7 +99,7 @@ def test_regions_predict_each_patch_once_and_write_the_same_bits(tmp_path, monke
     image = textured((333, 287), 3, seed=5)
     path = write_tif(tmp_path / "in.tif", image, tile=None)
     model = conv_model()
-    monkeypatch.setattr(segflow.api, "TASK_TARGET_2D", 64)  # 6 x 5 regions
+    monkeypatch.setattr(segflow.plan, "TASK_TARGET_2D", 64)  # 6 x 5 regions
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=64, scheduler=scheduler)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
     monkeypatch.setattr(segflow.engine.execute, "REGION_MEMORY_BYTES", 0)
@@ -148,7 +147,7 @@ def test_volume_regions_share_patches(tmp_path, monkeypatch):
     model = LoadedModel(
         meta=meta, module=IntegerConv3d().eval(), sha256="i3", path=None, runtime="torch"
     )
-    monkeypatch.setattr(segflow.api, "TASK_TARGET_3D", 16)
+    monkeypatch.setattr(segflow.plan, "TASK_TARGET_3D", 16)
     kwargs = dict(patch_size=16, overlap=0.25, chunk_size=16)
     stats, labels, probs = _run(tmp_path, "shared", path, model, **kwargs)
     monkeypatch.setattr(segflow.engine.execute, "REGION_MEMORY_BYTES", 0)
