@@ -11,9 +11,9 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from segflow import segment
-from segflow.plan import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
 from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
+from segflow.plan import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
 
 from .conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
 
@@ -251,8 +251,8 @@ def test_a_misspelt_option_is_a_one_line_config_error(tmp_path):
 
 
 def test_options_and_overrides_are_one_run_options(tmp_path):
-    from segflow.options import RunOptions
     from segflow.io.zarr_sink import ZarrSink
+    from segflow.options import RunOptions
 
     path = write_tif(tmp_path / "a.tif", textured((1, 40, 40)))
     options = RunOptions(patch_size=16, device="cpu")

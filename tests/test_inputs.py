@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from flows.inputs import output_state
-from segflow.inputs import collect_inputs, plan_items, read_manifest
 from segflow.errors import ConfigError
-
+from segflow.inputs import collect_inputs, plan_items, read_manifest
 from tests.flows.conftest import write_scene
 
 

@@ -83,8 +83,6 @@ def from_model_axes(x: torch.Tensor, transform: AxisTransform) -> torch.Tensor:
     return to_model_axes(x, transform.inverse())
 
 
-
-
 class Predictor:
     """Turns ``(N, C, *patch)`` float32 batches into ``(N, K, *patch)`` float32 logits on the CPU."""
 
