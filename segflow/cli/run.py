@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, out
 from segflow.errors import ConfigError, OutputError
-from segflow.inputs import InputItem, check_readable, collect_inputs, plan_items
+from segflow.inputs import InputItem, collect_inputs, plan_items
+from segflow.io.files import check_readable
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
 
