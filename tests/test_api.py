@@ -15,7 +15,7 @@ from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
 from segflow.plan import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
 
-from .conftest import pixel_model, textured, threshold_model, write_nifti, write_tif
+from .conftest import pixel_model, save, textured, threshold_model, write_nifti, write_tif
 
 
 @pytest.mark.parametrize(
@@ -244,7 +244,7 @@ def test_default_regions_shrink_so_an_accumulator_fits_the_budget(dims, classes)
 
 
 def test_a_misspelt_option_is_a_one_line_config_error(tmp_path):
-    path = write_tif(tmp_path / "a.tif", textured((1, 32, 32)))
+    path = write_tif(tmp_path / "a.tif", textured((32, 32), 1))
     with pytest.raises(ConfigError, match="unknown option 'patchsize'; did you mean 'patch_size'"):
         segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", patchsize=16)
     assert not (tmp_path / "o.zarr").exists()
@@ -254,10 +254,10 @@ def test_options_and_overrides_are_one_run_options(tmp_path):
     from segflow.io.zarr_sink import ZarrSink
     from segflow.options import RunOptions
 
-    path = write_tif(tmp_path / "a.tif", textured((1, 40, 40)))
+    path = write_tif(tmp_path / "a.tif", textured((40, 40), 1))
     options = RunOptions(patch_size=16, device="cpu")
     segment(path, threshold_model(1, spatial_dims=2), tmp_path / "o.zarr", options, chunk_size=8)
-    parameters = ZarrSink.open(tmp_path / "o.zarr").attrs["provenance"]["parameters"]
+    parameters = ZarrSink.open(tmp_path / "o.zarr").attrs["parameters"]
     assert parameters["patch_size"] == 16 and parameters["chunk_size"] == 8
 
 
@@ -265,8 +265,20 @@ def test_a_folder_is_a_batch_as_on_the_command_line(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a", "b"):
-        write_tif(folder / f"{name}.tif", textured((1, 24, 24)))
+        write_tif(folder / f"{name}.tif", textured((24, 24), 1))
     results = segment(folder, threshold_model(1, spatial_dims=2), tmp_path / "out", device="cpu")
     assert isinstance(results, list)
     assert [r.output.name for r in results] == ["a.zarr", "b.zarr"]
     assert all(r.status == "complete" for r in results)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_gives_the_threaded_answer(tmp_path):
+    path = write_tif(tmp_path / "a.tif", textured((48, 40), 1))
+    model = save(threshold_model(1, spatial_dims=2), tmp_path / "m.safetensors")
+    options = dict(patch_size=16, chunk_size=16, region_size=16, device="cpu")
+    segment(path, model, tmp_path / "threads.zarr", **options)
+    segment(path, model, tmp_path / "local.zarr", scheduler="local", workers=1, **options)
+    threads = zarr.open_group(tmp_path / "threads.zarr", mode="r")["labels"][...]
+    local = zarr.open_group(tmp_path / "local.zarr", mode="r")["labels"][...]
+    np.testing.assert_array_equal(local, threads)
