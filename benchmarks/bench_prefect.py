@@ -160,8 +160,8 @@ def startup(tmp: Path, scene: Path, model: Path) -> dict[str, dict[str, float]]:
     opts = ["--device", "cpu", "--chunk-size", "256", "--no-progress"]
     segflow_bin = str(Path(sys.executable).with_name("segflow"))
     run_flow_code = (
-        "import sys; from flows.segment import run_flow; "
-        "run_flow(sys.argv[1], sys.argv[2], sys.argv[3], {'device': 'cpu', 'chunk_size': 256})"
+        "import sys; from flows.segment import run_flow; from segflow.options import RunOptions; "
+        "run_flow([sys.argv[1]], sys.argv[2], sys.argv[3], RunOptions(device='cpu', chunk_size=256))"
     )
     library_code = (
         "import sys; from segflow import segment; "

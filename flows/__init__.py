@@ -7,8 +7,10 @@
 - :mod:`flows.hospital`: NIfTI scan batches with per-scan isolation and a volume report;
 - :mod:`flows.deploy`: the nightly deployment, ``serve`` and prefect.yaml checks;
 - :mod:`flows.report`: report files, artifacts, class areas and volumes;
-- :mod:`flows.inputs`: folders, globs and manifests -> inputs and their outputs;
-- :mod:`flows.runtime`: per-process model cache, Dask clients, Prefect server start.
+- :mod:`flows.inputs`: where a batch's outputs stand (inputs are planned by segflow.inputs);
+- :mod:`flows.runtime`: the pipeline of a run, per-process model cache, Dask clients, and
+  which Prefect server runs record to (:func:`flows.runtime.use_prefect_server`);
+- :mod:`flows.server`: the local server of ``segflow server start|status|stop``.
 
 Importing this package is cheap; Prefect loads with the submodules. The one-input flow
 is ``flows.segment.segment`` (``flows.segment`` itself is the module).

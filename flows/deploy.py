@@ -24,9 +24,10 @@ from typing import Any, cast
 import yaml
 from prefect import Flow, serve
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from flows.landcover import landcover_mapping
 from segflow.errors import ConfigError

@@ -16,21 +16,22 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Failed
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
 from flows.runtime import resolve_pipeline
 from flows.segment import (
     TRANSIENT_RETRIES,
     TRANSIENT_RETRY_DELAYS,
     InputResult,
     is_transient_failure,
-    run_inputs,
+    run_unfinished,
 )
 from flows.segment import exit_code as _exit_code
 from segflow.errors import SegflowError
+from segflow.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
 
 SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti")
 
@@ -75,7 +76,7 @@ def exit_code(scans: list[ScanReport]) -> int:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def export_mask(name: str, store: str, target: str, reference: str) -> str | State:
+def export_mask(name: str, store: str, target: str, reference: str) -> str | State[Any]:
     """The store's labels as a NIfTI mask on the scan's exact header geometry."""
     try:
         from segflow.io.nifti_export import export_nifti
@@ -103,7 +104,7 @@ def hospital_batch(
     export_nifti: bool | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
-) -> HospitalReport | State:
+) -> HospitalReport | State[Any]:
     """``scans``: a folder, a glob, a manifest (.csv with a path column and optional id
     column, or .txt with one path per line) or a list of paths.
 
@@ -112,13 +113,11 @@ def hospital_batch(
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline, model_path = resolve_pipeline(spec, model, options)
-    want_nifti = pipeline.outputs.nifti if export_nifti is None else export_nifti
+    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    want_nifti = pipeline.options.nifti if export_nifti is None else export_nifti
     items = plan_items(collect_inputs(scans, VOLUME_PATTERNS), Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
-    results = run_inputs(
-        items, model_path, pipeline, resume=True, skip_complete=True, concurrency=concurrency
-    )
+    results = run_unfinished(items, pipeline, concurrency=concurrency)
     nifti = _export_masks(results) if want_nifti else {}
     scans_out = [_scan_report(r, nifti.get(r.name), logger) for r in results]
     counts = report.status_counts(s.status for s in scans_out)

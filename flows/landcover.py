@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.states import State
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.inputs import RASTER_PATTERNS, collect_inputs, plan_items
 from flows.runtime import resolve_pipeline
-from flows.segment import InputResult, run_inputs
+from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
+from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
 
 SCENE_COLUMNS = ("scene", "status", "reason", "seconds", "resumed", "output")
 
@@ -63,7 +63,7 @@ def landcover_mapping(
     patterns: list[str] | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
-) -> LandcoverSummary | State:
+) -> LandcoverSummary | State[Any]:
     """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
 
     ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
@@ -71,7 +71,7 @@ def landcover_mapping(
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline, model_path = resolve_pipeline(spec, model, options)
+    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
     source = Path(input_dir).expanduser()
     if not source.is_dir():
         raise ConfigError(f"input folder {source} not found; check input_dir")
@@ -81,9 +81,7 @@ def landcover_mapping(
         found = []  # an empty folder is a quiet night, not an error
     items = plan_items(found, Path(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
-    results = run_inputs(
-        items, model_path, pipeline, resume=True, skip_complete=True, concurrency=concurrency
-    )
+    results = run_unfinished(items, pipeline, concurrency=concurrency)
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
         input_dir=str(source),

@@ -32,7 +32,7 @@ from segflow.outputs.stats import (
 )
 
 if TYPE_CHECKING:
-    from prefect.states import State
+    from prefect.client.schemas.objects import State
 
 ReportT = TypeVar("ReportT", bound=BaseModel)
 
@@ -233,7 +233,7 @@ def batch_outcome(
     what: str,
     done: str,
     logger: Any,
-) -> ReportT | State:
+) -> ReportT | State[Any]:
     """Log the run's counts; Failed (carrying ``summary``) when an input failed, else ``summary``.
 
     ``failures`` are the (name, reason) of failed inputs, ``what`` names the inputs

@@ -1,126 +1,199 @@
 """Per-process resources of a flow run: the pipeline, the model, Dask clients, the server.
 
-- the pipeline: a spec file (or defaults) with command-line overrides, model checked;
+- the pipeline: a spec file (or defaults) with overrides, read once per flow run;
 - the model: loaded once per process and reused by every input's task;
 - Dask: tasks get a scheduler *address* (a small string) and find this process's live
   client for it here, instead of connecting once per input;
-- Prefect: the temporary server of ephemeral mode started in the background, and flow
-  heartbeats dropped when they can only cost time.
+- Prefect: which server flow runs record to (:func:`use_prefect_server`), the temporary
+  server of ephemeral mode started in the background, and flow heartbeats dropped when
+  they can only cost time.
+
+Nothing here imports Prefect at module level: the command picks options and a server
+before paying for that import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flows import server
 from segflow.errors import ConfigError
-from segflow.spec import DaskSpec, PipelineSpec, load_spec, merge_overrides
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from segflow.models import LoadedModel
+    from segflow.options import RunOptions
+    from segflow.spec import Pipeline
 
 HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+SERVER_HINT = (
+    "hint: no Prefect server configured, so this run starts a temporary one (~10 s); "
+    "`segflow server start` makes runs start faster"
+)
 
 
 def resolve_pipeline(
-    spec: str | os.PathLike[str] | PipelineSpec | None,
+    spec: str | os.PathLike[str] | None,
     model: str | os.PathLike[str] | None,
-    options: dict[str, Any] | None,
-) -> tuple[PipelineSpec, Path]:
-    """The spec file (or defaults) with ``model`` and ``options`` applied; the model must exist."""
-    if isinstance(spec, PipelineSpec):
-        base = spec
-    elif spec is not None:
-        base = load_spec(spec)
-    else:
-        base = PipelineSpec()
-    merged = merge_overrides(
-        base, model=Path(model) if model is not None else None, **(options or {})
-    )
-    return merged, merged.require_model().resolve()
+    options: Mapping[str, Any] | None,
+) -> Pipeline:
+    """The spec file (or defaults) read once, with ``model`` and ``options`` applied.
+
+    ``options`` are flat option names (``RunOptions`` fields; None: not given). The
+    model must exist; the pipeline carries its absolute path.
+    """
+    from segflow.spec import Pipeline, load_spec
+
+    base = load_spec(spec) if spec is not None else Pipeline()
+    pipeline = base.with_overrides(model=model, **dict(options or {}))
+    return dataclasses.replace(pipeline, model=pipeline.require_model().resolve())
 
 
 _MODELS: dict[tuple[str, int, int], LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def loaded_model(path: Path) -> LoadedModel:
+def loaded_model(path: os.PathLike[str] | str) -> LoadedModel:
     """Load a model file once per process (and again only when the file changes)."""
+    from pathlib import Path
+
     from segflow.models import load_model
 
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    file = Path(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = _MODELS[key] = load_model(path)
+            model = _MODELS[key] = load_model(file)
         return model
 
 
+# --- Dask ---------------------------------------------------------------------------------------
+
 # Live dask.distributed clients of this process by scheduler address: tasks receive the
 # address (a small string) and reuse the flow's client instead of connecting again.
-_CLIENTS: dict[str, Any] = {}
+_CLIENTS: dict[str, Client] = {}
 
 
-def scheduler_for_task(value: str) -> Any:
-    return _CLIENTS.get(value, value)
+def client_for(scheduler: str) -> Client | None:
+    """This process's live client for ``scheduler`` (an address), or None (threads, sync)."""
+    return _CLIENTS.get(scheduler)
 
 
 @contextmanager
-def dask_scheduler(spec: DaskSpec) -> Iterator[str]:
+def dask_scheduler(options: RunOptions) -> Iterator[str]:
     """Yields what tasks pass as ``scheduler``: threads, sync, or a scheduler address.
 
     ``local`` starts a LocalCluster of worker processes on the loopback interface for
     the duration of the run; an address connects once for the whole run.
     """
-    if spec.scheduler in ("threads", "sync"):
-        yield spec.scheduler
+    if options.scheduler in ("threads", "sync") or options.scheduler in _CLIENTS:
+        yield options.scheduler  # in _CLIENTS: a client handed to run_flow
         return
-    import dask
-    from distributed import Client, LocalCluster
+    if options.scheduler == "local":
+        from segflow.engine.cluster import local_cluster
 
-    from segflow.heap import heap_environment
-
-    if spec.scheduler == "local":
-        # workers start with the heap settings region tasks run under (see segflow.heap)
-        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **heap_environment()}
         with (
-            dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-            LocalCluster(
-                n_workers=spec.workers or 2,
-                threads_per_worker=spec.threads_per_worker,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",
-            ) as cluster,
-            Client(cluster) as client,
-            _registered(client) as address,
+            local_cluster(options.workers, options.threads_per_worker) as client,
+            registered(client) as address,
         ):
             yield address
         return
-    if spec.scheduler in _CLIENTS:  # a client handed to run_flow
-        yield spec.scheduler
-        return
-    try:
-        client = Client(spec.scheduler, timeout="20s")
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Dask scheduler at {spec.scheduler}: {exc}") from None
-    with client, _registered(client, spec.scheduler) as address:
-        yield address
+    with _connected(options.scheduler) as client, registered(client, options.scheduler) as key:
+        yield key
 
 
 @contextmanager
-def _registered(client: Any, address: str | None = None) -> Iterator[str]:
-    key = address or str(client.scheduler.address)
+def _connected(address: str) -> Iterator[Client]:
+    from distributed import Client
+
+    try:
+        client: Client = Client(address, timeout="20s")  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        yield client
+
+
+@contextmanager
+def registered(client: Client, address: str | None = None) -> Iterator[str]:
+    """Make ``client`` findable by tasks under ``address`` (default: its scheduler's)."""
+    if address is None:
+        if client.scheduler is None:
+            raise ConfigError("the Dask client is not connected to a scheduler")
+        address = str(client.scheduler.address)
+    key = address
     _CLIENTS[key] = client
     try:
         yield key
     finally:
         _CLIENTS.pop(key, None)
+
+
+# --- Prefect ------------------------------------------------------------------------------------
+
+_HINTED: list[bool] = []  # the temporary-server hint is printed once per process
+
+
+def use_prefect_server() -> str | None:
+    """The Prefect API this process's flow runs record to, chosen in this order:
+
+    1. the one the user configured (``PREFECT_API_URL`` in the environment or in the
+       active Prefect profile);
+    2. the server ``segflow server start`` left running, when it still answers
+       (``PREFECT_API_URL`` is then set for this process and its children);
+    3. None: Prefect's temporary server for this process, with a one-line hint on stderr.
+    """
+    configured = os.environ.get("PREFECT_API_URL") or _prefect_setting()
+    if configured:
+        return configured
+    record = server.running()
+    if record is not None:
+        os.environ["PREFECT_API_URL"] = record.url  # Dask workers, serve's flow-run processes
+        return record.url
+    # only people at a terminal get the hint: scripts and logs keep one line per error
+    if not _HINTED and sys.stderr.isatty() and _ephemeral_allowed():
+        _HINTED.append(True)
+        print(SERVER_HINT, file=sys.stderr)
+    return None
+
+
+def _prefect_setting() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    value = PREFECT_API_URL.value()
+    return str(value) if value else None
+
+
+def _ephemeral_allowed() -> bool:
+    from prefect.settings import PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    return bool(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value())
+
+
+@contextmanager
+def prefect_api() -> Iterator[str | None]:
+    """Flow runs inside record to :func:`use_prefect_server`'s choice.
+
+    Prefect reads its settings once, at import: a server chosen afterwards is applied
+    as temporary settings for the block.
+    """
+    url = use_prefect_server()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if url is None or PREFECT_API_URL.value() == url:
+        yield url
+        return
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
 
 
 def one_off_run_settings() -> AbstractContextManager[Any]:
@@ -155,12 +228,22 @@ def prestart_server() -> threading.Thread | None:
     from prefect.server.api.server import SubprocessASGIServer
 
     def start() -> None:
-        server = SubprocessASGIServer()
+        temporary = SubprocessASGIServer()
         try:
-            server.start()
+            temporary.start()
         except Exception:
-            server.stop()
+            temporary.stop()
 
     thread = threading.Thread(target=start, name="segflow-prefect-server", daemon=True)
     thread.start()
     return thread
+
+
+def load_while_server_starts(model: os.PathLike[str] | str) -> LoadedModel:
+    """Load ``model`` (the tasks reuse it) while a temporary server starts, if one is needed."""
+    thread = prestart_server()
+    try:
+        return loaded_model(model)
+    finally:
+        if thread is not None:
+            thread.join()

@@ -2,58 +2,57 @@
 
 Prefect records every task run on its server, so the unit of orchestration is the
 input (a scene or a scan), never a chunk: the chunk work of one input is a Dask graph
-run by ``segflow.segment`` inside the task. Task inputs are paths and a small pipeline
-spec, never arrays or models.
+run by ``segflow.segment`` inside the task. Task inputs are paths and the run's frozen
+``RunOptions``, never arrays or models; flow parameters are ``RunOptions.to_dict()``,
+parsed back once when the flow starts.
 
 Failure policy per input: a ``SegflowError`` (a corrupt file, a wrong band count, an
 output in the way) fails that input alone, with its one-line reason and no retry; an
 ``OSError`` that is not a SegflowError (a network file system hiccup) is retried, and
 the retry resumes the chunks already written.
 
-``run_flow`` is what ``segflow run`` calls: the same flows, started in-process, which
-works without a Prefect server (ephemeral mode) and returns ``RunResult`` objects.
+``run_flow`` is what ``segflow run`` calls: the same flows, started in-process, recorded
+on the server :func:`flows.runtime.use_prefect_server` picks (a temporary one when none
+runs), returning ``RunResult`` objects.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import task_run as current_task_run
-from prefect.states import Failed, State
+from prefect.states import Failed
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.inputs import (
-    INPUT_PATTERNS,
-    RASTER_PATTERNS,
-    VOLUME_PATTERNS,
-    InputItem,
-    collect_inputs,
-    input_stem,
-    output_state,
-    plan_items,
-    read_manifest,
-)
+from flows.inputs import output_state
 from flows.runtime import (
-    _CLIENTS,
+    client_for,
     dask_scheduler,
+    load_while_server_starts,
     loaded_model,
     one_off_run_settings,
-    prestart_server,
+    prefect_api,
+    registered,
     resolve_pipeline,
-    scheduler_for_task,
 )
 from segflow import errors
 from segflow.errors import ConfigError, SegflowError
-from segflow.spec import PipelineSpec
+from segflow.inputs import InputItem, collect_inputs, plan_items
+from segflow.options import RunOptions
+from segflow.spec import Pipeline
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from segflow.api import RunResult
 
 ProgressFn = Callable[[int, int], None]
@@ -143,7 +142,7 @@ def _progress(logger: Any, name: str) -> ProgressFn:
 # --- the per-input task -----------------------------------------------------------------------
 
 
-def is_transient_failure(task: Any, task_run: Any, state: State) -> bool:
+def is_transient_failure(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Retry only an OSError that is not a SegflowError (those are the input's own fault)."""
     try:
         state.result()
@@ -168,13 +167,17 @@ def is_transient_failure(task: Any, task_run: Any, state: State) -> bool:
 def segment_input(
     item: InputItem,
     model: str,
-    spec: PipelineSpec,
+    options: RunOptions,
     resume: bool = False,
     overwrite: bool = False,
     skip_complete: bool = False,
     scheduler: str = "threads",
-) -> InputResult | State:
-    """Segment one input into its store; a SegflowError fails this input alone."""
+) -> InputResult | State[Any]:
+    """Segment one input into its store; a SegflowError fails this input alone.
+
+    ``scheduler`` is what :func:`flows.runtime.dask_scheduler` yielded: threads, sync,
+    or the address of a client this process holds.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     state = output_state(item.output)
@@ -184,29 +187,25 @@ def segment_input(
         # already done: no model work (resuming a complete store would redo nothing anyway)
         logger.info("%s: %s is complete, skipped", item.name, item.output)
         return _skipped(item)
-    base = item.model_dump()
     try:
         from segflow.api import segment as run_segment
 
-        loaded = loaded_model(Path(model))
         result = run_segment(
-            Path(item.input),
-            loaded,
-            Path(item.output),
+            item.input,
+            loaded_model(model),
+            item.output,
+            options,
             resume=use_resume,
             overwrite=overwrite and not use_resume,
-            scheduler=scheduler_for_task(scheduler),
-            workers=spec.dask.workers if scheduler == "threads" else None,
-            region_size=spec.dask.region_size,
+            client=client_for(scheduler),
             progress=_progress(logger, item.name),
             raise_errors=True,
-            **spec.run_options(),
         )
     except SegflowError as exc:
         reason = " ".join(str(exc).split())
         logger.error("%s failed: %s", item.name, reason)
         failed = InputResult(
-            **base,
+            **item.to_dict(),
             status="failed",
             reason=reason,
             error_type=type(exc).__name__,
@@ -217,7 +216,7 @@ def segment_input(
     seconds = round(time.perf_counter() - started, 3)
     logger.info("%s: complete in %.1f s -> %s", item.name, seconds, item.output)
     return InputResult(
-        **base,
+        **item.to_dict(),
         status="complete",
         seconds=seconds,
         resumed=use_resume and state == "partial",
@@ -229,10 +228,10 @@ def _skipped(item: InputItem) -> InputResult:
     from segflow.io.zarr_sink import ZarrSink
 
     summary = ZarrSink.open(item.output).summary or {}
-    return InputResult(**item.model_dump(), status="skipped", stats=summary)
+    return InputResult(**item.to_dict(), status="skipped", stats=summary)
 
 
-def result_from_state(state: State, item: InputItem) -> InputResult:
+def result_from_state(state: State[Any], item: InputItem) -> InputResult:
     """The task's InputResult, or a failed one carrying an unexpected exception's reason."""
     data = state.result(raise_on_failure=False)
     if isinstance(data, InputResult):
@@ -241,13 +240,13 @@ def result_from_state(state: State, item: InputItem) -> InputResult:
         reason = " ".join(f"{type(data).__name__}: {data}".split())
     else:
         reason = state.message or f"task ended in state {state.type.value}"
-    return InputResult(**item.model_dump(), status="failed", reason=reason)
+    return InputResult(**item.to_dict(), status="failed", reason=reason)
 
 
 def run_inputs(
     items: Sequence[InputItem],
     model: Path,
-    spec: PipelineSpec,
+    options: RunOptions,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -259,13 +258,13 @@ def run_inputs(
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     width = max(1, concurrency)
     results: list[InputResult] = []
-    with dask_scheduler(spec.dask) as scheduler:
+    with dask_scheduler(options) as scheduler:
         for start in range(0, len(items), width):
             window = list(items[start : start + width])
             futures = segment_input.map(
                 window,
                 model=unmapped(str(model)),
-                spec=unmapped(spec),  # a pydantic model would be iterated by map otherwise
+                options=unmapped(options),
                 resume=unmapped(resume),
                 overwrite=unmapped(overwrite),
                 skip_complete=unmapped(skip_complete),
@@ -277,7 +276,22 @@ def run_inputs(
     return results
 
 
-def batch_state(batch: BatchResult, what: str) -> BatchResult | State:
+def run_unfinished(
+    items: Sequence[InputItem], pipeline: Pipeline, *, concurrency: int = 1
+) -> list[InputResult]:
+    """The re-run policy of scheduled batches: complete stores are left alone (no model
+    work), partial ones resumed, new inputs computed; call inside a flow."""
+    return run_inputs(
+        items,
+        pipeline.require_model(),
+        pipeline.options,
+        resume=True,
+        skip_complete=True,
+        concurrency=concurrency,
+    )
+
+
+def batch_state(batch: BatchResult, what: str) -> BatchResult | State[Any]:
     """Completed with the batch, or Failed (still carrying the batch) when an input failed."""
     failed = batch.failed
     if not failed:
@@ -298,11 +312,13 @@ def segment(
     options: dict[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
-) -> InputResult | State:
-    """One input; ``options`` are ``segflow run`` option names overriding the spec."""
-    pipeline, model_path = resolve_pipeline(spec, model, options)
+) -> InputResult | State[Any]:
+    """One input; ``options`` are RunOptions fields (``RunOptions.to_dict()``) over the spec."""
+    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
     items = plan_items([(None, Path(input))], Path(output))
-    [result] = run_inputs(items, model_path, pipeline, resume=resume, overwrite=overwrite)
+    [result] = run_inputs(
+        items, pipeline.require_model(), pipeline.options, resume=resume, overwrite=overwrite
+    )
     if result.status == "failed":
         return Failed(message=result.reason or "failed", data=result)
     return result
@@ -323,7 +339,7 @@ def segment_batch(
     skip_complete: bool = False,
     concurrency: int = 1,
     report_path: str | None = None,
-) -> BatchResult | State:
+) -> BatchResult | State[Any]:
     """Every input to ``output/<name>.zarr``; a failing input does not stop the others.
 
     ``resume`` continues partial stores and leaves complete ones alone;
@@ -331,13 +347,13 @@ def segment_batch(
     ``report_path`` (a .json file) also writes the per-input report and a CSV beside it.
     """
     started = time.time()
-    pipeline, model_path = resolve_pipeline(spec, model, options)
+    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
     items = plan_items(collect_inputs(inputs), Path(output))
     get_run_logger().info("%d input(s) -> %s", len(items), output)
     results = run_inputs(
         items,
-        model_path,
-        pipeline,
+        pipeline.require_model(),
+        pipeline.options,
         resume=resume,
         overwrite=overwrite,
         skip_complete=skip_complete,
@@ -374,116 +390,103 @@ def _publish_batch(batch: BatchResult, report_path: str | None) -> None:
 
 
 def run_flow(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    model: str | os.PathLike[str] | None,
+    inputs: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    options: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
     *,
-    spec: str | os.PathLike[str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    scheduler: Any = None,
-    workers: int | None = None,
     progress: ProgressFactory | None = None,
     raise_errors: bool = False,
+    client: Client | None = None,
 ) -> list[RunResult]:
     """Run ``segment`` (one input) or ``segment_batch`` as a recorded Prefect flow run.
 
-    Works with no Prefect server configured: the temporary server is started in the
-    background while the model loads. ``scheduler`` is threads, sync, local, an address,
-    or a ``distributed.Client``; ``progress(label)`` returns a (done, total) callback.
-    Configuration mistakes raise a SegflowError before any flow run starts; with
-    ``raise_errors`` a single failed input raises its SegflowError too.
+    The server is :func:`flows.runtime.use_prefect_server`'s choice; a temporary one
+    starts in the background while the model loads. ``client`` (a
+    ``distributed.Client``) runs the chunk work instead of ``options.scheduler``;
+    ``progress(label)`` returns a (done, total) callback. Configuration mistakes raise
+    a SegflowError before any flow run starts; with ``raise_errors`` a single failed
+    input raises its SegflowError too.
     """
-    opts = {k: v for k, v in (options or {}).items() if v is not None}
-    if workers is not None:
-        opts["workers"] = workers
-    client_key = _client_address(scheduler)
-    if client_key is not None:
-        opts["scheduler"] = client_key
-    elif scheduler is not None:
-        opts["scheduler"] = str(scheduler)
-    sources = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    pipeline, model_path = resolve_pipeline(spec, model, opts)  # fail fast, before a run
-    items = plan_items(collect_inputs([os.fspath(s) for s in sources]), Path(output))
-    server = prestart_server()
-    try:
-        loaded_model(model_path)  # overlaps the server start-up; the task reuses it
-    finally:
-        if server is not None:
-            server.join()
-    if client_key is not None:
-        _CLIENTS[client_key] = scheduler
-    if progress is not None:
-        _PROGRESS.append(progress)
-    state: State[Any]
-    heartbeats = one_off_run_settings()
-    try:
-        with heartbeats:
-            if len(items) == 1:
-                state = segment(
-                    items[0].input,
-                    items[0].output,
-                    model=str(model_path),
-                    spec=None,
-                    options=_as_options(pipeline),
-                    resume=resume,
-                    overwrite=overwrite,
-                    return_state=True,
-                )
-            else:
-                state = segment_batch(
-                    [os.fspath(s) for s in sources],  # as given: manifest ids name outputs
-                    os.fspath(output),
-                    model=str(model_path),
-                    options=_as_options(pipeline),
-                    resume=resume,
-                    overwrite=overwrite,
-                    return_state=True,
-                )
-    finally:
-        if progress is not None:
-            _PROGRESS.remove(progress)
-        if client_key is not None:
-            _CLIENTS.pop(client_key, None)
-    data = state.result(raise_on_failure=False)
-    if isinstance(data, BaseException):
-        raise data
-    if isinstance(data, InputResult):
-        results = [data]
-    elif isinstance(data, BatchResult):
-        results = list(data.items)
-    else:
-        raise TypeError(f"unexpected flow result {type(data).__name__}")
+    chosen = options or RunOptions()
+    model_path = Pipeline(model=Path(model)).require_model().resolve()  # fail fast, before a run
+    sources = [os.fspath(s) for s in inputs]
+    items = plan_items(collect_inputs(sources), Path(output))
+    # a caller's client: findable by the run's tasks under its address, never closed here
+    caller_client = registered(client) if client is not None else nullcontext(None)
+    with prefect_api(), caller_client as address:
+        if address is not None:
+            chosen = chosen.replace(scheduler=address)
+        load_while_server_starts(model_path)
+        with _progress_hook(progress), one_off_run_settings():
+            state = _start_flow(
+                items, sources, output, model_path, chosen, resume=resume, overwrite=overwrite
+            )
+    results = _flow_results(state)
     if raise_errors and len(results) == 1 and results[0].status == "failed":
         raise _error_for(results[0])
     return [r.to_run_result() for r in results]
 
 
-def _as_options(spec: PipelineSpec) -> dict[str, Any]:
-    """The resolved spec as flat options (JSON-friendly flow parameters)."""
-    options: dict[str, Any] = {k: v for k, v in spec.run_options().items() if v is not None}
-    options.update(
-        scheduler=spec.dask.scheduler,
-        threads_per_worker=spec.dask.threads_per_worker,
-        nifti=spec.outputs.nifti,
-    )
-    if spec.dask.workers is not None:
-        options["workers"] = spec.dask.workers
-    if spec.dask.region_size is not None:
-        options["region_size"] = spec.dask.region_size
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-
-
-def _client_address(scheduler: Any) -> str | None:
-    if scheduler is None or isinstance(scheduler, str):
-        return None
-    address = getattr(getattr(scheduler, "scheduler", None), "address", None)
-    if not isinstance(address, str):
-        raise ConfigError(
-            f"unknown scheduler {scheduler!r}: use threads, sync, local, an address or a Client"
+def _start_flow(
+    items: list[InputItem],
+    sources: list[str],
+    output: str | os.PathLike[str],
+    model: Path,
+    options: RunOptions,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> State[Any]:
+    """One input: the ``segment`` flow; several: ``segment_batch`` over the sources as given
+    (a manifest's ids name the outputs)."""
+    params = options.to_dict()
+    if len(items) == 1:
+        item = items[0]
+        return segment(
+            item.input,
+            item.output,
+            model=str(model),
+            options=params,
+            resume=resume,
+            overwrite=overwrite,
+            return_state=True,
         )
-    return address
+    return segment_batch(
+        sources,
+        os.fspath(output),
+        model=str(model),
+        options=params,
+        resume=resume,
+        overwrite=overwrite,
+        return_state=True,
+    )
+
+
+@contextmanager
+def _progress_hook(progress: ProgressFactory | None) -> Iterator[None]:
+    if progress is None:
+        yield
+        return
+    _PROGRESS.append(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.remove(progress)
+
+
+def _flow_results(state: State[Any]) -> list[InputResult]:
+    """The per-input results a ``segment`` or ``segment_batch`` run ended with; its error raised."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        raise data
+    if isinstance(data, InputResult):
+        return [data]
+    if isinstance(data, BatchResult):
+        return list(data.items)
+    raise TypeError(f"unexpected flow result {type(data).__name__}")
 
 
 def _error_for(result: InputResult) -> SegflowError:
@@ -494,24 +497,16 @@ def _error_for(result: InputResult) -> SegflowError:
 
 
 __all__ = [
-    "INPUT_PATTERNS",
-    "RASTER_PATTERNS",
-    "VOLUME_PATTERNS",
     "BatchResult",
     "InputItem",
     "InputResult",
-    "collect_inputs",
     "exit_code",
-    "input_stem",
     "is_transient_failure",
     "loaded_model",
     "output_state",
-    "plan_items",
-    "prestart_server",
-    "read_manifest",
-    "resolve_pipeline",
     "run_flow",
     "run_inputs",
+    "run_unfinished",
     "segment",
     "segment_batch",
     "segment_input",

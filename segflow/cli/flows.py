@@ -1,33 +1,29 @@
-"""The flow commands of ``segflow``: batch, landcover, hospital and serve.
+"""The flow commands of ``segflow``: batch, landcover, hospital, serve and server.
 
 ``register(app)`` adds them to the main Typer app; ``python -m segflow.cli.flows``
-runs them alone. Each command starts a Prefect flow run (with no server configured,
-Prefect's temporary local server, started while the inputs are checked). Exit codes:
-0 all inputs done, 3 some failed, 1 all failed or a usage error (one line, no
-traceback).
+runs them alone. Each flow command resolves its spec and flags into one pipeline
+(checked before Prefect is imported), then starts one Prefect flow run on the server
+:func:`flows.runtime.use_prefect_server` picks: ``PREFECT_API_URL``, else the one
+``segflow server start`` left running, else a temporary one. Exit codes: 0 all
+inputs done, 3 some failed, 1 all failed or a usage error (one line, no traceback).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from segflow.cli.common import one_line_errors
+from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, out
 from segflow.errors import ConfigError
 
 if TYPE_CHECKING:
-    from prefect.states import State
+    from segflow.spec import Pipeline
 
 EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_PARTIAL = 3
-
-err = Console(stderr=True)
-out = Console()
 
 SpecOpt = Annotated[
     Path | None, typer.Option("--spec", "-s", help="Pipeline spec YAML (see pipelines/).")
@@ -49,42 +45,11 @@ ChunkOpt = Annotated[str | None, typer.Option(help="Output chunk size, e.g. 1024
 ConcurrencyOpt = Annotated[int, typer.Option(help="Inputs processed at the same time.")]
 
 
-def _size(value: str | None, name: str) -> int | tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        sizes = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{name} takes whole numbers like 512 or 512,512") from None
-    return sizes[0] if len(sizes) == 1 else sizes
+def _pipeline(spec: Path | None, model: Path | None, **flags: Any) -> Pipeline:
+    """The spec (read once) with the command-line flags (None: not given); model checked."""
+    from flows.runtime import resolve_pipeline
 
-
-def _options(**values: Any) -> dict[str, Any]:
-    """Options given on the command line (None: not given, the spec decides)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _checked(
-    spec: Path | None,
-    model: Path | None,
-    options: dict[str, Any],
-    inputs: Any = None,
-    patterns: tuple[str, ...] | None = None,
-) -> None:
-    """Fail with one line before any flow run when the spec, model or inputs are wrong;
-    then load the model while Prefect's temporary server starts (when none is configured)."""
-    from flows.inputs import INPUT_PATTERNS, collect_inputs
-    from flows.runtime import loaded_model, prestart_server, resolve_pipeline
-
-    _, model_path = resolve_pipeline(spec, model, options)
-    if inputs is not None:
-        collect_inputs(inputs, patterns or INPUT_PATTERNS)
-    server = prestart_server()
-    try:
-        loaded_model(model_path)  # the flow's tasks reuse it
-    finally:
-        if server is not None:
-            server.join()
+    return resolve_pipeline(spec, model, flags)
 
 
 def _text(path: Path | None) -> str | None:
@@ -95,13 +60,21 @@ def _one_or_many(inputs: list[str]) -> str | list[str]:
     return inputs if len(inputs) > 1 else inputs[0]
 
 
-def _run_flow(
-    flow: Callable[..., Any], *args: Any, spec: Path | None, model: Path | None, **kwargs: Any
-) -> Any:
-    """Run ``flow`` (spec and model given as strings) and return its data; raise its error."""
-    state: State[Any] = flow(
-        *args, spec=_text(spec), model=_text(model), return_state=True, **kwargs
-    )
+def _run_flow(flow: Callable[..., Any], *args: Any, pipeline: Pipeline, **kwargs: Any) -> Any:
+    """Run ``flow`` with the resolved pipeline (so it reads no spec again) and return its
+    data; raise its error. The model loads while a temporary server starts, if one must."""
+    from flows.runtime import load_while_server_starts, prefect_api
+
+    model = pipeline.require_model()
+    with prefect_api():
+        load_while_server_starts(model)  # the flow's tasks reuse it
+        state = flow(
+            *args,
+            model=str(model),
+            options=pipeline.options.to_dict(),
+            return_state=True,
+            **kwargs,
+        )
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
@@ -133,24 +106,26 @@ def batch_command(
 ) -> None:
     """Segment many inputs as one Prefect flow run (one task per input)."""
     with one_line_errors():
-        options = _options(
+        pipeline = _pipeline(
+            spec,
+            model,
             scheduler=scheduler,
             workers=workers,
             device=device,
             batch_size=batch_size,
-            patch_size=_size(patch_size, "--patch-size"),
-            chunk_size=_size(chunk_size, "--chunk-size"),
+            patch_size=patch_size,
+            chunk_size=chunk_size,
         )
-        _checked(spec, model, options, inputs)
+        from segflow.inputs import collect_inputs
+
+        collect_inputs(inputs)  # no inputs at all: one line now, not a failed flow run
         from flows.segment import exit_code, segment_batch
 
         batch = _run_flow(
             segment_batch,
             _one_or_many(inputs),
             str(output),
-            spec=spec,
-            model=model,
-            options=options,
+            pipeline=pipeline,
             resume=resume,
             overwrite=overwrite,
             skip_complete=skip_complete,
@@ -177,8 +152,7 @@ def landcover_command(
 ) -> None:
     """One land-cover mapping run: only scenes without a complete output are computed."""
     with one_line_errors():
-        options = _options(scheduler=scheduler, workers=workers, device=device)
-        _checked(spec, model, options)
+        pipeline = _pipeline(spec, model, scheduler=scheduler, workers=workers, device=device)
         if not input_dir.is_dir():
             raise ConfigError(f"input folder {input_dir} not found; check the path")
         from flows.landcover import landcover_mapping
@@ -187,9 +161,7 @@ def landcover_command(
             landcover_mapping,
             str(input_dir),
             str(output_dir),
-            spec=spec,
-            model=model,
-            options=options,
+            pipeline=pipeline,
             concurrency=concurrency,
             report_dir=_text(report_dir),
         )
@@ -225,20 +197,19 @@ def hospital_command(
 ) -> None:
     """A batch of scans; each fails alone. Exit 0: all done, 3: some failed, 1: all failed."""
     with one_line_errors():
-        options = _options(scheduler=scheduler, workers=workers, device=device)
-        from flows.inputs import VOLUME_PATTERNS
+        pipeline = _pipeline(
+            spec, model, scheduler=scheduler, workers=workers, device=device, nifti=nifti
+        )
+        from segflow.inputs import VOLUME_PATTERNS, collect_inputs
 
-        _checked(spec, model, options, scans, VOLUME_PATTERNS)
+        collect_inputs(scans, VOLUME_PATTERNS)  # no scans at all: one line now
         from flows.hospital import hospital_batch
 
         batch = _run_flow(
             hospital_batch,
             _one_or_many(scans),
             str(output),
-            spec=spec,
-            model=model,
-            options=options,
-            export_nifti=nifti,
+            pipeline=pipeline,
             concurrency=concurrency,
             report_dir=_text(report_dir),
         )
@@ -262,21 +233,25 @@ def serve_command(
 ) -> None:
     """Serve the scheduled land-cover deployment until Ctrl-C / SIGTERM."""
     with one_line_errors():
-        options = _options(scheduler=scheduler, workers=workers)
-        _checked(spec, model, options)
+        flags = {"scheduler": scheduler, "workers": workers}
+        _pipeline(spec, model, **flags)  # a mistake fails now, not at the first night's run
         from flows.deploy import landcover_deployment, serve_landcover
+        from flows.runtime import prefect_api
+
+        given = {k: v for k, v in flags.items() if v is not None}
 
         deployment = landcover_deployment(
             input_dir,
             output_dir,
             spec=spec,
             model=model,
-            options=options or None,
+            options=given or None,  # the spec is read again by each night's run: edits apply
             cron=cron,
             timezone=timezone,
             name=name,
         )
-        serve_landcover(deployment, limit=limit)
+        with prefect_api():
+            serve_landcover(deployment, limit=limit)
 
 
 def _print_item(name: str, status: str, reason: str | None, seconds: float, output: str) -> None:
@@ -288,12 +263,78 @@ def _print_item(name: str, status: str, reason: str | None, seconds: float, outp
         out.print(f"[green]done[/] {name} -> {output} ({seconds:.1f} s)", highlight=False)
 
 
+# --- segflow server ----------------------------------------------------------------------------
+
+server_app = typer.Typer(
+    help="A local Prefect server that runs reuse (no temporary server per run).",
+    no_args_is_help=True,
+)
+
+
+@server_app.command("start")
+def server_start_command(
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1. [default: a free one]")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer.")] = 120.0,
+) -> None:
+    """Start a Prefect server in the background; later runs record to it."""
+    from flows import server
+
+    with one_line_errors():
+        before = server.running()
+        record = server.start(port, timeout=timeout)
+    verb = "already running" if before is not None else "started"
+    out.print(f"Prefect server {verb} at {record.url} (pid {record.pid})", highlight=False)
+    out.print(f"UI: {record.ui_url}; log: {record.log}", highlight=False)
+    _note_configured_api(record.url)
+
+
+@server_app.command("status")
+def server_status_command() -> None:
+    """Say whether the remembered server runs (exit 0) or not (exit 1)."""
+    from flows import server
+
+    record = server.remembered()
+    if record is None:
+        out.print("no server started; `segflow server start` starts one", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    if server.running() is None:
+        out.print(f"not running (was {record.url}, pid {record.pid})", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    out.print(f"running at {record.url} (pid {record.pid}); UI {record.ui_url}", highlight=False)
+    _note_configured_api(record.url)
+
+
+@server_app.command("stop")
+def server_stop_command() -> None:
+    """Stop the remembered server and forget it."""
+    from flows import server
+
+    record = server.stop()
+    if record is None:
+        out.print("no server to stop", highlight=False)
+        return
+    out.print(f"stopped the server at {record.url} (pid {record.pid})", highlight=False)
+
+
+def _note_configured_api(url: str) -> None:
+    """PREFECT_API_URL wins over the remembered server: say so when it points elsewhere."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured and configured.rstrip("/") != url:
+        err.print(
+            f"note: PREFECT_API_URL={configured} is set, so runs from this shell record there",
+            highlight=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``batch``, ``landcover``, ``hospital`` and ``serve`` to the segflow app."""
+    """Add ``batch``, ``landcover``, ``hospital``, ``serve`` and ``server`` to the segflow app."""
     app.command("batch")(batch_command)
     app.command("landcover")(landcover_command)
     app.command("hospital")(hospital_command)
     app.command("serve")(serve_command)
+    app.add_typer(server_app, name="server")
 
 
 def standalone_app() -> typer.Typer:

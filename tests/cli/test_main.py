@@ -14,10 +14,9 @@ import pytest
 import torch
 import zarr
 
-from segflow.plan import TASK_TARGET_2D
 from segflow.models import create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
-
+from segflow.plan import TASK_TARGET_2D
 from tests.conftest import LoadedModel, save, textured, threshold_model, write_tif
 
 SEGFLOW = str(Path(sys.executable).parent / "segflow")

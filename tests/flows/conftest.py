@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +15,15 @@ from segflow.models import new_model, save_model
 from ..conftest import pixel_model, textured, threshold_model, write_tif
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def segflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A SEGFLOW_HOME of the session's own: a server the user started is never used here."""
+    home = tmp_path_factory.mktemp("segflow-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGFLOW_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+import zarr
 from typer.testing import CliRunner
 
 from segflow.cli.flows import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, register, standalone_app
@@ -18,8 +19,40 @@ def test_register_adds_the_flow_commands():
     register(main)
     names = {c.name for c in main.registered_commands}
     assert names == {"batch", "landcover", "hospital", "serve"}
+    assert {g.name for g in main.registered_groups} == {"server"}
     help_text = runner.invoke(main, ["--help"]).output
-    assert all(name in help_text for name in names)
+    assert all(name in help_text for name in [*names, "server"])
+    server_help = runner.invoke(main, ["server", "--help"]).output
+    assert all(name in server_help for name in ("start", "status", "stop"))
+
+
+def test_server_status_and_stop_without_a_server():
+    status = runner.invoke(app, ["server", "status"])
+    assert status.exit_code == EXIT_ERROR and "segflow server start" in status.output
+    stopped = runner.invoke(app, ["server", "stop"])
+    assert stopped.exit_code == EXIT_OK and "no server" in stopped.output
+
+
+def test_batch_reads_its_spec_once(prefect_server, models, tmp_path, monkeypatch):
+    """The command resolves spec and flags into one pipeline; the flow gets it as parameters."""
+    import segflow.spec
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_scene(scenes / "s0.tif")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: {models['rgb']}\ndevice: cpu\noutputs:\n  chunk_size: 64\n")
+    reads: list[object] = []
+    real = segflow.spec.load_spec
+    monkeypatch.setattr(segflow.spec, "load_spec", lambda p: reads.append(p) or real(p))
+    result = runner.invoke(
+        app, ["batch", str(scenes), "-o", str(tmp_path / "out"), "--spec", str(spec),
+              "--chunk-size", "32"],
+    )  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    assert reads == [spec]
+    labels = zarr.open_group(tmp_path / "out" / "s0.zarr", mode="r")["labels"]
+    assert labels.chunks == (32, 32)  # the flag won over the spec
 
 
 def test_hospital_command_partial_failure_exit_code(prefect_server, models, tmp_path):

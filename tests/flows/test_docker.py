@@ -131,3 +131,10 @@ def test_docker_compose_config_when_available(tmp_path):
         pytest.skip("neither docker compose nor docker-compose is installed")
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=DOCKER, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_workers_start_with_the_engines_heap_settings(compose):
+    for name in ("dask-worker", "dask-gpu-worker"):
+        command = compose["services"][name]["command"]
+        preload = command.index("--preload-nanny")
+        assert command[preload + 1] == "segflow.heap", name

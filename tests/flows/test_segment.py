@@ -19,14 +19,17 @@ from flows.segment import (
     is_transient_failure,
     output_state,
     run_flow,
+    segment,
     segment_batch,
     segment_input,
 )
 from segflow.errors import ConfigError, OutputError, ReaderError, SegflowError
+from segflow.options import RunOptions
 
 from .conftest import write_scene
 
-CPU = {"device": "cpu"}
+CPU = {"device": "cpu"}  # flow parameters: option names, as RunOptions.to_dict() gives them
+ON_CPU = RunOptions(device="cpu")  # run_flow takes the parsed options
 
 
 def labels(store: Path) -> np.ndarray:
@@ -105,10 +108,10 @@ def test_run_flow_single_input_and_errors(prefect_server, models, tmp_path):
     scene = write_scene(tmp_path / "one.tif")
     seen: list[tuple[int, int]] = []
     [result] = run_flow(
-        scene,
+        [scene],
         models["rgb"],
         tmp_path / "one.zarr",
-        CPU,
+        ON_CPU,
         progress=lambda label: lambda done, total: seen.append((done, total)),
     )
     assert result.status == "complete" and result.output == tmp_path / "one.zarr"
@@ -116,27 +119,29 @@ def test_run_flow_single_input_and_errors(prefect_server, models, tmp_path):
     assert seen and seen[-1][0] == seen[-1][1]  # the command line's progress bar was fed
     # an existing output: the engine's own one-line error, re-raised for a single input
     with pytest.raises(OutputError, match="exists"):
-        run_flow(scene, models["rgb"], tmp_path / "one.zarr", CPU, raise_errors=True)
-    [failed] = run_flow(scene, models["rgb"], tmp_path / "one.zarr", CPU)
+        run_flow([scene], models["rgb"], tmp_path / "one.zarr", ON_CPU, raise_errors=True)
+    [failed] = run_flow([scene], models["rgb"], tmp_path / "one.zarr", ON_CPU)
     assert failed.status == "failed" and "--resume" in failed.error
     # resume of a complete store: nothing to do, the store's summary is kept
-    [again] = run_flow(scene, models["rgb"], tmp_path / "one.zarr", CPU, resume=True)
+    [again] = run_flow([scene], models["rgb"], tmp_path / "one.zarr", ON_CPU, resume=True)
     assert again.status == "complete" and again.stats["valid_pixels"] == 192 * 160
     # configuration mistakes fail before a flow run starts
     with pytest.raises(ConfigError, match="model file"):
-        run_flow(scene, tmp_path / "missing.safetensors", tmp_path / "x.zarr", CPU)
-    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
-        run_flow(scene, models["rgb"], tmp_path / "x.zarr", {"batchsize": 2})
+        run_flow([scene], tmp_path / "missing.safetensors", tmp_path / "x.zarr", ON_CPU)
     with pytest.raises(SegflowError):
         run_flow(
-            tmp_path / "absent.tif", models["rgb"], tmp_path / "y.zarr", CPU, raise_errors=True
+            [tmp_path / "absent.tif"], models["rgb"], tmp_path / "y.zarr", ON_CPU, raise_errors=True
         )
+    # a flow's options parameter is parsed once, at its start: a typo fails the run there
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        segment(str(scene), str(tmp_path / "x.zarr"), model=str(models["rgb"]),
+                options={"batchsize": 2})  # fmt: skip
 
 
 def test_batch_resume_continues_partial_and_skips_complete(prefect_server, models, tmp_path):
     scenes = [write_scene(tmp_path / f"r{i}.tif", seed=i) for i in range(2)]
     out = tmp_path / "out"
-    run_flow(scenes, models["rgb"], out, {**CPU, "chunk_size": 64})
+    run_flow(scenes, models["rgb"], out, ON_CPU.replace(chunk_size=64))
     reference = labels(out / "r1.zarr")
     # simulate a crash of r1: two chunks unrecorded and their data gone, not finalized
     store = out / "r1.zarr"
@@ -150,7 +155,7 @@ def test_batch_resume_continues_partial_and_skips_complete(prefect_server, model
     assert output_state(store) == "partial" and output_state(out / "r0.zarr") == "complete"
     kept = (store / "labels" / "c" / "1" / "1").stat().st_mtime_ns
     before_r0 = (out / "r0.zarr" / "labels" / "c" / "0" / "0").stat().st_mtime_ns
-    results = run_flow(scenes, models["rgb"], out, {**CPU, "chunk_size": 64}, resume=True)
+    results = run_flow(scenes, models["rgb"], out, ON_CPU.replace(chunk_size=64), resume=True)
     assert [r.status for r in results] == ["complete", "complete"]
     np.testing.assert_array_equal(labels(store), reference)
     assert (store / "labels" / "c" / "1" / "1").stat().st_mtime_ns == kept  # done chunk untouched
@@ -198,8 +203,8 @@ def test_threads_and_a_two_worker_cluster_give_identical_outputs(prefect_server,
 @pytest.mark.slow
 def test_local_cluster_started_for_the_run(prefect_server, models, tmp_path):
     scene = write_scene(tmp_path / "l.tif")
-    options = {**CPU, "chunk_size": 64, "scheduler": "local", "workers": 1}
-    [result] = run_flow(scene, models["rgb"], tmp_path / "l.zarr", options)
+    options = RunOptions(device="cpu", chunk_size=64, scheduler="local", workers=1)
+    [result] = run_flow([scene], models["rgb"], tmp_path / "l.zarr", options)
     assert result.status == "complete"
     image = np.asarray(__import__("rasterio").open(scene).read())
     np.testing.assert_array_equal(labels(tmp_path / "l.zarr"), image.argmax(0))
@@ -214,7 +219,7 @@ def test_distributed_client_passed_to_run_flow(prefect_server, models, tmp_path)
                      dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
-        [result] = run_flow(scene, models["rgb"], tmp_path / "d.zarr", CPU, scheduler=client)
+        [result] = run_flow([scene], models["rgb"], tmp_path / "d.zarr", ON_CPU, client=client)
         assert result.status == "complete"
         assert client.status != "closed"  # the caller's client is not closed by the flow
     assert flows_runtime._CLIENTS == {}
@@ -225,16 +230,14 @@ def test_segment_input_task_skips_a_complete_store_without_loading_the_model(
 ):
     from prefect import flow
 
-    from segflow.spec import PipelineSpec
-
     scene = write_scene(tmp_path / "k.tif")
     item = InputItem(name="k", input=str(scene), output=str(tmp_path / "k.zarr"))
-    run_flow(scene, models["rgb"], tmp_path / "k.zarr", CPU)
+    run_flow([scene], models["rgb"], tmp_path / "k.zarr", ON_CPU)
     flows_runtime._MODELS.clear()
 
     @flow
     def once() -> InputResult:
-        return segment_input(item, str(models["rgb"]), PipelineSpec(), skip_complete=True)
+        return segment_input(item, str(models["rgb"]), RunOptions(), skip_complete=True)
 
     result = once()
     assert result.status == "skipped" and result.stats["valid_pixels"] == 192 * 160
@@ -246,6 +249,6 @@ def test_run_flow_with_a_manifest_names_outputs_by_id(prefect_server, models, tm
         write_scene(tmp_path / f"raw_{i}.tif", seed=i)
     manifest = tmp_path / "list.csv"
     manifest.write_text("id,path\nnorth,raw_0.tif\nsouth,raw_1.tif\n")
-    results = run_flow(manifest, models["rgb"], tmp_path / "out", CPU)
+    results = run_flow([manifest], models["rgb"], tmp_path / "out", ON_CPU)
     assert [r.output.name for r in results] == ["north.zarr", "south.zarr"]
     assert all(r.status == "complete" and r.output.is_dir() for r in results)
