@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench_memory",
     "bench_volume",
     "bench_prefect",
+    "bench_startup",
     "bench_training",
 ]
 

@@ -194,3 +194,55 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(tmp_path)
     summary_a, summary_b = a.attrs["segflow"]["summary"], b.attrs["segflow"]["summary"]
     assert summary_b["class_pixel_counts"] == summary_a["class_pixel_counts"]
     assert summary_b["valid_pixels"] == summary_a["valid_pixels"]
+
+
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_a_folder_is_the_same_batch_with_and_without_a_flow(tmp_path, model_file, flow):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_tif(folder / f"{name}.tif", textured((40, 30), 1), tile=None)
+    (folder / "c.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    result = run("run", folder, "-m", model_file, "-o", out, "--patch-size", "16", flow)
+    assert result.returncode == 3, result.stderr  # one input failed, the others finished
+    assert "c.tif" in result.stderr and "Traceback" not in result.stderr
+    for name in ("a", "b"):
+        group = zarr.open_group(out / f"{name}.zarr", mode="r")
+        assert group.attrs["segflow"]["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--overlap", "abc"], "overlap is a fraction below 1"),
+        (["--overlap", "nan"], "overlap must be a finite number"),
+        (["--blend", "gausian"], "did you mean 'gaussian'?"),
+        (["--scheduler", "thread"], "did you mean 'threads'?"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_option_mistakes_fail_in_one_line_before_any_work(tmp_path, model_file, args, message):
+    path = write_tif(tmp_path / "in.tif", textured((32, 32), 1), tile=None)
+    started = time.perf_counter()
+    result = run("run", path, "-m", model_file, "-o", tmp_path / "o.zarr", *args)
+    assert time.perf_counter() - started < 30  # no model load, no flow run (timing is loose)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_missing_input_fails_before_torch_is_imported(tmp_path, model_file):
+    code = (
+        "import sys; from segflow.cli.main import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('torch' in sys.modules, code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "run", str(tmp_path / "none.tif"), "-m", str(model_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.split() == ["False", "1"], result.stderr
+    assert "file not found" in result.stderr
