@@ -11,9 +11,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from segflow import segment
-from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.errors import ConfigError, InputDataError, ModelError, OutputError
-from segflow.plan import TASK_TARGET_2D, TASK_TARGET_3D, default_region_size
 
 from .conftest import pixel_model, save, textured, threshold_model, write_nifti, write_tif
 
@@ -224,23 +222,6 @@ def test_region_size_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="region size must be at least 1"):
         segment(path, model, tmp_path / "o.zarr", region_size=0, device="cpu")
     assert not (tmp_path / "o.zarr").exists()
-
-
-@pytest.mark.parametrize(
-    ("dims", "classes", "probabilities", "edge"),
-    [(2, 6, False, TASK_TARGET_2D), (3, 3, False, TASK_TARGET_3D), (3, 3, True, TASK_TARGET_3D)],
-)
-def test_default_regions_are_the_targets_for_few_classes(dims, classes, probabilities, edge):
-    assert default_region_size(dims, classes, probabilities) == edge
-
-
-@pytest.mark.parametrize(("dims", "classes"), [(3, 14), (3, 105), (2, 120)])
-def test_default_regions_shrink_so_an_accumulator_fits_the_budget(dims, classes):
-    edge = default_region_size(dims, classes, probabilities=True)
-    target = TASK_TARGET_3D if dims == 3 else TASK_TARGET_2D
-    assert edge < target
-    assert 4 * (classes + 1) * edge**dims <= REGION_MEMORY_BYTES
-    assert 4 * (classes + 1) * (edge + 1) ** dims > REGION_MEMORY_BYTES  # the largest that fits
 
 
 def test_a_misspelt_option_is_a_one_line_config_error(tmp_path):
