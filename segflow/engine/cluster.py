@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,9 +22,13 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> It
 
     from segflow.heap import heap_environment
 
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **heap_environment()}
+    settings = heap_environment()
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **settings}
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        # a nanny takes a variable of its own process over the config (and an earlier
+        # cluster's nanny leaves dask's small trim threshold there)
+        _process_environment(settings),
         LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=workers or DEFAULT_LOCAL_WORKERS,
             threads_per_worker=threads_per_worker,
@@ -34,3 +39,17 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> It
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         yield client
+
+
+@contextmanager
+def _process_environment(settings: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

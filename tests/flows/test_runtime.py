@@ -116,11 +116,22 @@ def test_a_dead_remembered_server_falls_back_to_a_temporary_one_with_a_hint(
 ):
     _no_configured_server(monkeypatch)
     monkeypatch.setattr(server, "_is_our_process", lambda pid: False)
+    monkeypatch.setattr(runtime, "_HINTED", [])
+    monkeypatch.setattr(runtime.sys.stderr, "isatty", lambda: True)  # a person at a terminal
     assert use_prefect_server() is None
     assert use_prefect_server() is None
     [hint] = capsys.readouterr().err.splitlines()  # once per process
     assert "segflow server start" in hint
     assert "PREFECT_API_URL" not in os.environ
+
+
+def test_scripts_get_no_hint_only_their_errors(fake_server, monkeypatch, capsys):
+    _no_configured_server(monkeypatch)
+    monkeypatch.setattr(server, "_is_our_process", lambda pid: False)
+    monkeypatch.setattr(runtime, "_HINTED", [])
+    monkeypatch.setattr(runtime.sys.stderr, "isatty", lambda: False)
+    assert use_prefect_server() is None
+    assert capsys.readouterr().err == ""
 
 
 def test_stop_forgets_a_server_whose_process_is_gone(monkeypatch):
