@@ -132,6 +132,12 @@ def heap_environment() -> dict[str, str]:
     }
 
 
+def worker_environment() -> dict[str, str]:
+    """:func:`heap_environment` less the MALLOC_* variables this process started with
+    (the user's: theirs win in the workers segflow starts, too)."""
+    return {k: v for k, v in heap_environment().items() if k not in _MALLOC_SETTINGS_AT_START}
+
+
 @functools.cache
 def tune_process() -> bool:
     """Apply segflow's heap settings and GDAL cache size to this process (once).
@@ -165,11 +171,7 @@ def dask_setup(service: object) -> None:
     """
     spawn_env = getattr(service, "pre_spawn_env", None)
     if isinstance(spawn_env, dict):  # a Nanny, before it starts its worker
-        settings = {
-            name: value
-            for name, value in heap_environment().items()
-            if name not in _MALLOC_SETTINGS_AT_START
-        }
+        settings = worker_environment()
         spawn_env.update(settings)  # set in the environment the worker starts with
         getattr(service, "env", {}).update(settings)  # and kept there once it runs
     else:

@@ -14,15 +14,15 @@ DEFAULT_LOCAL_WORKERS = 2
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1) -> Iterator[Any]:
     """Yields a ``distributed.Client`` of a loopback LocalCluster, closed afterwards.
 
-    Workers start with the heap settings region tasks run under (see segflow.heap):
-    glibc reads them only when a process starts.
+    Workers start with the heap settings region tasks run under (see segflow.heap),
+    except those the user set: glibc reads them only when a process starts.
     """
     import dask
     from distributed import Client, LocalCluster
 
-    from segflow.heap import heap_environment
+    from segflow.heap import worker_environment
 
-    settings = heap_environment()
+    settings = worker_environment()
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **settings}
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
