@@ -66,7 +66,7 @@ def loaded_model(path: os.PathLike[str] | str) -> LoadedModel:
 
     from segflow.models import load_model
 
-    file = Path(path)
+    file = Path(path).absolute()  # tasks may run on workers with other working folders
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
     with _MODELS_LOCK:

@@ -75,7 +75,8 @@ def segment(
     chosen = run_options(options, **overrides)
     single = isinstance(inputs, str | os.PathLike) and is_one_input(inputs)
     items = plan_items(collect_inputs(inputs), Path(output))
-    loaded = model if isinstance(model, LoadedModel) else load_model(Path(model))
+    # absolute before anything leaves this process: cluster workers have other working folders
+    loaded = model if isinstance(model, LoadedModel) else load_model(Path(model).absolute())
     results = []
     with _scheduler(chosen, client) as scheduler:
         for item in items:
@@ -109,9 +110,9 @@ def _segment_item(
     started = time.perf_counter()
     try:
         stats = segment_one(
-            path,
+            path.absolute(),
             loaded,
-            out,
+            out.absolute(),
             options,
             resume=resume,
             overwrite=overwrite,

@@ -224,7 +224,7 @@ def _run_library(
     from segflow.api import segment
     from segflow.models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model.absolute())  # cluster workers have other working folders
     results = []
     for item in items:
         result = segment(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,8 +195,30 @@ def _first_tensor(out: object) -> torch.Tensor:
 
 
 def _default_threads() -> int:
-    # Dask worker processes set OMP_NUM_THREADS=1; a model task should use the cores it was given
-    return int(os.environ.get("SEGFLOW_TORCH_THREADS", 0)) or (os.cpu_count() or 1)
+    """Cores for a forward: SEGFLOW_TORCH_THREADS, else this machine's share of the cores.
+
+    Dask worker processes set OMP_NUM_THREADS=1, so a model task takes the cores it
+    was given; two workers on one machine each take half, instead of both taking all.
+    """
+    configured = int(os.environ.get("SEGFLOW_TORCH_THREADS", 0))
+    return configured or max(1, (os.cpu_count() or 1) // _dask_workers_on_this_host())
+
+
+def _dask_workers_on_this_host() -> int:
+    """How many Dask workers share this machine with the one running us (1 outside one)."""
+    if "distributed" not in sys.modules:  # not a worker; and no import for the common case
+        return 1
+    from distributed import get_worker
+    from distributed.utils import get_ip
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return 1
+    workers = worker.client.scheduler_info(n_workers=-1)["workers"].values()
+    hosts = [w.get("host") for w in workers]
+    here = worker.address.split("://")[-1].rsplit(":", 1)[0]
+    return max(1, hosts.count(here) or hosts.count(get_ip()))
 
 
 _CACHE: dict[tuple[object, ...], Predictor] = {}
