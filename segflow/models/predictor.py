@@ -218,7 +218,7 @@ def _dask_workers_on_this_host() -> int:
     workers = worker.client.scheduler_info(n_workers=-1)["workers"].values()
     hosts = [w.get("host") for w in workers]
     here = worker.address.split("://")[-1].rsplit(":", 1)[0]
-    return max(1, hosts.count(here) or hosts.count(get_ip()))
+    return max(1, hosts.count(here) or hosts.count(get_ip()))  # type: ignore[no-untyped-call]
 
 
 _CACHE: dict[tuple[object, ...], Predictor] = {}
