@@ -17,7 +17,6 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
 from pydantic import BaseModel, Field
 
 from flows import report
@@ -81,13 +80,13 @@ def export_mask(name: str, store: str, target: str, reference: str) -> str | Sta
     try:
         from segflow.io.nifti_export import export_nifti
     except ImportError:
-        return Failed(message="NIfTI export is not available in this segflow installation")
+        return report.failed_state("NIfTI export is not available in this segflow installation")
     try:
         written = export_nifti(store, target, reference=reference, overwrite=True)
     except SegflowError as exc:
         reason = " ".join(str(exc).split())
         get_run_logger().error("%s: NIfTI export failed: %s", name, reason)
-        return Failed(message=f"NIfTI export failed: {reason}")
+        return report.failed_state(f"NIfTI export failed: {reason}")
     return str(written.path)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from segflow.errors import SegflowError
 from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import ZarrSink
 from segflow.outputs.stats import (
@@ -239,8 +240,6 @@ def batch_outcome(
     ``failures`` are the (name, reason) of failed inputs, ``what`` names the inputs
     ("scenes") and ``done`` the complete ones ("mapped").
     """
-    from prefect.states import Failed
-
     logger.info(
         f"%d {done}, %d already complete, %d failed in %.1f s",
         counts["complete"],
@@ -249,7 +248,7 @@ def batch_outcome(
         seconds,
     )
     if counts["failed"]:
-        return Failed(message=failure_message(what, total, failures), data=summary)
+        return failed_state(failure_message(what, total, failures), summary)
     return summary
 
 
@@ -265,3 +264,32 @@ def timestamp_slug(epoch: float) -> str:
     import time
 
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
+
+
+class RunFailed(SegflowError):
+    """A flow or task run that failed, with what it still produced (its report).
+
+    A Prefect Failed state must carry an exception: a deployed run's worker reads
+    the state's result, and any other value there is a TypeError.
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message, result)  # both in args, so the error pickles whole
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def failed_state(message: str, result: Any = None) -> State[Any]:
+    """A Failed state whose result is a :class:`RunFailed` carrying ``result``."""
+    from prefect.states import Failed
+
+    return Failed(message=message, data=RunFailed(message, result))
+
+
+def outcome(state: State[Any]) -> Any:
+    """What a run produced: its result, or the report a failed run carried."""
+    data = state.result(raise_on_failure=False)
+    return data.result if isinstance(data, RunFailed) and data.result is not None else data

@@ -25,11 +25,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, tags, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import task_run as current_task_run
-from prefect.states import Failed
 from pydantic import BaseModel, Field
 
 from flows import report
@@ -84,7 +83,7 @@ class InputResult(BaseModel):
     def ok(self) -> bool:
         return self.status != "failed"
 
-    def to_run_result(self) -> RunResult:
+    def to_run_result(self, run_url: str | None = None) -> RunResult:
         from segflow.api import RunResult
 
         return RunResult(
@@ -94,6 +93,7 @@ class InputResult(BaseModel):
             seconds=self.seconds,
             error=self.reason,
             stats=dict(self.stats),
+            run_url=run_url,
         )
 
 
@@ -211,7 +211,7 @@ def segment_input(
             error_type=type(exc).__name__,
             seconds=round(time.perf_counter() - started, 3),
         )
-        return Failed(message=reason, data=failed)
+        return report.failed_state(reason, failed)
     assert not isinstance(result, list)
     seconds = round(time.perf_counter() - started, 3)
     logger.info("%s: complete in %.1f s -> %s", item.name, seconds, item.output)
@@ -233,7 +233,7 @@ def _skipped(item: InputItem) -> InputResult:
 
 def result_from_state(state: State[Any], item: InputItem) -> InputResult:
     """The task's InputResult, or a failed one carrying an unexpected exception's reason."""
-    data = state.result(raise_on_failure=False)
+    data = report.outcome(state)
     if isinstance(data, InputResult):
         return data
     if isinstance(data, BaseException):
@@ -297,7 +297,7 @@ def batch_state(batch: BatchResult, what: str) -> BatchResult | State[Any]:
     if not failed:
         return batch
     message = report.failure_message(what, len(batch.items), [(r.name, r.reason) for r in failed])
-    return Failed(message=message, data=batch)
+    return report.failed_state(message, batch)
 
 
 # --- flows ------------------------------------------------------------------------------------
@@ -319,9 +319,22 @@ def segment(
     [result] = run_inputs(
         items, pipeline.require_model(), pipeline.options, resume=resume, overwrite=overwrite
     )
+    _publish_input(result)
     if result.status == "failed":
-        return Failed(message=result.reason or "failed", data=result)
+        return report.failed_state(result.reason or "failed", result)
     return result
+
+
+def _publish_input(result: InputResult) -> None:
+    """The run's artifact: where the output went, and its class pixel counts."""
+    counts = result.stats.get("class_pixel_counts") or {}
+    rows = [{"class": name, "pixels": pixels} for name, pixels in counts.items()]
+    status = result.reason if result.status == "failed" else f"{result.seconds:.1f} s"
+    title = (
+        f"# segflow run\n\n`{result.input}` -> `{result.output}` ({result.status}: {status})\n\n"
+    )
+    body = report.markdown_table(rows, ("class", "pixels")) if rows else ""
+    report.publish_artifacts(f"segment-{result.name}", title + body, rows, "segflow run")
 
 
 @flow(
@@ -416,7 +429,7 @@ def run_flow(
     items = plan_items(collect_inputs(sources), Path(output))
     # a caller's client: findable by the run's tasks under its address, never closed here
     caller_client = registered(client) if client is not None else nullcontext(None)
-    with prefect_api(), caller_client as address:
+    with prefect_api() as api_url, caller_client as address:
         if address is not None:
             chosen = chosen.replace(scheduler=address)
         load_while_server_starts(model_path)
@@ -424,10 +437,11 @@ def run_flow(
             state = _start_flow(
                 items, sources, output, model_path, chosen, resume=resume, overwrite=overwrite
             )
+        url = run_url(state) if api_url is not None else None  # a temporary server's is gone
     results = _flow_results(state)
     if raise_errors and len(results) == 1 and results[0].status == "failed":
         raise _error_for(results[0])
-    return [r.to_run_result() for r in results]
+    return [r.to_run_result(run_url=url) for r in results]
 
 
 def _start_flow(
@@ -443,26 +457,38 @@ def _start_flow(
     """One input: the ``segment`` flow; several: ``segment_batch`` over the sources as given
     (a manifest's ids name the outputs)."""
     params = options.to_dict()
-    if len(items) == 1:
-        item = items[0]
-        return segment(
-            item.input,
-            item.output,
+    # runs a person can find in the UI: named after their input, tagged with the model
+    with tags("segflow", f"model:{model.stem}"):
+        if len(items) == 1:
+            item = items[0]
+            return segment.with_options(flow_run_name=f"segment-{item.name}")(
+                item.input,
+                item.output,
+                model=str(model),
+                options=params,
+                resume=resume,
+                overwrite=overwrite,
+                return_state=True,
+            )
+        return segment_batch.with_options(
+            flow_run_name=f"segment-batch-{items[0].name}-and-{len(items) - 1}-more"
+        )(
+            sources,
+            os.fspath(output),
             model=str(model),
             options=params,
             resume=resume,
             overwrite=overwrite,
             return_state=True,
         )
-    return segment_batch(
-        sources,
-        os.fspath(output),
-        model=str(model),
-        options=params,
-        resume=resume,
-        overwrite=overwrite,
-        return_state=True,
-    )
+
+
+def run_url(state: State[Any]) -> str | None:
+    """The flow run's page in the Prefect UI (None for a temporary server, gone with its run)."""
+    from prefect.utilities.urls import url_for
+
+    run_id = state.state_details.flow_run_id
+    return url_for("flow-run", obj_id=run_id) if run_id is not None else None
 
 
 @contextmanager
@@ -479,7 +505,7 @@ def _progress_hook(progress: ProgressFactory | None) -> Iterator[None]:
 
 def _flow_results(state: State[Any]) -> list[InputResult]:
     """The per-input results a ``segment`` or ``segment_batch`` run ended with; its error raised."""
-    data = state.result(raise_on_failure=False)
+    data = report.outcome(state)
     if isinstance(data, BaseException):
         raise data
     if isinstance(data, InputResult):

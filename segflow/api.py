@@ -37,6 +37,7 @@ class RunResult:
     seconds: float = 0.0
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    run_url: str | None = None  # the Prefect UI page of the flow run that recorded it
 
 
 def run_options(

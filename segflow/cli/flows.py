@@ -75,7 +75,9 @@ def _run_flow(flow: Callable[..., Any], *args: Any, pipeline: Pipeline, **kwargs
             return_state=True,
             **kwargs,
         )
-    data = state.result(raise_on_failure=False)
+    from flows.report import outcome
+
+    data = outcome(state)
     if isinstance(data, BaseException):
         raise data
     return data

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flows.hospital import ScanReport, exit_code, hospital_batch
+from flows.report import outcome
 
 from .conftest import truncate, write_scan
 
@@ -36,7 +37,7 @@ def run(scans, out: Path, model: Path, **kw):
     state = hospital_batch(
         scans, str(out), model=str(model), options=OPTIONS, return_state=True, **kw
     )
-    return state, state.result(raise_on_failure=False)
+    return state, outcome(state)
 
 
 def test_five_scans_one_corrupt(prefect_server, models, batch, tmp_path):

@@ -12,6 +12,7 @@ import zarr
 
 from flows import runtime as flows_runtime
 from flows.landcover import landcover_mapping
+from flows.report import outcome
 
 from .conftest import write_scene
 
@@ -55,7 +56,7 @@ def run(scenes: Path, out: Path, model: Path, **kw):
     state = landcover_mapping(
         str(scenes), str(out), model=str(model), options=OPTIONS, return_state=True, **kw
     )
-    return state, state.result(raise_on_failure=False)
+    return state, outcome(state)
 
 
 def test_maps_new_scenes_and_reports_class_areas(prefect_server, models, scenes, tmp_path):

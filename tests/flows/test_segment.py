@@ -12,6 +12,7 @@ from prefect.states import Completed, Failed
 
 from flows import runtime as flows_runtime
 from flows import segment as flows_segment
+from flows.report import outcome
 from flows.segment import (
     InputItem,
     InputResult,
@@ -78,7 +79,7 @@ def test_batch_flow_isolates_a_corrupt_input(prefect_server, models, tmp_path):
         return_state=True,
     )
     assert state.is_failed() and "1 of 4 inputs failed" in state.message
-    batch = state.result(raise_on_failure=False)
+    batch = outcome(state)
     status = {r.name: r for r in batch.items}
     assert [status[f"s{i}"].status for i in range(3)] == ["complete"] * 3
     assert status["broken"].status == "failed"
@@ -252,3 +253,51 @@ def test_run_flow_with_a_manifest_names_outputs_by_id(prefect_server, models, tm
     results = run_flow([manifest], models["rgb"], tmp_path / "out", ON_CPU)
     assert [r.output.name for r in results] == ["north.zarr", "south.zarr"]
     assert all(r.status == "complete" and r.output.is_dir() for r in results)
+
+
+def _flow_run(run_url: str):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            run = await client.read_flow_run(run_url.rstrip("/").rsplit("/", 1)[-1])
+            artifacts = await client.read_artifacts()
+            return run, [a.key for a in artifacts]
+
+    return asyncio.run(read())
+
+
+def test_a_run_is_named_tagged_reported_and_linked(prefect_server, models, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    scene = write_scene(tmp_path / "north.tif")
+    [result] = run_flow([scene], models["rgb"], tmp_path / "north.zarr", ON_CPU)
+    assert result.status == "complete" and result.run_url is not None
+    run, artifact_keys = _flow_run(result.run_url)
+    assert run.name == "segment-north"
+    assert "segflow" in run.tags and f"model:{Path(models['rgb']).stem}" in run.tags
+    assert "segment-north" in artifact_keys
+
+
+def test_a_failed_batch_ends_failed_with_an_exception_carrying_its_report(
+    prefect_server, models, tmp_path
+):
+    from flows.report import RunFailed
+
+    good = write_scene(tmp_path / "good.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    state = segment_batch(
+        [str(good), str(bad)],
+        str(tmp_path / "out"),
+        model=str(models["rgb"]),
+        options=CPU,
+        return_state=True,
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, RunFailed) and "1 of 2 inputs failed" in str(error)
+    with pytest.raises(RunFailed):  # what a deployment's worker does with the final state
+        state.result()
+    assert [r.status for r in outcome(state).items] == ["complete", "failed"]
