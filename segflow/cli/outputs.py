@@ -1,4 +1,4 @@
-"""Output commands of ``segflow``: export, inspect, stats, preview, pyramid.
+"""Output commands of ``segflow``: export, inspect, stats, preview, pyramid, postprocess.
 
 ``register(app)`` adds them to the main Typer app. Each command is a thin call into
 the library; a SegflowError prints one line and exits 1, like ``segflow run``.
@@ -23,13 +23,20 @@ class ExportFormat(StrEnum):
     COG = "cog"
     NIFTI = "nifti"
     PNG = "png"
+    GPKG = "gpkg"
+    PARQUET = "parquet"
+    GEOJSON = "geojson"
 
 
+POLYGON_FORMATS = (ExportFormat.GPKG, ExportFormat.PARQUET, ExportFormat.GEOJSON)
 # "_labels": the store is usually named after its input, whose name must not be taken
 SUFFIXES = {
     ExportFormat.COG: "_labels.tif",
     ExportFormat.NIFTI: "_labels.nii.gz",
     ExportFormat.PNG: "_preview.png",
+    ExportFormat.GPKG: "_polygons.gpkg",
+    ExportFormat.PARQUET: "_polygons.parquet",
+    ExportFormat.GEOJSON: "_polygons.geojson",
 }
 
 
@@ -50,7 +57,10 @@ def recorded_input(store: Path) -> Path | None:
 
 def export_command(
     store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
-    to: Annotated[ExportFormat, typer.Option("--to", help="cog, nifti or png.")],
+    to: Annotated[
+        ExportFormat,
+        typer.Option("--to", help="cog, nifti, png, or polygons: gpkg, parquet, geojson."),
+    ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Target file (default: beside the store).")
     ] = None,
@@ -68,12 +78,26 @@ def export_command(
     input: Annotated[
         Path | None, typer.Option("--input", help="PNG: the image to draw the mask over.")
     ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Polygons: only these classes (names or values, a,b).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
-    """Export a store as a Cloud Optimized GeoTIFF, a NIfTI mask or a PNG quicklook."""
+    """Export a store as a Cloud Optimized GeoTIFF, a NIfTI mask, a PNG quicklook or polygons."""
     with one_line_errors():
         target = output or default_output(store, to)
-        if to is ExportFormat.COG:
+        if to in POLYGON_FORMATS:
+            from segflow.outputs.polygons import export_polygons
+
+            polygons = export_polygons(
+                store, target, to=to.value, classes=classes, overwrite=overwrite
+            )
+            counts = ", ".join(f"{name} {n:,}" for name, n in polygons.per_class.items())
+            out.print(
+                f"[green]wrote[/] {polygons.path}: {polygons.features:,} polygons ({counts})",
+                highlight=False,
+            )
+        elif to is ExportFormat.COG:
             from segflow.io.cog import export_cog
 
             written = export_cog(
@@ -222,6 +246,51 @@ def pyramid_command(
             out.print("the store is already small: no levels needed")
 
 
+def postprocess_command(
+    store: Annotated[Path, typer.Argument(help="A complete segflow output store (OUT.zarr).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The new store to write.")],
+    keep_largest: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep only the largest component of these classes (names or values, a,b)."
+        ),
+    ] = None,
+    keep_top: Annotated[int, typer.Option(help="With --keep-largest: keep the K largest.")] = 1,
+    min_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Drop smaller components: pixels/voxels, or with a unit (m2, ha, km2, mL)."
+        ),
+    ] = None,
+    fill: Annotated[str, typer.Option(help="The class removed components become.")] = "0",
+    connectivity: Annotated[
+        str, typer.Option(help="full (8 / 26 neighbours) or face (4 / 6).")
+    ] = "full",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
+) -> None:
+    """Clean a store by connected components (keep largest / top K, minimum size) into a new store."""
+    with one_line_errors():
+        from segflow.outputs.postprocess import postprocess
+
+        result = postprocess(
+            store,
+            output,
+            keep_largest=keep_largest,
+            keep_top=keep_top,
+            min_size=min_size,
+            fill=fill,
+            connectivity=connectivity,
+            overwrite=overwrite,
+        )
+        for row in result.summary["components"]:
+            out.print(
+                f"{row['name']}: {row['components']:,} components, {row['removed']:,} removed "
+                f"({row['pixels_removed']:,} px)",
+                highlight=False,
+            )
+        out.print(f"[green]wrote[/] {result.path}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the output commands to ``app``."""
     app.command("export")(export_command)
@@ -229,3 +298,4 @@ def register(app: typer.Typer) -> None:
     app.command("stats")(stats_command)
     app.command("preview")(preview_command)
     app.command("pyramid")(pyramid_command)
+    app.command("postprocess")(postprocess_command)

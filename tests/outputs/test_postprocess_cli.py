@@ -1,0 +1,72 @@
+"""`segflow postprocess` and `segflow export --to gpkg|parquet|geojson` through Typer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyogrio
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from segflow.cli.outputs import default_output, register
+from segflow.io.zarr_sink import ZarrSink
+from tests.outputs.label_stores import blobs, write_store
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_postprocess_then_polygons(app, tmp_path):
+    labels = blobs((60, 70))
+    store = write_store(tmp_path / "scene.zarr", labels, (16, 16)).path
+    clean = tmp_path / "clean.zarr"
+    args = ["postprocess", str(store), "-o", str(clean), "--keep-largest", "Forest,2"]
+    options = ["--keep-top", "2", "--min-size", "0.5ha", "--connectivity", "face"]
+    result = runner.invoke(app, [*args, *options])  # face: the connectivity of polygons
+    assert result.exit_code == 0, result.output
+    assert "forest:" in result.output and "removed" in result.output
+    sink = ZarrSink.open_finished(clean)
+    assert sink.attrs["postprocess"]["keep_largest"] == [1, 2]
+    kept = sink.read_labels()
+    assert (kept == 255).sum() == (labels == 255).sum()
+
+    result = runner.invoke(app, ["export", str(clean), "--to", "gpkg"])
+    assert result.exit_code == 0, result.output
+    target = default_output(clean, "gpkg")  # type: ignore[arg-type]
+    assert target.name == "clean_polygons.gpkg" and "polygons" in result.output
+    frame = pyogrio.read_dataframe(target)
+    assert (frame.class_id == 1).sum() == 2 and (frame.class_id == 2).sum() == 2
+    assert frame.pixels.sum() == int((kept < 3).sum())
+
+
+def test_unknown_class_is_one_line(app, tmp_path):
+    store = write_store(tmp_path / "s.zarr", blobs((20, 20)), (16, 16)).path
+    args = ["postprocess", str(store), "-o", str(tmp_path / "o.zarr"), "--keep-largest", "watr"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "did you mean 'water'" in result.output and "Traceback" not in result.output
+
+
+def test_min_size_zero_is_one_line(app, tmp_path):
+    store = write_store(tmp_path / "s.zarr", blobs((20, 20)), (16, 16)).path
+    args = ["postprocess", str(store), "-o", str(tmp_path / "o.zarr"), "--min-size", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "greater than 0" in result.output
+
+
+def test_export_parquet_and_geojson(app, tmp_path):
+    store = write_store(tmp_path / "s.zarr", blobs((30, 30)), (16, 16)).path
+    for fmt in ("parquet", "geojson"):
+        out = tmp_path / f"p.{fmt}"
+        result = runner.invoke(app, ["export", str(store), "--to", fmt, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.is_file()
+    assert np.isclose(
+        pyogrio.read_dataframe(tmp_path / "p.geojson").area_m2.sum(), 900 * (30 * 30 - 4)
+    )
