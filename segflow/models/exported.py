@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from segflow.errors import ModelError
+from segflow.io.documents import DocumentError, read_document
 from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
@@ -54,9 +55,8 @@ def default_sidecar_path(model_path: Path, fmt: str = "yaml") -> Path:
 def read_sidecar(path: Path) -> ModelMeta:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        data = read_document(path)
+    except (OSError, DocumentError) as exc:
         raise ModelError(f"cannot read metadata sidecar {path.name}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ModelError(f"metadata sidecar {path.name} must hold a mapping of ModelMeta fields")
