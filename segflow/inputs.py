@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segflow.errors import ConfigError
+from segflow.io.dicom_paths import is_dicom_folder
 
 RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
@@ -60,8 +61,10 @@ def collect_inputs(
 def is_one_input(source: str | os.PathLike[str]) -> bool:
     """True for a single file path: not a folder, a glob or a manifest."""
     path = Path(os.fspath(source)).expanduser()
-    if any(ch in str(path) for ch in "*?[") or path.is_dir():
+    if any(ch in str(path) for ch in "*?["):
         return False
+    if path.is_dir():
+        return is_dicom_folder(path)  # a DICOM series is one input, however many files
     return not (path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file())
 
 
@@ -74,6 +77,8 @@ def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path]
         return [(None, Path(m)) for m in matches if Path(m).is_file()]
     if path.is_dir():
         files = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+        if not files and is_dicom_folder(path):
+            return [(None, path)]
         if not files:
             raise ConfigError(
                 f"no inputs in {path} (looked for {', '.join(patterns)}); check the folder"

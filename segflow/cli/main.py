@@ -21,7 +21,13 @@ app = typer.Typer(
 )
 
 # command modules, in the order of `segflow --help`
-COMMANDS = ("segflow.cli.run", "segflow.cli.outputs", "segflow.cli.flows", "segflow.cli.train")
+COMMANDS = (
+    "segflow.cli.run",
+    "segflow.cli.outputs",
+    "segflow.cli.dicom",
+    "segflow.cli.flows",
+    "segflow.cli.train",
+)
 
 
 def _mount_subcommands() -> None:

@@ -26,6 +26,7 @@ class ExportFormat(StrEnum):
     GPKG = "gpkg"
     PARQUET = "parquet"
     GEOJSON = "geojson"
+    DICOM_SEG = "dicom-seg"
 
 
 POLYGON_FORMATS = (ExportFormat.GPKG, ExportFormat.PARQUET, ExportFormat.GEOJSON)
@@ -37,6 +38,7 @@ SUFFIXES = {
     ExportFormat.GPKG: "_polygons.gpkg",
     ExportFormat.PARQUET: "_polygons.parquet",
     ExportFormat.GEOJSON: "_polygons.geojson",
+    ExportFormat.DICOM_SEG: "_seg.dcm",
 }
 
 
@@ -59,7 +61,9 @@ def export_command(
     store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
     to: Annotated[
         ExportFormat,
-        typer.Option("--to", help="cog, nifti, png, or polygons: gpkg, parquet, geojson."),
+        typer.Option(
+            "--to", help="cog, nifti, png, dicom-seg, or polygons: gpkg, parquet, geojson."
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Target file (default: beside the store).")
@@ -81,9 +85,19 @@ def export_command(
     classes: Annotated[
         str | None, typer.Option(help="Polygons: only these classes (names or values, a,b).")
     ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="DICOM SEG: the DICOM series the store was made from (folder, zip, file)."
+        ),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="DICOM SEG: the SeriesInstanceUID when --source holds several."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
-    """Export a store as a Cloud Optimized GeoTIFF, a NIfTI mask, a PNG quicklook or polygons."""
+    """Export a store as a COG, a NIfTI mask, a DICOM SEG, a PNG quicklook or polygons."""
     with one_line_errors():
         target = output or default_output(store, to)
         if to in POLYGON_FORMATS:
@@ -113,6 +127,10 @@ def export_command(
             out.print(f"[green]wrote[/] {result.path}", highlight=False)
             for path in result.sidecars.values():
                 out.print(f"[green]wrote[/] {path}", highlight=False)
+        elif to is ExportFormat.DICOM_SEG:
+            from segflow.cli.dicom import export_dicom_seg_command
+
+            export_dicom_seg_command(store, target, source, series, overwrite)
         else:
             from segflow.outputs.preview import preview
 

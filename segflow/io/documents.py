@@ -24,7 +24,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses anchors and aliases instead of expanding them."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             mark = event.start_mark
             raise DocumentError(

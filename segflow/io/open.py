@@ -1,7 +1,9 @@
 """``open_source``: the one entry point from a path to a Source.
 
 The suffix picks the reader (.tif/.tiff/.gtiff: GeoTIFF, .nii/.nii.gz: NIfTI);
-any other file is offered to rasterio, which reads most raster formats.
+a folder, a .zip, a .dcm file or a file starting like DICOM is a DICOM series
+(``segflow.io.dicom``); any other file is offered to rasterio, which reads most
+raster formats.
 Options that only make sense for the other kind of file are refused rather
 than silently ignored.
 """
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segflow.errors import ConfigError, ReaderError
+from segflow.io.dicom_paths import is_dicom_input
 from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
 from segflow.io.nifti import NiftiSource
@@ -40,14 +43,28 @@ def open_source(
     nodata: float | None = None,
     volume: int | None = None,
     volumes_as_channels: bool = False,
+    series: str | None = None,
 ) -> Source:
     """Open ``path`` lazily with the reader its suffix calls for.
 
     ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
-    NIfTI volumes; ``nodata`` to both.
+    NIfTI volumes; ``series`` (a SeriesInstanceUID) to DICOM; ``nodata`` to all.
     """
     path = Path(path)
     kind = source_kind(path)
+    if kind is None and is_dicom_input(path):
+        from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
+
+        return open_dicom(
+            path,
+            series=series,
+            nodata=nodata,
+            bands=bands,
+            volume=volume,
+            volumes_as_channels=volumes_as_channels,
+        )
+    if series is not None:
+        raise ConfigError(f"series= applies to DICOM inputs; {path.name} is not one")
     if kind == "volume":
         if bands is not None:
             raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
