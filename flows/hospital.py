@@ -1,4 +1,9 @@
-"""Hospital scan batches: a folder or manifest of NIfTI scans, each scan isolated.
+"""Hospital scan batches: a folder or manifest of NIfTI scans or DICOM series, each isolated.
+
+A folder of studies as it comes out of a PACS becomes one input per DICOM series
+(grouped by SeriesInstanceUID, named after the patient, modality and series);
+files that are no image series (reports, structure sets, scouts) are listed in the
+report as skipped.
 
 A corrupt scan fails alone with its reason while the others finish; transient I/O
 errors are retried; a re-run skips finished scans and resumes interrupted ones. Each
@@ -29,8 +34,10 @@ from flows.segment import (
     run_unfinished,
 )
 from flows.segment import exit_code as _exit_code
-from segflow.errors import SegflowError
+from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
+from segflow.io.dicom import series_inputs
+from segflow.io.dicom_paths import is_dicom_folder, is_dicom_input
 
 SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti")
 
@@ -55,6 +62,7 @@ class HospitalReport(BaseModel):
     counts: dict[str, int]
     exit_code: int
     scans: list[ScanReport]
+    skipped_files: list[str] = Field(default_factory=list)  # not image series, and why
     report_json: str | None = None
     report_csv: str | None = None
 
@@ -75,7 +83,7 @@ def exit_code(scans: list[ScanReport]) -> int:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def export_mask(name: str, store: str, target: str, reference: str) -> str | State[Any]:
+def export_mask(name: str, store: str, target: str, reference: str | None) -> str | State[Any]:
     """The store's labels as a NIfTI mask on the scan's exact header geometry."""
     try:
         from segflow.io.nifti_export import export_nifti
@@ -114,7 +122,8 @@ def hospital_batch(
     started = time.time()
     pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
     want_nifti = pipeline.options.nifti if export_nifti is None else export_nifti
-    items = plan_items(collect_inputs(scans, VOLUME_PATTERNS), Path(output_dir))
+    found, skipped_files = scan_inputs(scans)
+    items = plan_items(found, Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
     results = run_unfinished(items, pipeline, concurrency=concurrency)
     nifti = _export_masks(results) if want_nifti else {}
@@ -126,6 +135,7 @@ def hospital_batch(
         counts=counts,
         exit_code=exit_code(scans_out),
         scans=scans_out,
+        skipped_files=skipped_files,
     )
     batch = _publish(batch, Path(report_dir) if report_dir else Path(output_dir) / "reports")
     return report.batch_outcome(
@@ -138,6 +148,23 @@ def hospital_batch(
         done="segmented",
         logger=logger,
     )
+
+
+def scan_inputs(scans: str | list[str]) -> tuple[list[tuple[str | None, Path]], list[str]]:
+    """The scans of a batch: NIfTI files as collect_inputs finds them, and one input per
+    DICOM series in a folder; with the files skipped as no image series."""
+    folder = Path(scans) if isinstance(scans, str) else None
+    if folder is None or not is_dicom_folder(folder):
+        return collect_inputs(scans, VOLUME_PATTERNS), []
+    series, skipped = series_inputs(folder)
+    nifti = [(None, p) for p in sorted(folder.rglob("*.nii*")) if p.name.endswith(_NIFTI)]
+    found: list[tuple[str | None, Path]] = [*nifti, *series]
+    if not found:
+        raise ConfigError(f"no image series or NIfTI scans in {folder}; check the folder")
+    return found, skipped
+
+
+_NIFTI = (".nii", ".nii.gz")
 
 
 def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str | None]]:
@@ -156,7 +183,8 @@ def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str
         [r.name for r, _ in todo],
         [r.output for r, _ in todo],
         [str(t) for _, t in todo],
-        [r.input for r, _ in todo],
+        # a DICOM series has no header nibabel reads: the store's own affine is exact
+        [None if is_dicom_input(Path(r.input)) else r.input for r, _ in todo],
     )
     for (r, _), future in zip(todo, futures, strict=True):
         future.wait()

@@ -128,3 +128,26 @@ def test_exit_code_rules():
     assert exit_code([s("complete"), s("skipped")]) == 0
     assert exit_code([s("complete"), s("failed")]) == 3
     assert exit_code([s("failed")]) == 1
+
+
+def test_a_pacs_folder_is_one_scan_per_dicom_series(prefect_server, models, tmp_path):
+    """Two series of one study (and a report file): two scans, each with store and NIfTI mask."""
+    from dataclasses import replace
+
+    from tests.io.dicom_fixtures import SeriesSpec, coded_volume, oriented, write_series
+
+    study = tmp_path / "study"
+    spec = SeriesSpec(coded_volume((6, 5, 4)), oriented("axial", (1.0, 1.0, 2.0)))
+    write_series(study / "s1", spec)
+    write_series(study / "s2", replace(spec, series_uid="1.2.3.42", description="second"), seed=2)
+    (study / "report.txt").write_text("dictated report")
+    state, report = run(str(study), tmp_path / "out", models["threshold3d"], export_nifti=True)
+    assert state.is_completed(), state.message
+    assert [s.status for s in report.scans] == ["complete", "complete"]
+    assert len({s.scan for s in report.scans}) == 2
+    assert any("report.txt" in note for note in report.skipped_files)
+    for scan in report.scans:
+        mask = nib.load(scan.nifti)
+        assert mask.shape == (6, 5, 4)
+        expected = (coded_volume((6, 5, 4)) > 100).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
