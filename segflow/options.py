@@ -264,6 +264,8 @@ OUTPUT_OPTIONS = (
     "slice_axis",
     "reorient",
 )
+# output options recorded only when set, so runs that never resample record what they did before
+RESAMPLING_OPTIONS = ("spacing", "resolution", "resample")
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,9 @@ class RunOptions:
     volumes_as_channels: bool = False
     slice_axis: int | None = None  # 2-D model on a volume: the axis to slice along
     reorient: bool = True  # honour a model's canonical orientation (inverted before writing)
+    spacing: tuple[float, ...] | None = None  # mm per model axis: overrides the model's spacing
+    resolution: float | None = None  # metres per pixel: overrides the model's resolution
+    resample: bool = True  # resample each region to the model's spacing/resolution
 
     region_size: int | None = None  # edge of a task's region, in whole chunks
     scheduler: str = "threads"  # threads, sync, local or tcp://host:port
@@ -320,7 +325,12 @@ class RunOptions:
 
     def output_options(self) -> dict[str, Any]:
         """The options that change the output, JSON-friendly (provenance, fingerprint)."""
-        return {name: _plain(getattr(self, name)) for name in OUTPUT_OPTIONS}
+        recorded = {name: _plain(getattr(self, name)) for name in OUTPUT_OPTIONS}
+        for name in RESAMPLING_OPTIONS:
+            value = getattr(self, name)
+            if value != _DEFAULTS[name]:
+                recorded[name] = _plain(value)
+        return recorded
 
     def to_dict(self) -> dict[str, Any]:
         """Every option, JSON-friendly (flow parameters); ``from_mapping`` reads it back."""
@@ -332,6 +342,7 @@ class RunOptions:
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunOptions))
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunOptions)}
 
 
 def check_names(given: Iterable[str], known: Sequence[str], *, where: str = "") -> None:
@@ -373,12 +384,34 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "volumes_as_channels": _bool(o.volumes_as_channels, "volumes as channels"),
         "slice_axis": slice_axis,
         "reorient": _bool(o.reorient, "reorient"),
+        "spacing": _sizes(o.spacing, "spacing"),
+        "resolution": _positive(o.resolution, "resolution"),
+        "resample": _bool(o.resample, "resample"),
         "region_size": _optional_count(o.region_size, "region size", 1),
         "scheduler": parse_scheduler(o.scheduler),
         "workers": _optional_count(o.workers, "workers", 1),
         "threads_per_worker": _count(o.threads_per_worker, "threads per worker", 1),
         "nifti": _bool(o.nifti, "nifti"),
     }
+
+
+def _sizes(value: Any, name: str) -> tuple[float, ...] | None:
+    """Positive lengths (spacing in mm), one for every axis or one per axis."""
+    numbers = parse_numbers(value, name)
+    if numbers is not None and (not numbers or any(n <= 0 for n in numbers)):
+        raise ConfigError(
+            f"{name} takes positive numbers like 1.5 or 1.5,1.5,3, got '{_shown(value)}'"
+        )
+    return numbers
+
+
+def _positive(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    number = _number(value, name)
+    if not 0 < number < math.inf:
+        raise ConfigError(f"{name} must be a positive number, got '{value}'")
+    return number
 
 
 def _optional_count(value: Any, name: str, minimum: int) -> int | None:
@@ -397,6 +430,7 @@ __all__ = [
     "LOCAL_SCHEDULERS",
     "OPTION_NAMES",
     "OUTPUT_OPTIONS",
+    "RESAMPLING_OPTIONS",
     "BlendMode",
     "ProbabilityMode",
     "Resampling",

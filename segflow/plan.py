@@ -10,14 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.engine.grid import PatchGrid, coerce_shape, make_grid, round_up
 from segflow.engine.region import ModelHandle, PredictorOptions, RegionWork, default_task_chunks
-from segflow.errors import ModelError
+from segflow.engine.resample import ModelSpace, geometry_spacing, model_space
+from segflow.errors import ConfigError, ModelError
 from segflow.io.orientation import AxisTransform, orientation_transform
 from segflow.io.source import Source, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
@@ -37,6 +43,20 @@ CPU_BATCH_LOGITS_BYTES = 16 * 2**20
 GPU_BATCH_SIZE = 8
 
 
+class CompatibilityWarning(UserWarning):
+    """The input and the model fit, but not as they were trained (recorded with the store)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an input goes through a model, checked before any work."""
+
+    squeeze_axis: int | None  # the axis a 2-D model slices a volume along, if it does
+    axis_order: AxisTransform | None  # file voxel order -> the model's orientation
+    model_space: ModelSpace | None  # the model's grid where its spacing differs from the input's
+    warnings: tuple[str, ...] = ()
+
+
 def plan(
     source: Source,
     loaded: LoadedModel,
@@ -48,8 +68,14 @@ def plan(
 ) -> RegionWork:
     """Check the input against the model, lay out the grid and create (or reopen) the store."""
     meta = loaded.meta
-    squeeze_axis = check_fit(source, meta, options)
-    grid = patch_grid(source, meta.patch_size, meta.output_stride, options, squeeze_axis)
+    fit = check_fit(source, meta, options)
+    for message in fit.warnings:
+        warnings.warn(message, CompatibilityWarning, stacklevel=2)
+    squeeze_axis, space = fit.squeeze_axis, fit.model_space
+    grid_shape = space.model_shape if space is not None else tuple(source.spatial_shape)
+    grid = patch_grid(
+        source, meta.patch_size, meta.output_stride, options, squeeze_axis, shape=grid_shape
+    )
     chunk = chunk_shape(source, options, squeeze_axis)
     layout = OutputLayout(
         spatial_shape=tuple(source.spatial_shape),
@@ -63,7 +89,7 @@ def plan(
         layout,
         source.geometry,
         list(meta.classes),
-        provenance(source, loaded, options, grid),
+        provenance(source, loaded, options, grid, fit),
         fingerprint(source, loaded, options),
         resume=resume,
         overwrite=overwrite,
@@ -72,6 +98,9 @@ def plan(
     edge = options.region_size or default_region_size(
         dims, meta.num_classes, options.writes_probabilities
     )
+    if space is not None and options.region_size is None and space.max_zoom > 1:
+        # a finer model grid blends more samples than the region has: keep its accumulator in budget
+        edge = max(1, int(edge / space.max_zoom))
     task_target = tuple(c if squeeze_axis == a else max(edge, c) for a, c in enumerate(chunk))
     return RegionWork(
         source=source,
@@ -82,7 +111,7 @@ def plan(
             amp=options.amp,
             tta=options.tta,
             squeeze_axis=squeeze_axis,
-            axis_order=axis_order(source, meta.orientation) if options.reorient else None,
+            axis_order=fit.axis_order,
         ),
         grid=grid,
         normalization=meta.normalization,
@@ -93,28 +122,252 @@ def plan(
         task_chunks=default_task_chunks(chunk, task_target),
         write_labels=options.labels,
         write_probabilities=options.writes_probabilities,
+        model_space=space,
     )
 
 
-def check_fit(source: Source, meta: ModelMeta, options: RunOptions) -> int | None:
-    """A one-line error when the input cannot go through the model; the axis a 2-D
-    model slices a volume along, if it does."""
-    if source.channels != meta.in_channels:
-        hint = (
-            "select bands with --bands, e.g. --bands 1,2,3"
-            if source.kind == "raster"
-            else "choose --volume N or --volumes-as-channels"
-        )
-        raise ModelError(
-            f"{source.path} has {source.channels} channel(s) but the model expects "
-            f"{meta.in_channels}; {hint}"
-        )
+def check_fit(source: Source, meta: ModelMeta, options: RunOptions) -> Fit:
+    """The input checked against the model before any work.
+
+    Mismatches that make the result meaningless (channels, dimensions, values or
+    spacing far off the model's) are one-line ModelErrors with the fix; the
+    others are one-line warnings, recorded in the store's provenance.
+    """
+    check_channels(source, meta, options)
+    squeeze_axis = _squeeze_axis(source, meta, options)
+    order = axis_order(source, meta.orientation) if options.reorient else None
+    space, spacing_notes = fit_resolution(source, meta, options, squeeze_axis, order)
+    notes = [
+        *band_name_warnings(source, meta, options),
+        *spacing_notes,
+        *value_range_warnings(source, meta),
+        *orientation_warnings(source, meta, options),
+    ]
+    return Fit(squeeze_axis, order, space, tuple(notes))
+
+
+def _squeeze_axis(source: Source, meta: ModelMeta, options: RunOptions) -> int | None:
     ndim = len(source.spatial_shape)
     if meta.spatial_dims == 3 and ndim == 2:
         raise ModelError(f"the model is 3-D but {source.path} is a 2-D raster; use a 2-D model")
     if meta.spatial_dims == 2 and ndim == 3:
         return 2 if options.slice_axis is None else options.slice_axis
     return None
+
+
+_DEFAULT_NAME = re.compile(r"^(band|volume)_\d+$")  # what readers call unnamed bands
+MAX_RESAMPLING = 20.0  # beyond this spacing ratio the units, not the scans, differ
+VALUE_SAMPLE_2D = 256  # edge of the window sampled at the centre for the value check
+VALUE_SAMPLE_3D = 48
+
+
+def check_channels(source: Source, meta: ModelMeta, options: RunOptions) -> None:
+    """A one-line ModelError when the channel count differs, naming missing bands."""
+    if source.channels == meta.in_channels:
+        return
+    found = (
+        f"{source.path} has {source.channels} channel(s) but the model expects {meta.in_channels}"
+    )
+    expected, given = meta.band_names, _named(source)
+    if expected is not None and given is not None:
+        missing = [name for name in expected if name not in given]
+        found += f" ({', '.join(expected)}; missing {', '.join(missing) or 'none'})"
+        if not missing:
+            raise ModelError(
+                f"{found}; select them with --bands {_band_numbers(source, meta, options)}"
+            )
+    hint = (
+        "select bands with --bands, e.g. --bands 1,2,3"
+        if source.kind == "raster"
+        else "choose --volume N or --volumes-as-channels"
+    )
+    raise ModelError(f"{found}; {hint}")
+
+
+def band_name_warnings(source: Source, meta: ModelMeta, options: RunOptions) -> list[str]:
+    """Where both sides name their bands: bands the input lacks, or an order to fix."""
+    expected, given = meta.band_names, _named(source)
+    if expected is None or given is None or tuple(expected) == given:
+        return []
+    missing = [name for name in expected if name not in given]
+    if missing:
+        return [
+            f"{source.path} has bands {', '.join(given)} but the model expects "
+            f"{', '.join(expected)} (missing {', '.join(missing)}); check the band order"
+        ]
+    return [
+        f"{source.path} has bands {', '.join(given)} but the model expects "
+        f"{', '.join(expected)}; reorder with --bands {_band_numbers(source, meta, options)}"
+    ]
+
+
+def _named(source: Source) -> tuple[str, ...] | None:
+    """The input's band names, or None where the reader only numbered them."""
+    names = tuple(source.band_names)
+    if not names or all(_DEFAULT_NAME.match(n) for n in names):
+        return None
+    return names
+
+
+def _band_numbers(source: Source, meta: ModelMeta, options: RunOptions) -> str:
+    """The --bands value that reads the model's bands in its order from this input."""
+    assert meta.band_names is not None
+    given = list(source.band_names)
+    read = options.bands or tuple(range(1, len(given) + 1))
+    return ",".join(str(read[given.index(name)]) for name in meta.band_names)
+
+
+def fit_resolution(
+    source: Source,
+    meta: ModelMeta,
+    options: RunOptions,
+    squeeze_axis: int | None,
+    order: AxisTransform | None,
+) -> tuple[ModelSpace | None, list[str]]:
+    """The model grid where the model's spacing differs from the input's, and what to say."""
+    wanted = model_spacing(source, meta, options, squeeze_axis, order)
+    if wanted is None:
+        return None, []
+    unit = "m" if source.kind == "raster" else "mm"
+    found = geometry_spacing(source.geometry, source.spatial_shape)
+    if found is None:
+        return None, [
+            f"{source.path} has no pixel size (not georeferenced), so it is not resampled to "
+            f"the model's {_sizes(wanted, unit)}"
+        ]
+    ratios = [f / w for f, w in zip(found, wanted, strict=True)]
+    if any(not 1 / MAX_RESAMPLING <= r <= MAX_RESAMPLING for r in ratios):
+        raise ModelError(
+            f"{source.path} has a spacing of {_sizes(found, unit)} but the model was trained at "
+            f"{_sizes(wanted, unit)} ({_factors(ratios)}); check the units, or pass "
+            f"{'--resolution' if source.kind == 'raster' else '--spacing'} or --no-resample"
+        )
+    space = model_space(source.spatial_shape, found, wanted)
+    if space is None:
+        return None, []
+    if not options.resample:
+        return None, [
+            f"{source.path} has a spacing of {_sizes(found, unit)} but the model was trained at "
+            f"{_sizes(wanted, unit)}; with --no-resample it sees the input's own pixels"
+        ]
+    return space, [
+        f"resampling {source.path} from {_sizes(found, unit)} to the model's "
+        f"{_sizes(wanted, unit)} ({_factors(ratios)}; model grid "
+        f"{'x'.join(map(str, space.model_shape))})"
+    ]
+
+
+def model_spacing(
+    source: Source,
+    meta: ModelMeta,
+    options: RunOptions,
+    squeeze_axis: int | None,
+    order: AxisTransform | None,
+) -> tuple[float, ...] | None:
+    """The model's spacing along each input array axis (None: the model declares none).
+
+    Rasters use the ground resolution; volumes the spacing, given in the model's
+    axis order (turned to the file's voxel order here). A 2-D model on a volume
+    keeps the input's spacing along the axis it slices.
+    """
+    if source.kind == "raster":
+        resolution = options.resolution or meta.resolution
+        return None if resolution is None else (resolution, resolution)
+    spacing = options.spacing or meta.spacing
+    if spacing is None:
+        return None
+    found = geometry_spacing(source.geometry, source.spatial_shape) or (1.0,) * len(
+        source.spatial_shape
+    )
+    axes = [a for a in range(len(found)) if a != squeeze_axis]
+    if len(spacing) == 1:
+        spacing = spacing * len(axes)
+    if len(spacing) != len(axes):
+        raise ConfigError(f"spacing needs 1 or {len(axes)} values, got {len(spacing)}")
+    per_axis = list(found)
+    if order is not None:  # model axis d is file axis perm[d]
+        axes = [order.perm[d] for d in range(len(axes))]
+    for axis, value in zip(axes, spacing, strict=True):
+        per_axis[axis] = value
+    return tuple(per_axis)
+
+
+def _sizes(values: tuple[float, ...], unit: str) -> str:
+    return " x ".join(f"{v:.3g}" for v in values) + f" {unit}"
+
+
+def _factors(ratios: list[float]) -> str:
+    return "scale " + " x ".join(f"{r:.3g}" for r in ratios)
+
+
+def value_range_warnings(source: Source, meta: ModelMeta) -> list[str]:
+    """Values sampled at the input's centre against the model's expected range.
+
+    An error when a channel's median lies a whole range away (8-bit values into a
+    reflectance model, HU into an MR model); a warning when over a tenth of the
+    samples fall outside it.
+    """
+    if meta.value_range is None:
+        return []
+    sample = source.read(_centre_window(source.spatial_shape))
+    values = _physical(sample.data, meta)
+    notes = []
+    for channel, (lo, hi) in enumerate(meta.value_range):
+        seen = values[channel][sample.valid]
+        seen = seen[np.isfinite(seen)]
+        if seen.size == 0:
+            continue
+        name = _channel_name(source, meta, channel)
+        span, median = hi - lo, float(np.median(seen))
+        if not lo - span <= median <= hi + span:
+            raise ModelError(
+                f"{name} of {source.path} ({source.dtype}) has values around {median:.4g} but the "
+                f"model expects {lo:g}..{hi:g}; convert the input to the model's units"
+            )
+        outside = float(np.mean((seen < lo - 0.1 * span) | (seen > hi + 0.1 * span)))
+        if outside > 0.1:
+            notes.append(
+                f"{outside:.0%} of the sampled values of {name} of {source.path} lie outside "
+                f"the model's {lo:g}..{hi:g}"
+            )
+    return notes
+
+
+def _centre_window(shape: tuple[int, ...]) -> tuple[slice, ...]:
+    edge = VALUE_SAMPLE_3D if len(shape) == 3 else VALUE_SAMPLE_2D
+    return tuple(slice(max(0, (n - edge) // 2), min(n, (n + edge) // 2 + 1)) for n in shape)
+
+
+def _physical(data: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """Raw values in the units the model's normalization scale/offset give."""
+    values = data.astype(np.float64)
+    norm = meta.normalization
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    if norm is not None and norm.scale is not None:
+        values *= np.asarray(norm.scale).reshape(shape)
+    if norm is not None and norm.offset is not None:
+        values += np.asarray(norm.offset).reshape(shape)
+    return values
+
+
+def _channel_name(source: Source, meta: ModelMeta, channel: int) -> str:
+    if meta.band_names is not None:
+        return f"band {meta.band_names[channel]}"
+    return f"channel {channel + 1}"
+
+
+def orientation_warnings(source: Source, meta: ModelMeta, options: RunOptions) -> list[str]:
+    """A model that wants one orientation, fed another one because --no-reorient was set."""
+    geometry = source.geometry
+    if options.reorient or meta.orientation is None or not isinstance(geometry, VolumeGeometry):
+        return []
+    found = "".join(geometry.orientation)
+    if found == meta.orientation.upper():
+        return []
+    return [
+        f"the model expects {meta.orientation.upper()} volumes but {source.path} is {found} "
+        "and --no-reorient is set; drop --no-reorient"
+    ]
 
 
 def default_region_size(dims: int, num_classes: int, probabilities: bool) -> int:
@@ -154,9 +407,14 @@ def patch_grid(
     stride: int,
     options: RunOptions,
     squeeze_axis: int | None,
+    *,
+    shape: tuple[int, ...] | None = None,
 ) -> PatchGrid:
-    """The global patch grid: the asked-for (or the model's) patch, never much over the image."""
-    shape = tuple(source.spatial_shape)
+    """The global patch grid: the asked-for (or the model's) patch, never much over the image.
+
+    ``shape`` is the grid's (the model grid's when resampling), else the input's.
+    """
+    shape = shape or tuple(source.spatial_shape)
     model_ndim = len(shape) - (squeeze_axis is not None)
     requested = (
         options.patch_size or hint or (DEFAULT_PATCH_3D if model_ndim == 3 else DEFAULT_PATCH_2D)
@@ -210,9 +468,28 @@ def fingerprint(source: Source, loaded: LoadedModel, options: RunOptions) -> str
 
 
 def provenance(
+    source: Source, loaded: LoadedModel, options: RunOptions, grid: PatchGrid, fit: Fit
+) -> dict[str, Any]:
+    """What made the store: input, model and options, recorded in its attributes.
+
+    Resampling and compatibility warnings are recorded only where there are any.
+    """
+    recorded = _base_provenance(source, loaded, options, grid)
+    if fit.model_space is not None:
+        space = fit.model_space
+        recorded["resampling"] = {
+            "input_spacing": list(space.input_spacing),
+            "model_spacing": list(space.model_spacing),
+            "model_grid": list(space.model_shape),
+        }
+    if fit.warnings:
+        recorded["warnings"] = list(fit.warnings)
+    return recorded
+
+
+def _base_provenance(
     source: Source, loaded: LoadedModel, options: RunOptions, grid: PatchGrid
 ) -> dict[str, Any]:
-    """What made the store: input, model and options, recorded in its attributes."""
     meta = loaded.meta
     return {
         "segflow_version": __version__,

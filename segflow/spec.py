@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segflow.errors import ConfigError, one_line
+from segflow.io.documents import DocumentError, read_document
 from segflow.options import RunOptions, did_you_mean
 
 Size = int | tuple[int, ...]
-MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is not one
 
 
 class _Section(BaseModel):
@@ -67,6 +66,9 @@ class InputSpec(_Section):
     volumes_as_channels: bool | None = None
     slice_axis: int | None = None
     reorient: bool | None = None
+    spacing: float | tuple[float, ...] | None = None  # mm per model axis; overrides the model's
+    resolution: float | None = None  # metres per pixel; overrides the model's
+    resample: bool | None = None  # resample to the model's spacing/resolution (default: on)
 
 
 class PipelineSpec(_Section):
@@ -152,22 +154,13 @@ def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> Pipeli
 
 def _read_yaml(file: Path) -> dict[str, Any]:
     try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_SPEC_BYTES + 1)
+        data = read_document(file)
     except FileNotFoundError:
         raise ConfigError(f"pipeline spec {file} not found; check the path") from None
     except OSError as exc:
         raise ConfigError(f"cannot read pipeline spec {file}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise ConfigError(f"{file}: larger than {MAX_SPEC_BYTES} bytes; is it a pipeline spec?")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8", errors="replace"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{file}: not valid YAML{where}; check the indentation and quoting"
-        ) from None
+    except DocumentError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

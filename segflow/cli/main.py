@@ -8,6 +8,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import gc
+import warnings
 from importlib import import_module
 
 import typer
@@ -47,12 +48,23 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
     # the command owns its process: tune the heap (and GDAL's cache) before any work;
     # the library leaves a caller's process as it is
     from segflow.heap import tune_process
 
     tune_process()
+    warnings.formatwarning = _one_line_warning  # a warning is one line, not a source excerpt
     try:
         app()
     finally:

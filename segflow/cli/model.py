@@ -18,7 +18,7 @@ from segflow.errors import ConfigError
 from segflow.options import parse_ints, parse_list, parse_numbers
 
 if TYPE_CHECKING:
-    from segflow.models.meta import Normalization
+    from segflow.models.meta import ModelMeta, Normalization
 
 model_app = typer.Typer(
     help="Create, inspect and export model files.",
@@ -87,6 +87,16 @@ def create_command(
         float | None, typer.Option(help="Overlap hint, fraction of the patch.")
     ] = None,
     orientation: Annotated[str | None, typer.Option(help="Volume axis codes, e.g. RAS.")] = None,
+    spacing: Annotated[
+        str | None, typer.Option(help="Trained voxel spacing in mm per model axis, e.g. 1.5.")
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Trained ground resolution in metres per pixel.")
+    ] = None,
+    value_range: Annotated[
+        str | None,
+        typer.Option(help="Expected values per channel, e.g. -1024..3071 or 0..1,0..1,0..1."),
+    ] = None,
     arg: Annotated[
         list[str] | None,
         typer.Option("--arg", help="Architecture argument KEY=VALUE (JSON value), repeatable."),
@@ -134,6 +144,7 @@ def create_command(
             provenance={"created_by": "segflow model create", "seed": seed},
             **kwargs,
         )
+        meta = _with_resolution(meta, spacing, resolution, value_range)
         digest = save_model(module, meta, output)
         typer.echo(f"wrote {output}")
         typer.echo(f"  architecture {meta.arch} {_kw(meta.arch_kwargs)}")
@@ -175,7 +186,7 @@ def info_command(
             }
             typer.echo(json.dumps(data, indent=2))
             return
-        for label, value in format_info(info):
+        for label, value in [*format_info(info), *info.meta.describe_resolution()]:
             typer.echo(f"{label + ':':<17} {value}")
 
 
@@ -204,6 +215,39 @@ def export_command(
             f"wrote {result.path} ({result.method}, max difference {result.max_abs_diff:.2g})"
         )
         typer.echo(f"wrote {result.sidecar}")
+
+
+def _with_resolution(
+    meta: ModelMeta, spacing: str | None, resolution: float | None, value_range: str | None
+) -> ModelMeta:
+    """``meta`` with the trained spacing, resolution and value range given on the command line."""
+    from segflow.models.meta import ModelMeta
+
+    changes: dict[str, Any] = {}
+    numbers = parse_numbers(spacing, "--spacing")
+    if numbers is not None:
+        changes["spacing"] = numbers * meta.spatial_dims if len(numbers) == 1 else numbers
+    if resolution is not None:
+        changes["resolution"] = resolution
+    if value_range is not None:
+        ranges = [_value_range(item) for item in parse_list(value_range) or []]
+        changes["value_range"] = ranges * meta.in_channels if len(ranges) == 1 else ranges
+    if not changes:
+        return meta
+    try:
+        return ModelMeta.model_validate({**meta.model_dump(), **changes})
+    except ValueError as exc:
+        raise ConfigError(f"invalid model metadata: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _value_range(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition("..")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return float(low), float(high)
+    except ValueError:
+        raise ConfigError(f"--value-range takes LOW..HIGH per channel, got '{text}'") from None
 
 
 def _export_target(value: str) -> Literal["torchscript", "onnx"]:

@@ -91,6 +91,17 @@ def run_command(
     slice_axis: Annotated[
         int | None, typer.Option(help="2-D model on a volume: axis to slice along.")
     ] = None,
+    spacing: Annotated[
+        str | None,
+        typer.Option(help="Model spacing in mm, e.g. 1.5 or 1.5,1.5,3 (overrides the model's)."),
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Model resolution in m per pixel (overrides the model's).")
+    ] = None,
+    resample: Annotated[
+        bool | None,
+        typer.Option(help="Resample each region to the model's spacing. [default: on]"),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run: compute only missing chunks.")
     ] = False,
@@ -140,6 +151,9 @@ def run_command(
             volume=volume,
             volumes_as_channels=volumes_as_channels,
             slice_axis=slice_axis,
+            spacing=spacing,
+            resolution=resolution,
+            resample=resample,
             scheduler=scheduler,
             workers=workers,
             region_size=region_size,
@@ -251,6 +265,9 @@ def _report(results: list[RunResult]) -> None:
             )
         else:
             err.print(f"[red]failed[/] {r.input}: {r.error}", highlight=False, soft_wrap=True)
+    urls = {r.run_url for r in results if r.run_url}
+    for url in sorted(urls):
+        out.print(f"flow run: {url}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL if len(failed) < len(results) else EXIT_ERROR)
 

@@ -17,6 +17,7 @@ import torch
 
 from segflow.engine.grid import Index, PatchGrid, Region, clip, shift
 from segflow.engine.normalize import normalize
+from segflow.engine.resample import ModelSpace
 from segflow.models.meta import Normalization
 
 # (index, extent, predicted by this task) per patch, and the tensor of those this task predicts
@@ -76,6 +77,37 @@ def cut_patches(
         dst = shift(inside, tuple(s.start for s in extent))
         target: tuple[int | slice, ...] = (n, slice(None), *dst)
         normalize(raw[(slice(None), *src)], valid[src], normalization, out=batch[target])
+    return batch
+
+
+def cut_resampled_patches(
+    raw: npt.NDArray[np.generic],
+    valid: npt.NDArray[np.bool_],
+    origin: Sequence[int],
+    grid: PatchGrid,
+    normalization: Normalization | None,
+    space: ModelSpace,
+    extents: list[Region],
+    buffers: BatchBuffers | None = None,
+) -> torch.Tensor:
+    """Patches of the model grid: each cut from the input it reads, normalized, resampled.
+
+    A patch reads the same input samples through the same global tables in any
+    region, so it is the same tensor wherever it is cut (see ``resample``).
+    """
+    shape = (len(extents), raw.shape[0], *grid.patch)
+    batch = buffers.take(len(extents)) if buffers else torch.empty(shape, dtype=torch.float32)
+    for n, extent in enumerate(extents):
+        inside = clip(extent, grid.shape)
+        if inside != extent:  # the patch passes the model grid's edge: pad with zeros
+            batch[n].zero_()
+        support = space.input_support(inside)
+        src = shift(support, origin)
+        values = normalize(raw[(slice(None), *src)], valid[src], normalization)
+        start = tuple(s.start for s in support)
+        dst = shift(inside, tuple(s.start for s in extent))
+        target: tuple[int | slice, ...] = (n, slice(None), *dst)
+        batch[target] = space.to_model(torch.from_numpy(values), start, inside)
     return batch
 
 

@@ -16,7 +16,7 @@ from dask.callbacks import Callback
 from dask.delayed import Delayed, delayed
 
 from segflow.engine.grid import Index, region_shape
-from segflow.engine.region import RegionStats, RegionWork, process_region, task_region
+from segflow.engine.region import RegionStats, RegionWork, process_region, task_grid_region
 from segflow.engine.sharing import sharing
 from segflow.errors import ConfigError
 
@@ -90,7 +90,7 @@ def _run_local(
 ) -> list[RegionStats]:
     """Run ``tasks`` in this process, sharing the patches their regions have in common."""
     in_flight, shared_bytes = local_memory_plan(work, tasks, 1 if sync else workers)
-    regions = [task_region(work, t) for t in tasks]
+    regions = [task_grid_region(work, t) for t in tasks]  # the regions patches are blended on
     with sharing(work.grid, regions, shared_bytes) as key:
         local = dataclasses.replace(
             work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
@@ -116,7 +116,7 @@ def local_memory_plan(
     classes needs 200 MB and runs alone (its forwards still use every core),
     which keeps peak memory flat as images and volumes grow.
     """
-    largest = max(math.prod(region_shape(task_region(work, t))) for t in tasks)
+    largest = max(math.prod(region_shape(task_grid_region(work, t))) for t in tasks)
     per_task = 4 * largest * (work.model.num_classes + int(work.write_probabilities))
     in_flight = workers or max(1, min(_cores(), REGION_MEMORY_BYTES // per_task))
     return in_flight, max(0, REGION_MEMORY_BYTES - in_flight * per_task)

@@ -8,6 +8,10 @@ whole, then records them as done (batch assembly is in ``batches``). A patch
 a neighbouring task has already predicted in this process is taken from it
 (see ``sharing``). Patches are visited in global order, so every pixel sums
 the same terms in the same order whatever the chunking.
+
+When the model was trained at another spacing, the patch grid lives on the
+model grid: a task predicts and blends the model-grid box its region needs and
+resamples the blended probabilities back to its region (see ``resample``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from segflow.engine.batches import BatchBuffers, BatchItem, cut_patches, group_batches, prefetch
+from segflow.engine.batches import (
+    BatchBuffers,
+    BatchItem,
+    cut_patches,
+    cut_resampled_patches,
+    group_batches,
+    prefetch,
+)
 from segflow.engine.blend import Accumulator, patch_window
 from segflow.engine.grid import (
     Index,
@@ -36,10 +47,11 @@ from segflow.engine.grid import (
     shift,
     union,
 )
+from segflow.engine.resample import ModelSpace, scores_labels
 from segflow.engine.sharing import SharedPatches, shared_patches
 from segflow.heap import release_free_heap
 from segflow.io.orientation import AxisTransform
-from segflow.io.source import Source
+from segflow.io.source import ReadResult, Source
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models.meta import Normalization
 from segflow.models.predictor import Predictor, cached_predictor, model_cache_key
@@ -111,6 +123,7 @@ class RegionWork:
     task_chunks: tuple[int, ...]  # storage chunks per task, per axis
     write_labels: bool
     write_probabilities: bool
+    model_space: ModelSpace | None = None  # set when the grid is the model's, not the input's
     # set for local runs by execute(): cores for a task's own elementwise work (a
     # forward takes its own share), and the key of the run's shared patches
     task_threads: int = 1
@@ -164,7 +177,13 @@ def pending_tasks(work: RegionWork) -> list[Index]:
 def task_region(work: RegionWork, task: Index) -> Region:
     chunk_shape = work.sink.layout.chunk_shape
     block = tuple(c * n for c, n in zip(chunk_shape, work.task_chunks, strict=True))
-    return chunk_region(task, work.grid.shape, block)
+    return chunk_region(task, work.sink.layout.spatial_shape, block)
+
+
+def task_grid_region(work: RegionWork, task: Index) -> Region:
+    """The patch-grid box a task blends: its region, or the model-grid box it reads back."""
+    region = task_region(work, task)
+    return region if work.model_space is None else work.model_space.grid_region(region)
 
 
 def process_region(work: RegionWork, task: Index) -> RegionStats:
@@ -175,7 +194,7 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
     accumulator, invalid = _predict_region(work, region, stats)
-    labels, probabilities = _region_outputs(work, accumulator, invalid)
+    labels, probabilities = _region_outputs(work, region, accumulator, invalid)
     stats.chunks_written = _write_chunks(work, task, region, labels, probabilities)
     stats.valid_pixels = labels.size - (
         int(np.count_nonzero(invalid)) if invalid is not None else 0
@@ -186,35 +205,75 @@ def process_region(work: RegionWork, task: Index) -> RegionStats:
     return stats
 
 
+@dataclass(frozen=True)
+class _RegionRead:
+    """The input under a region's patches, and where it is valid on the patch grid."""
+
+    raw: ReadResult
+    origin: Index  # of the read, in input coordinates
+    grid_valid: npt.NDArray[np.bool_]  # on the patch grid (the read's own mask without resampling)
+    grid_origin: Index
+
+
+def _read_under(work: RegionWork, region: Region, extents: list[Region]) -> _RegionRead:
+    """Read the input every patch in ``extents`` needs (and ``region`` itself)."""
+    box = clip(union(extents), work.grid.shape)
+    space = work.model_space
+    if space is None:
+        raw = work.source.read(box)
+        origin = tuple(s.start for s in box)
+        return _RegionRead(raw, origin, raw.valid, origin)
+    read_region = union([space.read_region(box), region])
+    raw = work.source.read(read_region)
+    origin = tuple(s.start for s in read_region)
+    grid_valid = space.grid_validity(raw.valid, origin, box)
+    return _RegionRead(raw, origin, grid_valid, tuple(s.start for s in box))
+
+
 def _predict_region(
     work: RegionWork, region: Region, stats: RegionStats
 ) -> tuple[Accumulator, npt.NDArray[np.bool_] | None]:
     """Read ``region`` with its patches' halo, predict and blend it.
 
-    Returns the blend and the region's nodata mask (None where all is valid);
-    the read buffer is freed on return, before labels are made.
+    Returns the blend (over the region's model-grid box when resampling) and the
+    region's nodata mask (None where all is valid); the read buffer is freed on
+    return, before labels are made.
     """
-    patches = work.grid.touching(region)
+    space = work.model_space
+    grid_region = region if space is None else space.grid_region(region)
+    patches = work.grid.touching(grid_region)
     extents = [work.grid.extent(p) for p in patches]
-    read_region = clip(union(extents), work.grid.shape)
-    raw = work.source.read(read_region)
-    read_origin = tuple(s.start for s in read_region)
-    valid = raw.valid
-    region_valid = valid[shift(region, read_origin)]
+    read = _read_under(work, region, extents)
+    region_valid = read.raw.valid[shift(region, read.origin)]
 
-    accumulator = Accumulator(
-        work.model.num_classes, region, track_weights=work.write_probabilities
-    )
+    # resampling back needs the normalized blend, so the weights too
+    track_weights = work.write_probabilities or space is not None
+    accumulator = Accumulator(work.model.num_classes, grid_region, track_weights=track_weights)
     if region_valid.any():
-        todo = _patches_with_data(work, patches, extents, valid, read_origin, stats)
-        cut = functools.partial(
-            cut_patches, raw.data, valid, read_origin, work.grid, work.normalization
-        )
-        buffers = BatchBuffers((work.batch_size, raw.data.shape[0], *work.grid.patch))
-        _predict_and_blend(work, region, cut, buffers, todo, accumulator, stats)
+        todo = _patches_with_data(work, patches, extents, read.grid_valid, read.grid_origin, stats)
+        cut = _patch_cutter(work, read)
+        buffers = BatchBuffers((work.batch_size, read.raw.data.shape[0], *work.grid.patch))
+        _predict_and_blend(work, grid_region, cut, buffers, todo, accumulator, stats)
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
     return accumulator, invalid
+
+
+def _patch_cutter(work: RegionWork, read: _RegionRead) -> Callable[..., torch.Tensor]:
+    raw = read.raw
+    if work.model_space is None:
+        return functools.partial(
+            cut_patches, raw.data, raw.valid, read.origin, work.grid, work.normalization
+        )
+    return functools.partial(
+        cut_resampled_patches,
+        raw.data,
+        raw.valid,
+        read.origin,
+        work.grid,
+        work.normalization,
+        work.model_space,
+    )
 
 
 def _patches_with_data(
@@ -237,18 +296,37 @@ def _patches_with_data(
 
 
 def _region_outputs(
-    work: RegionWork, accumulator: Accumulator, invalid: npt.NDArray[np.bool_] | None
+    work: RegionWork,
+    region: Region,
+    accumulator: Accumulator,
+    invalid: npt.NDArray[np.bool_] | None,
 ) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.floating] | None]:
     """Labels (and probabilities when written) of the region, nodata where it is invalid."""
-    labels = accumulator.labels(work.sink.label_dtype)
+    probabilities = None
+    if work.model_space is None:
+        labels = accumulator.labels(work.sink.label_dtype)
+        if work.write_probabilities:
+            probabilities = accumulator.probabilities()
+    else:
+        resampled = _resampled_probabilities(work.model_space, accumulator, region)
+        labels = scores_labels(resampled).numpy().astype(work.sink.label_dtype, copy=False)
+        if work.write_probabilities:
+            probabilities = resampled.numpy()
     if invalid is not None:
         labels[invalid] = work.sink.label_nodata
-    probabilities = None
-    if work.write_probabilities:
-        probabilities = accumulator.probabilities()
-        if invalid is not None:
+        if probabilities is not None:
             probabilities[:, invalid] = np.nan
     return labels, probabilities
+
+
+def _resampled_probabilities(
+    space: ModelSpace, accumulator: Accumulator, region: Region
+) -> torch.Tensor:
+    """The blend's class probabilities on the model grid, resampled to ``region``."""
+    blended = accumulator.probabilities()
+    # samples no patch covered are read by no valid voxel (see resample): any finite value does
+    np.nan_to_num(blended, copy=False, nan=0.0)
+    return space.to_input(torch.from_numpy(blended), accumulator.origin, region)
 
 
 def _write_chunks(

@@ -7,6 +7,7 @@ and reorient volumes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -61,6 +62,12 @@ class ModelMeta(BaseModel):
     overlap: float | None = None  # hint, fraction of the patch
     orientation: str | None = None  # volumes: axis codes the model expects, e.g. "RAS"
     nodata_class: int | None = None  # class index the model uses for "no data", if any
+    # the resolution the model was trained at; the engine resamples each region to it
+    spacing: tuple[float, ...] | None = None  # volumes: mm per axis, in the model's axis order
+    resolution: float | None = None  # rasters: ground metres per pixel
+    # expected (low, high) per channel, in the units normalization's scale/offset give
+    # (raw values without them): HU for CT, 0..1 for reflectance
+    value_range: tuple[tuple[float, float], ...] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -82,4 +89,37 @@ class ModelMeta(BaseModel):
             raise ValueError(
                 f"band_names has {len(self.band_names)} names, in_channels is {self.in_channels}"
             )
+        self._check_resolution()
         return self
+
+    def _check_resolution(self) -> None:
+        if self.spacing is not None:
+            if len(self.spacing) != self.spatial_dims:
+                raise ValueError(
+                    f"spacing has {len(self.spacing)} values for a {self.spatial_dims}-D model"
+                )
+            if not all(0 < s < math.inf for s in self.spacing):
+                raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
+        if self.resolution is not None and not 0 < self.resolution < math.inf:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+        if self.value_range is not None:
+            if len(self.value_range) != self.in_channels:
+                raise ValueError(
+                    f"value_range has {len(self.value_range)} ranges, "
+                    f"in_channels is {self.in_channels}"
+                )
+            if any(not lo < hi for lo, hi in self.value_range):
+                raise ValueError("each value_range is (low, high) with low < high")
+
+    def describe_resolution(self) -> list[tuple[str, str]]:
+        """(label, value) rows for the resolution and value range, where the model declares them."""
+        rows = []
+        if self.spacing is not None:
+            rows.append(("spacing", " x ".join(f"{s:g}" for s in self.spacing) + " mm"))
+        if self.resolution is not None:
+            rows.append(("resolution", f"{self.resolution:g} m per pixel"))
+        if self.value_range is not None:
+            rows.append(
+                ("value range", ", ".join(f"{lo:g}..{hi:g}" for lo, hi in self.value_range))
+            )
+        return rows
