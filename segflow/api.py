@@ -160,6 +160,7 @@ def segment_one(
         nodata=options.nodata,
         volume=options.volume,
         volumes_as_channels=options.volumes_as_channels,
+        series=options.series,
     )
     work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
     if resume and work.sink.is_complete:

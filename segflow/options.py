@@ -264,8 +264,8 @@ OUTPUT_OPTIONS = (
     "slice_axis",
     "reorient",
 )
-# output options recorded only when set, so runs that never resample record what they did before
-RESAMPLING_OPTIONS = ("spacing", "resolution", "resample")
+# output options recorded only when set, so runs that never use them record what they did before
+RECORDED_WHEN_SET = ("spacing", "resolution", "resample", "series")
 
 
 @dataclass(frozen=True)
@@ -296,6 +296,7 @@ class RunOptions:
     spacing: tuple[float, ...] | None = None  # mm per model axis: overrides the model's spacing
     resolution: float | None = None  # metres per pixel: overrides the model's resolution
     resample: bool = True  # resample each region to the model's spacing/resolution
+    series: str | None = None  # DICOM: the SeriesInstanceUID, where a folder holds several
 
     region_size: int | None = None  # edge of a task's region, in whole chunks
     scheduler: str = "threads"  # threads, sync, local or tcp://host:port
@@ -326,7 +327,7 @@ class RunOptions:
     def output_options(self) -> dict[str, Any]:
         """The options that change the output, JSON-friendly (provenance, fingerprint)."""
         recorded = {name: _plain(getattr(self, name)) for name in OUTPUT_OPTIONS}
-        for name in RESAMPLING_OPTIONS:
+        for name in RECORDED_WHEN_SET:
             value = getattr(self, name)
             if value != _DEFAULTS[name]:
                 recorded[name] = _plain(value)
@@ -387,6 +388,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "spacing": _sizes(o.spacing, "spacing"),
         "resolution": _positive(o.resolution, "resolution"),
         "resample": _bool(o.resample, "resample"),
+        "series": None if o.series is None else _series_uid(o.series),
         "region_size": _optional_count(o.region_size, "region size", 1),
         "scheduler": parse_scheduler(o.scheduler),
         "workers": _optional_count(o.workers, "workers", 1),
@@ -414,6 +416,13 @@ def _positive(value: Any, name: str) -> float | None:
     return number
 
 
+def _series_uid(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", text) or len(text) > 64:
+        raise ConfigError(f"series is a SeriesInstanceUID like 1.2.840.113619.2.55, got '{value}'")
+    return text
+
+
 def _optional_count(value: Any, name: str, minimum: int) -> int | None:
     return None if value is None else _count(value, name, minimum)
 
@@ -430,7 +439,7 @@ __all__ = [
     "LOCAL_SCHEDULERS",
     "OPTION_NAMES",
     "OUTPUT_OPTIONS",
-    "RESAMPLING_OPTIONS",
+    "RECORDED_WHEN_SET",
     "BlendMode",
     "ProbabilityMode",
     "Resampling",

@@ -69,6 +69,7 @@ class InputSpec(_Section):
     spacing: float | tuple[float, ...] | None = None  # mm per model axis; overrides the model's
     resolution: float | None = None  # metres per pixel; overrides the model's
     resample: bool | None = None  # resample to the model's spacing/resolution (default: on)
+    series: str | None = None  # DICOM: the SeriesInstanceUID, where a folder holds several
 
 
 class PipelineSpec(_Section):

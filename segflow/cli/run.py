@@ -102,6 +102,10 @@ def run_command(
         bool | None,
         typer.Option(help="Resample each region to the model's spacing. [default: on]"),
     ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="DICOM: the SeriesInstanceUID, where a folder holds several."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run: compute only missing chunks.")
     ] = False,
@@ -154,6 +158,7 @@ def run_command(
             spacing=spacing,
             resolution=resolution,
             resample=resample,
+            series=series,
             scheduler=scheduler,
             workers=workers,
             region_size=region_size,
@@ -176,7 +181,7 @@ def check_run(
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     pipeline.require_model()
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)
-    if len(items) == 1:
+    if len(items) == 1 and not Path(items[0].input).is_dir():  # a folder: a DICOM series
         check_readable(Path(items[0].input))
     _check_output(output, items)
     return items

@@ -57,3 +57,24 @@ def test_export_dicom_seg_through_the_command_and_a_folder_as_one_input(tmp_path
     run = CliRunner().invoke(segflow_app, [*args, "--source", str(tmp_path / "series")])
     assert run.exit_code == 0, run.output
     assert hd.seg.segread(tmp_path / "ct_seg.dcm").SeriesInstanceUID
+
+
+def test_segflow_run_picks_a_series_from_a_folder_of_several(tmp_path):
+    """`--series UID` chooses; without it the one-line error lists the series."""
+    from segflow.cli.main import app as segflow_app
+    from tests.conftest import save
+
+    spec = SeriesSpec(coded_volume((5, 4, 3)), oriented("axial", (1.0, 1.0, 2.0)))
+    write_series(tmp_path / "study", spec)
+    write_series(tmp_path / "study", replace(spec, series_uid="1.2.3.9", description="b"), seed=2)
+    model = save(threshold_model(0.0), tmp_path / "m.safetensors")
+    args = ["run", str(tmp_path / "study"), "-m", str(model), "--no-flow", "--device", "cpu"]
+    refused = CliRunner().invoke(segflow_app, [*args, "-o", str(tmp_path / "a.zarr")])
+    assert refused.exit_code == 1 and "1.2.3.9" in refused.output
+    chosen = CliRunner().invoke(
+        segflow_app, [*args, "-o", str(tmp_path / "b.zarr"), "--series", "1.2.3.9"]
+    )
+    assert chosen.exit_code == 0, chosen.output
+    assert (tmp_path / "b.zarr").is_dir()
+    bad = CliRunner().invoke(segflow_app, [*args, "-o", str(tmp_path / "c.zarr"), "--series", "x"])
+    assert bad.exit_code == 1 and "SeriesInstanceUID" in bad.output
