@@ -15,7 +15,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,6 +33,7 @@ from segflow.models.exported import (
     read_sidecar,
     sidecar_candidates,
 )
+from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 from segflow.models.registry import build_model, output_stride_of
 
@@ -127,14 +128,40 @@ def load_model(path: str | Path, *, sidecar: str | Path | None = None) -> Loaded
         return LoadedModel(meta, module.eval(), digest, path, "torch")
     meta = _sidecar_meta(path, sidecar)
     if kind == "onnx":
-        return LoadedModel(
-            meta, OnnxModule(path, spatial_dims=meta.spatial_dims), digest, path, "onnx"
-        )
+        onnx = OnnxModule(path, spatial_dims=meta.spatial_dims)
+        return LoadedModel(meta, probe(onnx, meta, path), digest, path, "onnx")
     if kind == "torchscript":
-        return LoadedModel(meta, load_torchscript(path), digest, path, "torchscript")
+        scripted = load_torchscript(path)
+        return LoadedModel(meta, probe(scripted, meta, path), digest, path, "torchscript")
     state = legacy.read_state_dict(path)
     module = _built_with_weights(meta, state, path)
     return LoadedModel(meta, module.eval(), digest, path, "torch")
+
+
+def probe(module: Any, meta: ModelMeta, path: Path) -> Any:
+    """``module`` once it has taken one small patch as its sidecar describes it.
+
+    An exported module's metadata comes from a sidecar that can disagree with it
+    (in_channels, spatial_dims, classes); a mismatch would otherwise surface inside
+    the first forward of a run, after its store was created.
+    """
+    side = 2 * meta.output_stride
+    patch = torch.zeros((1, meta.in_channels, *(side,) * meta.spatial_dims))
+    try:
+        with torch.inference_mode():
+            out = module(patch)
+    except Exception as exc:  # the module's own error, from inside its forward
+        raise ModelError(
+            f"{path.name} does not take a {meta.spatial_dims}-D patch of {meta.in_channels} "
+            f"channel(s) as its sidecar says ({first_line(exc)}); fix in_channels / spatial_dims"
+        ) from None
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != meta.spatial_dims + 2 or shape[1] != meta.num_classes:
+        raise ModelError(
+            f"{path.name} returns shape {shape} for one patch, but its sidecar declares "
+            f"{meta.num_classes} classes in {meta.spatial_dims}-D; fix the sidecar's classes"
+        )
+    return module
 
 
 def detect_format(path: Path) -> Literal["safetensors", "onnx", "torchscript", "pickle"]:

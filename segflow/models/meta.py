@@ -53,11 +53,11 @@ class ModelMeta(BaseModel):
     arch: str  # registry name, e.g. "unet", "fcn8s", "unet3d"; "torchscript"/"onnx" for exports
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     spatial_dims: Literal[2, 3] = 2
-    in_channels: int
+    in_channels: int = Field(ge=1)
     band_names: tuple[str, ...] | None = None
     classes: tuple[ClassInfo, ...]
     normalization: Normalization | None = None
-    output_stride: int = 32  # input sizes must be multiples of this (padded internally)
+    output_stride: int = Field(default=32, ge=1)  # input sizes are padded to multiples of it
     patch_size: tuple[int, ...] | None = None  # hint, in model axes
     overlap: float | None = None  # hint, fraction of the patch
     orientation: str | None = None  # volumes: axis codes the model expects, e.g. "RAS"

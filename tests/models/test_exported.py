@@ -144,3 +144,36 @@ def test_truncated_torchscript(tiny_file: Callable[[str], Path], tmp_path: Path)
     with pytest.raises(ModelError, match=r"bad\.ts") as info:
         load_model(bad)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"in_channels": 5}, "does not take a 2-D patch of 5 channel"),
+        ({"spatial_dims": 3}, "does not take a 3-D patch"),
+        ({"classes": [{"name": "only"}]}, "returns shape"),
+    ],
+)
+def test_a_sidecar_that_disagrees_with_its_module_is_refused_at_load(
+    tiny_file: Callable[[str], Path], tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    from segflow.errors import ModelError
+
+    exported = tmp_path / "net.pt"
+    export_model(tiny_file("unet2d"), "torchscript", exported)
+    sidecar = find_sidecar(exported)
+    assert sidecar is not None
+    meta = read_sidecar(sidecar).model_copy(update=change)
+    write_sidecar(read_sidecar(sidecar).model_validate(meta.model_dump()), sidecar)
+    with pytest.raises(ModelError, match=message) as info:
+        load_model(exported)
+    assert "\n" not in str(info.value)
+
+
+def test_a_zero_output_stride_is_refused(tmp_path: Path) -> None:
+    from segflow.errors import ModelError
+    from segflow.models.exported import parse_meta
+
+    data = {"arch": "unet2d", "in_channels": 1, "classes": [{"name": "a"}], "output_stride": 0}
+    with pytest.raises(ModelError, match="output_stride"):
+        parse_meta(data, "m.yaml")
