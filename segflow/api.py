@@ -19,6 +19,7 @@ from segflow.engine.grid import iter_chunks
 from segflow.engine.region import RegionStats, RegionWork, pending_tasks, task_indices
 from segflow.errors import InputDataError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
+from segflow.io.locks import store_lock
 from segflow.io.open import open_source
 from segflow.models import LoadedModel, load_model
 from segflow.options import RunOptions
@@ -153,7 +154,26 @@ def segment_one(
     scheduler: Any = "threads",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """One input into one store; returns the summary recorded in the store."""
+    """One input into one store; returns the summary recorded in the store.
+
+    One run writes a store at a time: another run on it fails at once, in one line.
+    """
+    with store_lock(output):
+        return _segment_locked(
+            input_path, loaded, output, options, resume, overwrite, scheduler, progress
+        )
+
+
+def _segment_locked(
+    input_path: Path,
+    loaded: LoadedModel,
+    output: Path,
+    options: RunOptions,
+    resume: bool,
+    overwrite: bool,
+    scheduler: Any,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
     source = open_source(
         input_path,
         bands=options.bands,
