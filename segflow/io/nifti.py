@@ -152,6 +152,10 @@ class NiftiSource(FileSourceBase[NiftiImage]):
         file_shape = tuple(int(n) for n in img.shape)
         if len(file_shape) < 2:
             raise ReaderError(f"{self.path}: has shape {file_shape}; a volume needs 3 axes")
+        if min(file_shape) < 1:
+            raise ReaderError(
+                f"{self.path}: has shape {file_shape}; every axis needs at least one voxel"
+            )
         self._file_ndim = len(file_shape)
         self._volume, self._channels = _select_volumes(
             file_shape, volume, volumes_as_channels, self.path
