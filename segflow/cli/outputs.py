@@ -85,6 +85,16 @@ def export_command(
     classes: Annotated[
         str | None, typer.Option(help="Polygons: only these classes (names or values, a,b).")
     ] = None,
+    min_area: Annotated[
+        str | None,
+        typer.Option(
+            help="Polygons: drop smaller ones; CRS units², or with a unit: px, m2, ha, km2."
+        ),
+    ] = None,
+    simplify: Annotated[
+        float | None,
+        typer.Option(help="Polygons: topology-preserving simplification, tolerance in CRS units."),
+    ] = None,
     source: Annotated[
         Path | None,
         typer.Option(
@@ -104,11 +114,18 @@ def export_command(
             from segflow.outputs.polygons import export_polygons
 
             polygons = export_polygons(
-                store, target, to=to.value, classes=classes, overwrite=overwrite
+                store,
+                target,
+                to=to.value,
+                classes=classes,
+                min_area=min_area,
+                simplify=simplify,
+                overwrite=overwrite,
             )
             counts = ", ".join(f"{name} {n:,}" for name, n in polygons.per_class.items())
+            dropped = f"; {polygons.dropped:,} below --min-area" if polygons.dropped else ""
             out.print(
-                f"[green]wrote[/] {polygons.path}: {polygons.features:,} polygons ({counts})",
+                f"[green]wrote[/] {polygons.path}: {polygons.features:,} polygons ({counts}){dropped}",
                 highlight=False,
             )
         elif to is ExportFormat.COG:
@@ -280,13 +297,21 @@ def postprocess_command(
             help="Drop smaller components: pixels/voxels, or with a unit (m2, ha, km2, mL)."
         ),
     ] = None,
+    sieve: Annotated[
+        str | None,
+        typer.Option(
+            help="Rasters: merge smaller components (pixels, or m2, ha, km2) into their largest "
+            "neighbour, as GDAL's sieve; runs before --keep-largest / --min-size."
+        ),
+    ] = None,
     fill: Annotated[str, typer.Option(help="The class removed components become.")] = "0",
     connectivity: Annotated[
-        str, typer.Option(help="full (8 / 26 neighbours) or face (4 / 6).")
+        str,
+        typer.Option(help="full (8 / 26 neighbours) or face (4 / 6; GDAL's default sieve)."),
     ] = "full",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
 ) -> None:
-    """Clean a store by connected components (keep largest / top K, minimum size) into a new store."""
+    """Clean a store by connected components (keep largest / top K, minimum size, sieve)."""
     with one_line_errors():
         from segflow.outputs.postprocess import postprocess
 
@@ -296,11 +321,20 @@ def postprocess_command(
             keep_largest=keep_largest,
             keep_top=keep_top,
             min_size=min_size,
+            sieve=sieve,
             fill=fill,
             connectivity=connectivity,
             overwrite=overwrite,
         )
-        for row in result.summary["components"]:
+        sieved = result.summary.get("sieve")
+        if sieved is not None:
+            out.print(
+                f"sieve: {sieved['small']:,} small components, {sieved['merged']:,} merged "
+                f"({sieved['pixels_changed']:,} px changed), "
+                f"{sieved['isolated'] + sieved['unmergeable']:,} left as they are",
+                highlight=False,
+            )
+        for row in result.summary.get("components", []):
             out.print(
                 f"{row['name']}: {row['components']:,} components, {row['removed']:,} removed "
                 f"({row['pixels_removed']:,} px)",

@@ -75,31 +75,25 @@ def label_chunk(
 ) -> ChunkComponents:
     """Label the classes ``wanted`` in one chunk, class after class."""
     ids = np.zeros(labels.shape, dtype=np.int64)
+    local = np.empty(labels.shape, dtype=np.int32)
+    counts = np.bincount(labels.ravel())
     classes: list[npt.NDArray[np.int64]] = []
-    sizes: list[npt.NDArray[np.int64]] = []
-    firsts: list[npt.NDArray[np.int64]] = []
-    present = set(np.unique(labels).tolist())
     offset = 0
     for value in wanted:
-        if value not in present:
+        if value >= counts.size or counts[value] == 0:
             continue
-        local, n = ndimage.label(labels == value, structure)
-        if n == 0:
-            continue
-        flat = local.ravel()
-        ids += np.where(local > 0, local.astype(np.int64) + offset, 0)
-        sizes.append(np.bincount(flat, minlength=n + 1)[1:].astype(np.int64))
-        firsts.append(_global_index(_first_pixels(flat), labels.shape, region, shape))
+        mask = labels == value
+        n = int(ndimage.label(mask, structure, output=local))
+        np.add(local, offset, out=local, where=mask)  # 0 stays 0 outside the class
+        ids += local
         classes.append(np.full(n, value, dtype=np.int64))
         offset += n
-    return ChunkComponents(ids, _concat(classes), _concat(sizes), _concat(firsts))
-
-
-def _first_pixels(flat: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
-    """Flat index of the first pixel of labels 1..n: ndimage.label numbers in scan order,
-    so each label first appears where the running maximum grows."""
-    previous = np.concatenate(([0], np.maximum.accumulate(flat)[:-1]))
-    return np.flatnonzero(flat > previous)
+    flat = ids.ravel()
+    sizes = np.bincount(flat, minlength=offset + 1)[1:].astype(np.int64)
+    first = np.full(offset + 1, flat.size, dtype=np.intp)
+    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.intp))
+    firsts = _global_index(first[1:], labels.shape, region, shape)
+    return ChunkComponents(ids, _concat(classes), sizes, firsts)
 
 
 def _global_index(

@@ -8,13 +8,23 @@ crosses chunks wait until its last chunk is done and are merged with
 ``shapely.union_all`` (exact: pixel corners are integers). Geometries are then
 moved to the store's CRS with its affine transform. Holes are kept.
 
+Options: ``min_area`` drops the polygons of components smaller than an area (CRS
+units², pixels, or m² / ha / km² in a projected CRS), decided on the component's
+exact area (pixels x pixel area), so before any simplification; ``simplify`` runs
+``shapely.simplify(tolerance, preserve_topology=True)`` on each polygon in CRS units:
+each polygon stays valid with its holes, but it is simplified on its own, so the
+shared edge of two neighbours may no longer match exactly. The ``pixels`` and
+``area`` attributes stay those of the component.
+
 Memory: one chunk, the pending pieces of components still open, one batch of
 features; never the whole raster.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,13 +35,14 @@ import numpy as np
 import shapely
 import shapely.affinity
 
+from segflow.errors import ConfigError
 from segflow.io.export_common import open_exportable
 from segflow.io.source import RasterGeometry
 from segflow.io.vector import FeatureWriter, VectorFormat, pixel_polygons
 from segflow.io.zarr_sink import ZarrSink
 from segflow.options import parse_choice
 from segflow.outputs.components import Components, ComponentTable, Connectivity, find_components
-from segflow.outputs.postprocess import pixel_size_of, resolve_classes
+from segflow.outputs.postprocess import AREA_UNITS, pixel_size_of, resolve_classes
 
 BATCH = 10_000  # features per write
 
@@ -40,7 +51,68 @@ BATCH = 10_000  # features per write
 class PolygonResult:
     path: Path
     features: int
-    per_class: dict[str, int]
+    per_class: dict[str, int]  # polygons written per class
+    dropped: int = 0  # polygons below ``min_area``
+
+
+@dataclass(frozen=True)
+class MinArea:
+    """A minimum polygon area: CRS units² (unit ""), pixels ("px") or m², ha, km²."""
+
+    value: float
+    unit: str = ""
+
+    def keep(self, table: ComponentTable, sink: ZarrSink, geometry: RasterGeometry) -> Any:
+        """Per component id (index 0 = none): whether its polygon is at least this large."""
+        pixels = np.concatenate(([0], table.sizes)).astype(np.float64)
+        if self.unit == "px":
+            area = pixels
+        elif self.unit == "":
+            a, b, _, d, e, _ = geometry.transform
+            area = pixels * abs(a * e - b * d)
+        else:
+            metres = pixel_size_of(sink)
+            if metres is None:
+                raise ConfigError(
+                    f"--min-area in {self.unit} needs a projected CRS; this store has none, "
+                    "give CRS units or px"
+                )
+            area = pixels * metres / AREA_UNITS[self.unit]
+        return area >= self.value
+
+
+def parse_min_area(value: str | float | MinArea | None) -> MinArea | None:
+    """``250`` (CRS units²), ``"40px"``, ``"0.5ha"``, ``"5000 m2"`` as a positive :class:`MinArea`."""
+    if value is None or isinstance(value, MinArea):
+        return value
+    number: float | None = None
+    unit = ""
+    if isinstance(value, int | float):
+        number = float(value)
+    elif match := re.fullmatch(r"\s*([0-9.eE+]+)\s*([^\s0-9.].*?)?\s*", str(value)):
+        unit = (match.group(2) or "").lower()
+        try:
+            number = float(match.group(1))
+        except ValueError:
+            number = None
+    if number is None or unit not in ("", "px", *AREA_UNITS):
+        raise ConfigError(
+            "--min-area takes an area in CRS units, px, m2, ha or km2 "
+            f"(like 250, 40px, 0.5ha), got '{value}'"
+        )
+    area = MinArea(number, unit)
+    if not (math.isfinite(area.value) and area.value > 0):
+        raise ConfigError(f"--min-area must be greater than 0, got {area.value:g}")
+    return area
+
+
+def parse_tolerance(value: float | None) -> float | None:
+    """A simplification tolerance in CRS units: None or 0 for none, never negative."""
+    if value is None or value == 0:
+        return None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--simplify takes a tolerance >= 0 in CRS units, got {value:g}")
+    return float(value)
 
 
 def export_polygons(
@@ -49,42 +121,50 @@ def export_polygons(
     *,
     to: str | VectorFormat = VectorFormat.GPKG,
     classes: str | Sequence[str | int] | None = None,
+    min_area: str | float | MinArea | None = None,
+    simplify: float | None = None,
     overwrite: bool = False,
 ) -> PolygonResult:
     """Write the polygons of ``classes`` (default: all) to a GeoPackage, GeoParquet or GeoJSON.
 
     Attributes: ``class_id``, ``class_name``, ``pixels``, ``area`` (CRS units²) and,
-    for a projected CRS, ``area_m2``.
+    for a projected CRS, ``area_m2``. ``min_area`` and ``simplify``: see the module.
     """
     fmt = parse_choice(VectorFormat, to, "vector format")
+    smallest = parse_min_area(min_area)
+    tolerance = parse_tolerance(simplify)
     sink, geometry = open_exportable(
         store, RasterGeometry, "is a volume output; polygons need a raster store"
     )
     wanted = resolve_classes(classes, sink.classes) or None
     components = find_components(sink, classes=wanted, connectivity=Connectivity.FACE)
+    table = components.table
+    keep = np.ones(len(table) + 1, dtype=bool)
+    if smallest is not None:
+        keep = smallest.keep(table, sink, geometry)
     target = Path(output).expanduser()
     with FeatureWriter(target, fmt, geometry.crs_wkt, overwrite=overwrite) as writer:
-        batch = _Batch(sink, geometry, components.table)
-        for geometry_px, gid in _component_polygons(components):
+        batch = _Batch(sink, geometry, table, tolerance)
+        for geometry_px, gid in _component_polygons(components, keep):
             batch.add(geometry_px, gid)
             if len(batch.geometries) >= BATCH:
                 batch.flush(writer)
         batch.flush(writer, last=True)
     names = [c.name for c in sink.classes]
-    counts = np.bincount(components.table.classes, minlength=len(names))
+    counts = np.bincount(table.classes[keep[1:]], minlength=len(names))
     per_class = {names[v]: int(counts[v]) for v in components.classes}
-    return PolygonResult(target, writer.count, per_class)
+    return PolygonResult(target, writer.count, per_class, int((~keep[1:]).sum()))
 
 
-def _component_polygons(components: Components) -> Any:
-    """(polygon in pixel coordinates, global id) for every component, chunk by chunk."""
+def _component_polygons(components: Components, keep: Any) -> Any:
+    """(polygon in pixel coordinates, global id) for every kept component, chunk by chunk."""
     last = components.table.last_chunk
     pending: dict[int, list[Any]] = defaultdict(list)
     for ordinal, index in enumerate(components.chunk_indices()):
         _, ids = components.read_chunk(index)
         origin = [r.start for r in components.sink.chunk_region(index)]
         touched = set()
-        for polygon, gid in pixel_polygons(ids, origin):
+        for polygon, gid in pixel_polygons(np.where(keep[ids], ids, 0), origin):
             if last[gid - 1] == ordinal and gid not in pending:
                 yield polygon, gid  # all of it is in this chunk and in one piece
             else:
@@ -110,6 +190,7 @@ class _Batch:
     sink: ZarrSink
     geometry: RasterGeometry
     table: ComponentTable
+    tolerance: float | None = None
     geometries: list[Any] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
 
@@ -122,6 +203,8 @@ class _Batch:
             return
         a, b, c, d, e, f = self.geometry.transform
         moved = [shapely.affinity.affine_transform(g, [a, b, d, e, c, f]) for g in self.geometries]
+        if self.tolerance is not None:
+            moved = list(shapely.simplify(moved, self.tolerance, preserve_topology=True))
         rows = np.asarray(self.ids, dtype=np.int64) - 1
         values = self.table.classes[rows]
         pixels = self.table.sizes[rows]

@@ -5,12 +5,18 @@ Operations (applied together, decided on the components of the input store):
 - keep the largest (or the ``keep_top`` largest) components of given classes; the
   others become ``fill`` (class 0 unless told);
 - drop components smaller than ``min_size`` (pixels / voxels, or m², ha, km², mm³,
-  mL) of every class but ``fill``: they become ``fill``.
+  mL) of every class but ``fill``: they become ``fill``;
+- ``sieve`` (rasters): components smaller than the threshold merge into their
+  largest neighbour, as GDAL's sieve (``rasterio.features.sieve``) does on the whole
+  array, see :mod:`segflow.outputs.sieve`. With keep-largest / min-size as well, the
+  sieve comes first and those are decided on the sieved components (through a
+  temporary store beside the output).
 
 Ties in size go to the component whose first pixel comes first in raster order, so
-the result does not depend on the chunking. Nodata stays nodata. The new store keeps
-the geometry, classes and colours; its provenance names the source store and the
-operations, and its summary holds per-class component statistics.
+the result does not depend on the chunking. Nodata stays nodata (for the sieve it is
+rasterio's ``mask``: no polygon, no neighbour). The new store keeps the geometry,
+classes and colours; its provenance names the source store and the operations, and
+its summary holds per-class component statistics.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,7 @@ from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.options import did_you_mean, parse_list
 from segflow.outputs.components import Components, ComponentTable, Connectivity, find_components
+from segflow.outputs.sieve import plan_sieve
 from segflow.outputs.stats import planar_pixel_area_m2, voxel_volume_mm3
 
 # size units: square metres per unit (rasters), cubic millimetres per unit (volumes)
@@ -80,7 +88,7 @@ class MinSize:
     value: float
     unit: str = ""
 
-    def in_pixels(self, pixel_size: float | None, kind: str) -> float:
+    def in_pixels(self, pixel_size: float | None, kind: str, option: str = "--min-size") -> float:
         """The threshold in pixels; ``pixel_size`` is m² per pixel or mm³ per voxel."""
         if self.unit in COUNT_UNITS:
             return self.value
@@ -88,16 +96,21 @@ class MinSize:
         if self.unit not in units:
             allowed = ", ".join(["px" if kind == "raster" else "voxels", *units])
             raise ConfigError(
-                f"--min-size unit '{self.unit}' does not fit a {kind} store (use {allowed})"
+                f"{option} unit '{self.unit}' does not fit a {kind} store (use {allowed})"
             )
         if pixel_size is None:
             raise ConfigError(
-                f"--min-size in {self.unit} needs a projected CRS; this store has none, give pixels"
+                f"{option} in {self.unit} needs a projected CRS; this store has none, give pixels"
             )
         return self.value * units[self.unit] / pixel_size
 
+    def describe(self) -> dict[str, Any]:
+        return {"value": self.value, "unit": self.unit or "px"}
 
-def parse_min_size(value: str | float | MinSize | None) -> MinSize | None:
+
+def parse_min_size(
+    value: str | float | MinSize | None, option: str = "--min-size"
+) -> MinSize | None:
     """``100``, ``"100px"``, ``"0.5 ha"``, ``"2mL"`` as a positive :class:`MinSize`."""
     if value is None or isinstance(value, MinSize):
         size = value
@@ -110,13 +123,11 @@ def parse_min_size(value: str | float | MinSize | None) -> MinSize | None:
         except ValueError:
             size = None
         if size is None:
-            raise ConfigError(
-                f"--min-size takes a size like 100, 100px, 0.5ha or 2mL, got '{value}'"
-            )
+            raise ConfigError(f"{option} takes a size like 100, 100px, 0.5ha or 2mL, got '{value}'")
     if size is not None and size.unit in COUNT_UNITS:
         size = MinSize(size.value)  # pixels and voxels are the default unit
     if size is not None and not (math.isfinite(size.value) and size.value > 0):
-        raise ConfigError(f"--min-size must be greater than 0, got {size.value:g}")
+        raise ConfigError(f"{option} must be greater than 0, got {size.value:g}")
     return size
 
 
@@ -129,6 +140,12 @@ class Operations:
     min_size: MinSize | None = None
     fill: int = 0
     connectivity: Connectivity = Connectivity.FULL
+    sieve: MinSize | None = None
+
+    @property
+    def drops(self) -> bool:
+        """Whether keep-largest or min-size turn components into ``fill``."""
+        return bool(self.keep_largest) or self.min_size is not None
 
     def labelled_classes(self, num_classes: int) -> tuple[int, ...]:
         """The classes whose components matter: kept ones, and all but fill for min-size."""
@@ -137,11 +154,11 @@ class Operations:
         return self.keep_largest
 
     def describe(self) -> dict[str, Any]:
-        size = self.min_size
         return {
             "keep_largest": list(self.keep_largest),
             "keep_top": self.keep_top if self.keep_largest else None,
-            "min_size": None if size is None else {"value": size.value, "unit": size.unit or "px"},
+            "min_size": None if self.min_size is None else self.min_size.describe(),
+            "sieve": None if self.sieve is None else self.sieve.describe(),
             "fill": self.fill,
             "connectivity": self.connectivity.value,
         }
@@ -155,6 +172,7 @@ def parse_operations(
     min_size: str | float | MinSize | None = None,
     fill: str | int = 0,
     connectivity: str | Connectivity = Connectivity.FULL,
+    sieve: str | float | MinSize | None = None,
 ) -> Operations:
     keep = resolve_classes(keep_largest, classes)
     fill_value = resolve_class(fill, classes)
@@ -163,9 +181,11 @@ def parse_operations(
     if fill_value in keep:
         raise ConfigError(f"--fill class {fill_value} cannot also be in --keep-largest")
     size = parse_min_size(min_size)
-    if not keep and size is None:
-        raise ConfigError("nothing to do: give --keep-largest and/or --min-size")
-    return Operations(keep, keep_top, size, fill_value, Connectivity.parse(connectivity))
+    sieve_size = parse_min_size(sieve, "--sieve")
+    if not keep and size is None and sieve_size is None:
+        raise ConfigError("nothing to do: give --keep-largest, --min-size and/or --sieve")
+    conn = Connectivity.parse(connectivity)
+    return Operations(keep, keep_top, size, fill_value, conn, sieve_size)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -184,11 +204,17 @@ def postprocess(
     keep_largest: str | Sequence[str | int] | None = None,
     keep_top: int = 1,
     min_size: str | float | MinSize | None = None,
+    sieve: str | float | MinSize | None = None,
     fill: str | int = 0,
     connectivity: str | Connectivity = Connectivity.FULL,
     overwrite: bool = False,
 ) -> PostprocessResult:
-    """Apply the operations to a complete store and write the result as a new store."""
+    """Apply the operations to a complete store and write the result as a new store.
+
+    ``sieve``: components smaller than this (pixels, or m², ha, km²) merge into their
+    largest neighbour like ``rasterio.features.sieve`` with ``connectivity`` 8 (full)
+    or 4 (face) and ``mask=labels != nodata``; 2-D stores only.
+    """
     source = ZarrSink.open_finished(store, purpose="post-processing")
     ops = parse_operations(
         source.classes,
@@ -197,27 +223,74 @@ def postprocess(
         min_size=min_size,
         fill=fill,
         connectivity=connectivity,
+        sieve=sieve,
     )
     if Path(output).expanduser().resolve() == source.path.resolve():
         raise OutputError(f"{output} is the input store; write the result to a new store")
+    if ops.sieve is not None and source.kind != "raster":
+        raise ConfigError("--sieve works on raster stores (GDAL's sieve is 2-D); use --min-size")
     pixel_size = pixel_size_of(source)
     threshold = None if ops.min_size is None else ops.min_size.in_pixels(pixel_size, source.kind)
+    sieve_pixels = None
+    if ops.sieve is not None:
+        sieve_pixels = ops.sieve.in_pixels(pixel_size, source.kind, "--sieve")
+    target = _create_target(source, output, ops, overwrite)
+    summary: dict[str, Any] = {
+        "postprocess": ops.describe(),
+        "source": str(source.path),
+        "min_size_pixels": threshold,
+        "sieve_pixels": sieve_pixels,
+    }
+    if sieve_pixels is None:
+        summary["components"] = _drop_into(source, target, ops, threshold, pixel_size)
+    elif not ops.drops:
+        summary["sieve"] = _sieve_into(source, target, ops, sieve_pixels, pixel_size)
+    else:  # sieve first, then keep-largest / min-size on the sieved components
+        with tempfile.TemporaryDirectory(prefix=".sieved-", dir=target.path.parent) as tmp:
+            middle = _create_target(source, Path(tmp) / "sieved.zarr", ops, False)
+            summary["sieve"] = _sieve_into(source, middle, ops, sieve_pixels, pixel_size)
+            middle.finalize({})
+            sieved = ZarrSink.open_finished(middle.path)
+            summary["components"] = _drop_into(sieved, target, ops, threshold, pixel_size)
+    target.finalize(summary)
+    return PostprocessResult(target.path, summary)
+
+
+def _drop_into(
+    source: ZarrSink,
+    target: ZarrSink,
+    ops: Operations,
+    threshold: float | None,
+    pixel_size: float | None,
+) -> list[dict[str, Any]]:
+    """Keep-largest / min-size from ``source`` into ``target``; per-class statistics."""
     components = find_components(
         source,
         classes=ops.labelled_classes(source.layout.num_classes),
         connectivity=ops.connectivity,
     )
     drop = components_to_drop(components.table, ops, threshold)
-    target = _create_target(source, output, ops, overwrite)
-    _write_cleaned(components, target, drop, ops.fill)
-    summary = {
-        "postprocess": ops.describe(),
-        "source": str(source.path),
-        "min_size_pixels": threshold,
-        "components": component_summary(components, drop, pixel_size),
-    }
-    target.finalize(summary)
-    return PostprocessResult(target.path, summary)
+    _write_mapped(components, target, np.where(drop, ops.fill, -1))
+    return component_summary(components, drop, pixel_size)
+
+
+def _sieve_into(
+    source: ZarrSink,
+    target: ZarrSink,
+    ops: Operations,
+    threshold: float,
+    pixel_size: float | None,
+) -> dict[str, Any]:
+    """The sieve from ``source`` into ``target``; counts and per-class statistics."""
+    components = find_components(source, connectivity=ops.connectivity)
+    plan = plan_sieve(components, threshold)
+    _write_mapped(components, target, plan.becomes)
+    # a chain of biggest neighbours can end on the component's own class: merged, unchanged
+    own = np.concatenate(([-1], components.table.classes))
+    changed = (plan.becomes >= 0) & (plan.becomes != own)
+    pixels = int(components.table.sizes[changed[1:]].sum())
+    rows = component_summary(components, changed, pixel_size)
+    return {**plan.describe(), "pixels_changed": pixels, "classes": rows}
 
 
 def components_to_drop(
@@ -311,11 +384,10 @@ def _create_target(
     )
 
 
-def _write_cleaned(
-    components: Components, target: ZarrSink, drop: npt.NDArray[np.bool_], fill: int
-) -> None:
-    fill_value = np.asarray(fill, dtype=target.label_dtype)
+def _write_mapped(components: Components, target: ZarrSink, becomes: npt.NDArray[np.int64]) -> None:
+    """Each chunk with the pixels of component ``i`` set to class ``becomes[i]`` (-1: kept)."""
     for index in components.chunk_indices():
         labels, ids = components.read_chunk(index)
-        cleaned = np.where(drop[ids], fill_value, labels).astype(target.label_dtype, copy=False)
+        mapped = becomes[ids]
+        cleaned = np.where(mapped >= 0, mapped, labels).astype(target.label_dtype, copy=False)
         target.write_chunk(index, cleaned, None)

@@ -67,3 +67,18 @@ def stored_ids(components) -> np.ndarray:
     for index in components.chunk_indices():
         ids[sink.chunk_region(index)] = components.read_chunk(index)[1]
     return ids
+
+
+def specks(shape, k: int = 3, seed: int = 0, density: float = 0.08, nodata: float = 0.02):
+    """Smooth regions sprinkled with 1-3 pixel specks of random classes, and nodata specks:
+    many small components, many of equal size (ties), many on chunk borders."""
+    rng = np.random.default_rng(seed)
+    labels = blobs(shape, k=k, seed=seed, scale=4)
+    labels[labels == NODATA] = 0
+    for grow in range(3):
+        hit = rng.random(shape) < density / (grow + 1)
+        if grow:
+            hit = ndimage.binary_dilation(hit, np.array([[0, 1, 0], [0, 1, 1], [0, 0, 0]], bool))
+        labels[hit] = rng.integers(0, k, int(hit.sum()))
+    labels[rng.random(shape) < nodata] = NODATA
+    return labels

@@ -121,3 +121,58 @@ def test_bad_inputs(tmp_path):
 
 def test_the_transform_of_the_label_store_fixture_is_north_up():
     assert TRANSFORM[1] == TRANSFORM[3] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("min_area", "pixels"),
+    [(9 * 900.0, 9), ("9px", 9), ("0.81 ha", 9), ("8100m2", 9), ("8101 m2", 10), (0.5, 1)],
+)
+def test_min_area_drops_small_polygons(tmp_path, min_area, pixels):
+    labels = blobs((70, 80), scale=3, seed=4)
+    store = write_store(tmp_path / "s.zarr", labels, (16, 16))  # 30 m pixels: 900 m²
+    everything = read(export_polygons(store, tmp_path / "all.gpkg").path)
+    result = export_polygons(store, tmp_path / "p.gpkg", min_area=min_area)
+    frame = read(result.path)
+    kept = everything[everything.pixels >= pixels]
+    assert len(frame) == len(kept) == result.features
+    assert result.dropped == len(everything) - len(kept) and (pixels == 1) == (result.dropped == 0)
+    assert sorted(frame.pixels) == sorted(kept.pixels)
+    assert sum(result.per_class.values()) == len(frame)
+
+
+def test_min_area_in_metres_needs_a_projected_crs(tmp_path):
+    store = write_store(
+        tmp_path / "s.zarr", blobs((20, 20)), (8, 8), geometry=raster_geometry(None, IDENTITY)
+    )
+    with pytest.raises(ConfigError, match="needs a projected CRS"):
+        export_polygons(store, tmp_path / "p.gpkg", min_area="1ha")
+    frame = read(export_polygons(store, tmp_path / "p.gpkg", min_area=4).path)  # CRS units²
+    assert (frame.geometry.area >= 4).all()
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "ten", "3 acres", "1mL"])
+def test_bad_min_area(tmp_path, value):
+    store = write_store(tmp_path / "s.zarr", blobs((20, 20)), (8, 8))
+    with pytest.raises(ConfigError, match="--min-area"):
+        export_polygons(store, tmp_path / "p.gpkg", min_area=value)
+    assert not (tmp_path / "p.gpkg").exists()
+
+
+def test_simplify_keeps_each_polygon_valid_with_its_holes(tmp_path):
+    yy, xx = np.indices((80, 80))
+    labels = (np.hypot(yy - 40, xx - 40) < 30).astype(np.uint8)  # a staircase disc ...
+    labels[np.hypot(yy - 40, xx - 40) < 10] = 0  # ... with a round hole across chunks
+    store = write_store(tmp_path / "s.zarr", labels, (16, 16))  # 30 m pixels
+    exact = read(export_polygons(store, tmp_path / "a.gpkg", classes="forest").path)
+    result = export_polygons(store, tmp_path / "b.gpkg", classes="forest", simplify=45.0)
+    simple = read(result.path)
+    (before,), (after,) = exact.geometry, simple.geometry
+    assert after.is_valid and len(after.interiors) == 1
+    assert len(after.exterior.coords) < len(before.exterior.coords) / 2
+    assert after.hausdorff_distance(before) <= 45.0 + 1e-6  # within the tolerance
+    assert simple.pixels.tolist() == exact.pixels.tolist()  # attributes stay the component's
+    np.testing.assert_allclose(simple["area"], exact["area"])
+    unchanged = read(export_polygons(store, tmp_path / "c.gpkg", classes="forest", simplify=0).path)
+    assert unchanged.geometry.iloc[0].equals_exact(before, 0)
+    with pytest.raises(ConfigError, match="--simplify"):
+        export_polygons(store, tmp_path / "d.gpkg", simplify=-1.0)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyogrio
 import pytest
+import rasterio.features
 import typer
 from typer.testing import CliRunner
 
 from segflow.cli.outputs import default_output, register
 from segflow.io.zarr_sink import ZarrSink
-from tests.outputs.label_stores import blobs, write_store
+from tests.outputs.label_stores import blobs, specks, write_store
 
 runner = CliRunner()
 
@@ -70,3 +71,34 @@ def test_export_parquet_and_geojson(app, tmp_path):
     assert np.isclose(
         pyogrio.read_dataframe(tmp_path / "p.geojson").area_m2.sum(), 900 * (30 * 30 - 4)
     )
+
+
+def test_sieve_then_polygons_with_min_area_and_simplify(app, tmp_path):
+    labels = specks((60, 70), seed=2)
+    store = write_store(tmp_path / "scene.zarr", labels, (16, 16)).path
+    clean = tmp_path / "clean.zarr"
+    args = ["postprocess", str(store), "-o", str(clean), "--sieve", "8", "--connectivity", "face"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sieve:" in result.output and "merged" in result.output
+    expected = rasterio.features.sieve(labels, 8, mask=labels != 255, connectivity=4)
+    np.testing.assert_array_equal(ZarrSink.open_finished(clean).read_labels(), expected)
+
+    out = tmp_path / "p.gpkg"
+    options = ["--min-area", "0.9ha", "--simplify", "15"]  # 10 pixels of 900 m², half a pixel
+    result = runner.invoke(app, ["export", str(clean), "--to", "gpkg", "-o", str(out), *options])
+    assert result.exit_code == 0, result.output
+    assert "below --min-area" in result.output
+    frame = pyogrio.read_dataframe(out)
+    assert (frame.pixels >= 10).all() and frame.geometry.is_valid.all()
+
+
+def test_bad_sieve_and_min_area_are_one_line(app, tmp_path):
+    store = write_store(tmp_path / "s.zarr", blobs((20, 20)), (16, 16)).path
+    result = runner.invoke(
+        app, ["postprocess", str(store), "-o", str(tmp_path / "o.zarr"), "--sieve", "0"]
+    )
+    assert result.exit_code == 1 and "--sieve must be greater than 0" in result.output
+    result = runner.invoke(app, ["export", str(store), "--to", "gpkg", "--min-area", "big"])
+    assert result.exit_code == 1 and "--min-area takes an area" in result.output
+    assert "Traceback" not in result.output
