@@ -16,6 +16,8 @@ BENCHMARKS = [
     "bench_volume",
     "bench_prefect",
     "bench_startup",
+    "bench_postprocess",
+    "bench_dicom",
     "bench_training",
 ]
 

@@ -7,15 +7,17 @@ report as skipped.
 
 A corrupt scan fails alone with its reason while the others finish; transient I/O
 errors are retried; a re-run skips finished scans and resumes interrupted ones. Each
-scan gets a Zarr store (and, on request, a NIfTI mask that overlays the scan); the
-batch report (per scan: status, reason, time, label volumes in mL) is published as
-Prefect artifacts and written as CSV and JSON. :func:`exit_code` tells complete
-success (0) from partial failure (3) and total failure (1).
+scan gets a Zarr store (and, on request, a NIfTI mask that overlays the scan and, for a
+DICOM series, a DICOM SEG ``<name>_seg.dcm`` that references it); the batch report (per
+scan: status, reason, time, label volumes in mL, the outputs written) is published as
+Prefect artifacts and written as CSV and JSON. :func:`exit_code` tells complete success
+(0) from partial failure (3) and total failure (1).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +41,7 @@ from segflow.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
 from segflow.io.dicom import series_inputs
 from segflow.io.dicom_paths import is_dicom_folder, is_dicom_input
 
-SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti")
+SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti", "seg")
 
 
 class ScanReport(BaseModel):
@@ -51,6 +53,7 @@ class ScanReport(BaseModel):
     seconds: float = 0.0
     resumed: bool = False
     nifti: str | None = None
+    seg: str | None = None  # the DICOM SEG of a DICOM series, when asked for
     voxel_ml: float | None = None
     volumes_ml: dict[str, float] = Field(default_factory=dict)
     voxels: dict[str, int] = Field(default_factory=dict)
@@ -98,6 +101,30 @@ def export_mask(name: str, store: str, target: str, reference: str | None) -> st
     return str(written.path)
 
 
+@task(
+    name="export-dicom-seg",
+    task_run_name="seg {name}",
+    retries=TRANSIENT_RETRIES,
+    retry_delay_seconds=TRANSIENT_RETRY_DELAYS,
+    retry_condition_fn=is_transient_failure,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def export_seg(name: str, store: str, target: str, source: str) -> str | State[Any]:
+    """The store's labels as a DICOM SEG referencing ``source``, the series it was made from."""
+    try:
+        from segflow.io.dicom_seg import export_dicom_seg
+    except ImportError:
+        return report.failed_state("DICOM SEG export is not available in this segflow installation")
+    try:
+        written = export_dicom_seg(store, target, source=source, overwrite=True)
+    except SegflowError as exc:
+        reason = " ".join(str(exc).split())
+        get_run_logger().error("%s: DICOM SEG export failed: %s", name, reason)
+        return report.failed_state(f"DICOM SEG export failed: {reason}")
+    return str(written)
+
+
 @flow(
     name="hospital-batch",
     description="Segment a batch of NIfTI scans; each scan fails alone; report volumes in mL.",
@@ -109,14 +136,16 @@ def hospital_batch(
     model: str | None = None,
     options: dict[str, Any] | None = None,
     export_nifti: bool | None = None,
+    export_seg: bool = False,
     concurrency: int = 1,
     report_dir: str | None = None,
 ) -> HospitalReport | State[Any]:
     """``scans``: a folder, a glob, a manifest (.csv with a path column and optional id
     column, or .txt with one path per line) or a list of paths.
 
-    ``export_nifti`` defaults to the spec's ``outputs.nifti``. Reports go to
-    ``report_dir`` (default ``output_dir/reports``).
+    ``export_nifti`` defaults to the spec's ``outputs.nifti``. ``export_seg`` writes a
+    DICOM SEG ``<name>_seg.dcm`` beside the store of each DICOM series (other inputs have
+    none). Reports go to ``report_dir`` (default ``output_dir/reports``).
     """
     logger = get_run_logger()
     started = time.time()
@@ -126,8 +155,14 @@ def hospital_batch(
     items = plan_items(found, Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
     results = run_unfinished(items, pipeline, concurrency=concurrency)
-    nifti = _export_masks(results) if want_nifti else {}
-    scans_out = [_scan_report(r, nifti.get(r.name), logger) for r in results]
+    exports = {
+        "nifti": _export_masks(results) if want_nifti else {},
+        "seg": _export_segs(results) if export_seg else {},
+    }
+    scans_out = [
+        _scan_report(r, {k: v[r.name] for k, v in exports.items() if r.name in v}, logger)
+        for r in results
+    ]
     counts = report.status_counts(s.status for s in scans_out)
     batch = HospitalReport(
         started=started,
@@ -167,26 +202,50 @@ def scan_inputs(scans: str | list[str]) -> tuple[list[tuple[str | None, Path]], 
 _NIFTI = (".nii", ".nii.gz")
 
 
-def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str | None]]:
-    """scan name -> (mask path, failure reason), for the scans whose store is complete."""
-    out: dict[str, tuple[str | None, str | None]] = {}
-    todo = []
-    for r in results:
-        target = _mask_path(r)
-        if r.status == "skipped" and target.exists():
-            out[r.name] = (str(target), None)  # finished by an earlier run, mask included
-        elif r.status != "failed":
-            todo.append((r, target))
-    if not todo:
-        return out
-    futures = export_mask.map(
-        [r.name for r, _ in todo],
-        [r.output for r, _ in todo],
-        [str(t) for _, t in todo],
+Exported = dict[str, tuple[str | None, str | None]]  # scan -> (path, failure reason)
+
+
+def _export_masks(results: list[InputResult]) -> Exported:
+    """The NIfTI mask of each scan whose store is complete."""
+    return _export_each(
+        [(r, _beside(r, ".nii.gz")) for r in results],
+        export_mask,
         # a DICOM series has no header nibabel reads: the store's own affine is exact
-        [None if is_dicom_input(Path(r.input)) else r.input for r, _ in todo],
+        lambda r: None if is_dicom_input(Path(r.input)) else r.input,
     )
-    for (r, _), future in zip(todo, futures, strict=True):
+
+
+def _export_segs(results: list[InputResult]) -> Exported:
+    """The DICOM SEG of each DICOM series whose store is complete (other inputs: none)."""
+    return _export_each(
+        [(r, _beside(r, "_seg.dcm")) for r in results if is_dicom_input(Path(r.input))],
+        export_seg,
+        lambda r: r.input,  # one file of the series: its series is read from its folder
+    )
+
+
+def _export_each(
+    todo: list[tuple[InputResult, Path]],
+    exporter: Any,
+    source: Callable[[InputResult], str | None],
+) -> Exported:
+    """Run ``exporter(name, store, target, source(result))`` for each complete store."""
+    out: Exported = {}
+    work = []
+    for r, target in todo:
+        if r.status == "skipped" and target.exists():
+            out[r.name] = (str(target), None)  # finished by an earlier run, export included
+        elif r.status != "failed":
+            work.append((r, target))
+    if not work:
+        return out
+    futures = exporter.map(
+        [r.name for r, _ in work],
+        [r.output for r, _ in work],
+        [str(t) for _, t in work],
+        [source(r) for r, _ in work],
+    )
+    for (r, _), future in zip(work, futures, strict=True):
         future.wait()
         state = future.state
         data = state.result(raise_on_failure=False)
@@ -198,22 +257,24 @@ def _export_masks(results: list[InputResult]) -> dict[str, tuple[str | None, str
     return out
 
 
-def _mask_path(result: InputResult) -> Path:
-    """``<name>.zarr`` -> ``<name>.nii.gz`` beside it."""
+def _beside(result: InputResult, suffix: str) -> Path:
+    """``<name>.zarr`` -> ``<name><suffix>`` beside it."""
     store = Path(result.output)
-    return store.with_name(f"{store.stem}.nii.gz")
+    return store.with_name(f"{store.stem}{suffix}")
 
 
 def _scan_report(
-    result: InputResult, nifti: tuple[str | None, str | None] | None, logger: Any
+    result: InputResult, exports: dict[str, tuple[str | None, str | None]], logger: Any
 ) -> ScanReport:
+    """``exports``: output kind (``nifti``, ``seg``) -> (path, failure) for this scan."""
     scan = ScanReport(scan=result.name, **report.input_result_fields(result))
     if result.status == "failed":
         return scan
-    if nifti is not None:
-        scan.nifti, failure = nifti
-        if failure:
-            scan.status, scan.reason = "failed", failure  # a requested output is missing
+    for kind, (path, failure) in exports.items():
+        setattr(scan, kind, path)
+        if failure:  # a requested output is missing
+            scan.status = "failed"
+            scan.reason = "; ".join(r for r in (scan.reason, failure) if r)
     try:
         volumes = report.class_volumes(result.output, recount=result.resumed)
     except (SegflowError, OSError, ValueError) as exc:
@@ -250,4 +311,11 @@ def _publish(batch: HospitalReport, report_dir: Path) -> HospitalReport:
     return batch
 
 
-__all__ = ["HospitalReport", "ScanReport", "exit_code", "export_mask", "hospital_batch"]
+__all__ = [
+    "HospitalReport",
+    "ScanReport",
+    "exit_code",
+    "export_mask",
+    "export_seg",
+    "hospital_batch",
+]

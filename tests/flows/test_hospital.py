@@ -151,3 +151,97 @@ def test_a_pacs_folder_is_one_scan_per_dicom_series(prefect_server, models, tmp_
         assert mask.shape == (6, 5, 4)
         expected = (coded_volume((6, 5, 4)) > 100).astype(np.uint8)
         np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
+
+
+def _study_with_a_refused_series(study: Path):
+    """One folder: a good series, one with a duplicate slice position, one missing a slice."""
+    from dataclasses import replace
+
+    import pydicom
+
+    from tests.io.dicom_fixtures import SeriesSpec, coded_volume, oriented, write_series
+
+    spec = SeriesSpec(coded_volume((6, 5, 4)), oriented("axial", (1.0, 1.0, 2.0)))
+    write_series(study, replace(spec, series_uid="1.2.3.100", series_number=1))
+    for uid, number, moved, to in (("1.2.3.200", 2, 3, 2.0), ("1.2.3.300", 3, 1, 4.0)):
+        series = replace(spec, series_uid=uid, series_number=number)
+        for path in write_series(study, series, seed=number):  # seeds: other file names
+            ds = pydicom.dcmread(path)
+            if spec.volume.shape[2] - int(ds.InstanceNumber) == moved:  # fixtures count back
+                ds.ImagePositionPatient = [f"{v:.6f}" for v in spec.geometry.position(to)]
+                ds.save_as(path)
+    return spec
+
+
+def test_a_refused_series_fails_alone_while_its_study_completes(prefect_server, models, tmp_path):
+    """Duplicate positions and a missing slice: failed scans with one line each; the rest done."""
+    study = tmp_path / "study"
+    spec = _study_with_a_refused_series(study)
+    state, report = run(str(study), tmp_path / "out", models["threshold3d"], export_nifti=True)
+    assert state.is_failed() and "2 of 3 scans failed" in state.message
+    assert report.exit_code == 3
+    by_number = {s.scan.split("_")[1]: s for s in report.scans}  # <patient>_CT<number>_<uid>
+    good, duplicate, missing = (by_number[f"CT{n}"] for n in (1, 2, 3))
+    assert good.status == "complete" and good.reason is None
+    mask = np.asarray(nib.load(good.nifti).dataobj)
+    np.testing.assert_array_equal(mask, (spec.volume > 100).astype(np.uint8))
+    assert good.voxels["class1"] == int((spec.volume > 100).sum())
+    for scan, why in ((duplicate, "duplicate slice position"), (missing, "1 missing slice(s)")):
+        assert scan.status == "failed" and scan.nifti is None
+        assert why in scan.reason and "\n" not in scan.reason
+        assert not Path(scan.output).exists()  # refused before a store was made
+
+
+def test_dicom_seg_beside_each_series_store(prefect_server, models, tmp_path):
+    """export_seg: <name>_seg.dcm per DICOM series, referencing it, frames equal to the mask;
+    a NIfTI scan in the same batch has none; a re-run keeps the SEG of a finished scan."""
+    import highdicom as hd
+    import pydicom
+
+    from tests.io.dicom_fixtures import SeriesSpec, coded_volume, oriented, write_series
+
+    study = tmp_path / "study"
+    volume = coded_volume((6, 5, 4)) + 600  # class 1 in three slices of four
+    spec = SeriesSpec(volume, oriented("sagittal", (1.0, 1.0, 2.0)))
+    files = write_series(study / "s1", spec)
+    write_scan(study / "extra.nii.gz", seed=1, spacing=SPACING)
+    out = tmp_path / "out"
+    state, report = run(str(study), out, models["threshold3d"], export_seg=True)
+    assert state.is_completed(), state.message
+    by_kind = {s.input.endswith(".nii.gz"): s for s in report.scans}
+    nifti_scan, series_scan = by_kind[True], by_kind[False]
+    assert nifti_scan.status == "complete" and nifti_scan.seg is None
+    assert series_scan.status == "complete"
+    seg_path = Path(series_scan.seg)
+    assert seg_path == out / f"{series_scan.scan}_seg.dcm" and seg_path.is_file()
+    seg = hd.seg.segread(seg_path)
+    assert seg.SeriesInstanceUID != spec.series_uid
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == spec.series_uid
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == {
+        str(pydicom.dcmread(f).SOPInstanceUID) for f in files
+    }
+    assert seg.PatientID == "SEGFLOW-TEST-1"
+    # frame by frame: the mask of each source slice, at that slice's position
+    expected = (spec.volume > 100).astype(np.uint8)
+    by_position = {
+        tuple(np.round(spec.geometry.position(k), 3)): expected[:, :, k].T for k in range(4)
+    }
+    frames, seen = seg.pixel_array.reshape(-1, 5, 6), set()  # (frames, rows j, columns i)
+    for n, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        position = tuple(
+            np.round([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient], 3)
+        )
+        np.testing.assert_array_equal(frames[n], by_position[position])
+        seen.add(position)
+    # highdicom leaves out empty frames only
+    labelled = {position for position, m in by_position.items() if m.any()}
+    assert len(labelled) == 3 and labelled <= seen
+    report_row = json.loads(Path(report.report_json).read_text())["scans"]
+    assert {r["seg"] for r in report_row} == {str(seg_path), None}
+    # a re-run: both scans finished, the SEG is reported again, not rewritten
+    written = seg_path.stat().st_mtime_ns
+    _, again = run(str(study), out, models["threshold3d"], export_seg=True)
+    assert [s.status for s in again.scans] == ["skipped", "skipped"]
+    assert {s.seg for s in again.scans} == {str(seg_path), None}
+    assert seg_path.stat().st_mtime_ns == written

@@ -60,7 +60,8 @@ class SeriesSpec:
     frame_uid: str = "1.2.826.0.1.3680043.8.498.2"
     description: str = "test series"
     series_number: int = 1
-    compressed: bool = False
+    compressed: bool = False  # RLE Lossless
+    bits: int = 16  # 16: signed int16 stored values; 8: unsigned uint8 (as JPEG Baseline needs)
 
 
 def _vec(values: Sequence[float] | npt.NDArray[np.float64]) -> tuple[float, float, float]:
@@ -128,8 +129,13 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
-def _stored(spec: SeriesSpec, plane: npt.NDArray[np.float64]) -> npt.NDArray[np.int16]:
+def _stored(
+    spec: SeriesSpec, plane: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int16] | npt.NDArray[np.uint8]:
     stored = np.rint((plane - spec.intercept) / spec.slope)
+    if spec.bits == 8:
+        assert stored.min() >= 0 and stored.max() <= 255, "8-bit stored values are 0..255"
+        return stored.astype(np.uint8)
     return stored.astype(np.int16)
 
 
@@ -174,8 +180,9 @@ def slice_dataset(spec: SeriesSpec, k: int, instance: int) -> Dataset:
     ds.PhotometricInterpretation = "MONOCHROME2"
     plane = _stored(spec, spec.volume[:, :, k].T)  # (rows, columns)
     ds.Rows, ds.Columns = plane.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1
+    ds.BitsAllocated = ds.BitsStored = spec.bits
+    ds.HighBit = spec.bits - 1
+    ds.PixelRepresentation = 1 if spec.bits == 16 else 0
     if spec.compressed:
         ds.compress(RLELossless, plane)
     else:
@@ -192,9 +199,60 @@ def write_series(folder: Path, spec: SeriesSpec, seed: int = 0) -> list[Path]:
     for k in rng.permutation(depth):
         ds = slice_dataset(spec, int(k), instance=depth - int(k))
         path = folder / f"IM{rng.integers(0, 10**9):09d}"
+        assert not path.exists(), f"{path} exists: another series here needs another seed"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def compress_series(
+    files: Sequence[Path], folder: Path, syntax: UID, **encoding: object
+) -> list[Path]:
+    """The compressed twin of a series: each file re-encoded with pydicom, same name.
+
+    ``syntax`` is any transfer syntax pydicom has an encoder for (RLE, JPEG-LS, JPEG
+    2000); ``encoding`` goes to ``Dataset.compress`` (``jls_error``, ``j2k_cr``, ...).
+    Lossy syntaxes get LossyImageCompression = 01, as a PACS writes it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax, **encoding)  # type: ignore[arg-type]
+        if any(encoding.get(k) for k in ("jls_error", "j2k_cr", "j2k_psnr")):
+            ds.LossyImageCompression = "01"
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        out.append(folder / path.name)
+    return out
+
+
+def jpeg_baseline_series(files: Sequence[Path], folder: Path, quality: int = 95) -> list[Path]:
+    """The JPEG Baseline (8-bit lossy) twin of an 8-bit series, encoded with Pillow.
+
+    pydicom has no JPEG Baseline encoder; Pillow's libjpeg writes each plane and pydicom
+    encapsulates it, one fragment per frame, as a modality or PACS would.
+    """
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert ds.BitsAllocated == 8, "JPEG Baseline holds 8-bit samples"
+        buffer = io.BytesIO()
+        Image.fromarray(ds.pixel_array).save(buffer, format="JPEG", quality=quality)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        out.append(folder / path.name)
+    return out
 
 
 def write_zip(path: Path, files: Sequence[Path]) -> Path:
