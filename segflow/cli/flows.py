@@ -181,7 +181,10 @@ def landcover_command(
 
 def hospital_command(
     scans: Annotated[
-        list[str], typer.Argument(help="NIfTI files, folders, globs or manifests (.csv / .txt).")
+        list[str],
+        typer.Argument(
+            help="NIfTI files, DICOM study folders (one scan per series), globs or manifests."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <scan>.zarr stores.")],
     spec: SpecOpt = None,
@@ -189,6 +192,9 @@ def hospital_command(
     nifti: Annotated[
         bool | None, typer.Option("--nifti/--no-nifti", help="Also write NIfTI masks.")
     ] = None,
+    seg: Annotated[
+        bool, typer.Option("--seg", help="Also write a DICOM SEG beside each DICOM series' store.")
+    ] = False,
     concurrency: ConcurrencyOpt = 1,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -214,6 +220,7 @@ def hospital_command(
             pipeline=pipeline,
             concurrency=concurrency,
             report_dir=_text(report_dir),
+            export_seg=seg,
         )
     for scan in batch.scans:
         _print_item(scan.scan, scan.status, scan.reason, scan.seconds, scan.output)
