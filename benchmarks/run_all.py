@@ -18,6 +18,7 @@ BENCHMARKS = [
     "bench_startup",
     "bench_postprocess",
     "bench_dicom",
+    "bench_resample",
     "bench_training",
 ]
 

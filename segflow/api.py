@@ -1,4 +1,4 @@
-"""``segflow.segment``: inputs through one model into geometry-keeping Zarr stores."""
+"""``segflow.segment``: inputs through a model (or an ensemble) into geometry-keeping Zarr stores."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segflow.engine.ensemble import Ensemble, load_models
 from segflow.engine.execute import ProgressFn, execute
 from segflow.engine.grid import iter_chunks
 from segflow.engine.region import RegionStats, RegionWork, pending_tasks, task_indices
@@ -21,7 +22,7 @@ from segflow.errors import InputDataError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
 from segflow.io.locks import store_lock
 from segflow.io.open import open_source
-from segflow.models import LoadedModel, load_model
+from segflow.models import LoadedModel
 from segflow.options import RunOptions
 from segflow.plan import plan
 
@@ -53,10 +54,11 @@ def run_options(
 
 def segment(
     inputs: PathLike | Sequence[PathLike],
-    model: PathLike | LoadedModel,
+    model: PathLike | LoadedModel | Ensemble | Sequence[PathLike | LoadedModel],
     output: PathLike,
     options: RunOptions | Mapping[str, Any] | None = None,
     *,
+    weights: Sequence[float] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     client: Any = None,
@@ -71,14 +73,21 @@ def segment(
     and a failing input does not stop the others (its result says why).
     ``options`` and keyword ``overrides`` are :class:`~segflow.options.RunOptions`
     fields; ``client`` is a ``distributed.Client`` to run the chunk work on.
+
+    ``model`` is a model file, a loaded model, or for an ensemble several of them
+    (or a folder of model files, or an :class:`~segflow.engine.ensemble.Ensemble`):
+    each patch is cut once, every member predicts it and their softmax
+    probabilities are averaged, with ``weights`` (one per member) if given.
     """
     if not isinstance(overrides.get("scheduler", ""), str):  # a Client passed as scheduler
         client = overrides.pop("scheduler")
     chosen = run_options(options, **overrides)
     single = isinstance(inputs, str | os.PathLike) and is_one_input(inputs)
     items = plan_items(collect_inputs(inputs), Path(output))
-    # absolute before anything leaves this process: cluster workers have other working folders
-    loaded = model if isinstance(model, LoadedModel) else load_model(Path(model).absolute())
+    # one model loads as ever; several (or a folder of them) are one ensemble
+    loaded = (
+        model if isinstance(model, LoadedModel) and weights is None else load_models(model, weights)
+    )
     results = []
     with _scheduler(chosen, client) as scheduler:
         for item in items:
@@ -99,7 +108,7 @@ def segment(
 
 def _segment_item(
     item: InputItem,
-    loaded: LoadedModel,
+    loaded: LoadedModel | Ensemble,
     options: RunOptions,
     scheduler: Any,
     resume: bool,
@@ -145,7 +154,7 @@ def _scheduler(options: RunOptions, client: Any) -> Iterator[Any]:
 
 def segment_one(
     input_path: Path,
-    loaded: LoadedModel,
+    loaded: LoadedModel | Ensemble,
     output: Path,
     options: RunOptions,
     *,
@@ -166,7 +175,7 @@ def segment_one(
 
 def _segment_locked(
     input_path: Path,
-    loaded: LoadedModel,
+    loaded: LoadedModel | Ensemble,
     output: Path,
     options: RunOptions,
     resume: bool,

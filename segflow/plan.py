@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.engine.ensemble import Ensemble
 from segflow.engine.execute import REGION_MEMORY_BYTES
 from segflow.engine.grid import PatchGrid, coerce_shape, make_grid, round_up
 from segflow.engine.region import ModelHandle, PredictorOptions, RegionWork, default_task_chunks
@@ -59,7 +60,7 @@ class Fit:
 
 def plan(
     source: Source,
-    loaded: LoadedModel,
+    loaded: LoadedModel | Ensemble,
     output: Path,
     options: RunOptions,
     *,
@@ -102,10 +103,12 @@ def plan(
         # a finer model grid blends more samples than the region has: keep its accumulator in budget
         edge = max(1, int(edge / space.max_zoom))
     task_target = tuple(c if squeeze_axis == a else max(edge, c) for a, c in enumerate(chunk))
+    members = loaded.members if isinstance(loaded, Ensemble) else ()
+    first = loaded.members[0] if isinstance(loaded, Ensemble) else loaded
     return RegionWork(
         source=source,
         sink=sink,
-        model=_model_handle(loaded),
+        model=_model_handle(first),
         predictor_options=PredictorOptions(
             device=options.device,
             amp=options.amp,
@@ -123,6 +126,8 @@ def plan(
         write_labels=options.labels,
         write_probabilities=options.writes_probabilities,
         model_space=space,
+        members=tuple(_model_handle(m) for m in members),
+        member_weights=loaded.member_weights() if isinstance(loaded, Ensemble) else (),
     )
 
 
@@ -453,7 +458,7 @@ def axis_order(source: Source, orientation: str | None) -> AxisTransform | None:
     return None if transform.is_identity else transform
 
 
-def fingerprint(source: Source, loaded: LoadedModel, options: RunOptions) -> str:
+def fingerprint(source: Source, loaded: LoadedModel | Ensemble, options: RunOptions) -> str:
     """What a resumed run must share with the one that made the store."""
     stat = source.path.stat()
     payload = {
@@ -468,13 +473,16 @@ def fingerprint(source: Source, loaded: LoadedModel, options: RunOptions) -> str
 
 
 def provenance(
-    source: Source, loaded: LoadedModel, options: RunOptions, grid: PatchGrid, fit: Fit
+    source: Source, loaded: LoadedModel | Ensemble, options: RunOptions, grid: PatchGrid, fit: Fit
 ) -> dict[str, Any]:
     """What made the store: input, model and options, recorded in its attributes.
 
-    Resampling and compatibility warnings are recorded only where there are any.
+    Ensemble members, resampling and compatibility warnings are recorded only where
+    there are any.
     """
     recorded = _base_provenance(source, loaded, options, grid)
+    if isinstance(loaded, Ensemble):
+        recorded["ensemble"] = loaded.describe()
     if fit.model_space is not None:
         space = fit.model_space
         recorded["resampling"] = {
@@ -488,7 +496,7 @@ def provenance(
 
 
 def _base_provenance(
-    source: Source, loaded: LoadedModel, options: RunOptions, grid: PatchGrid
+    source: Source, loaded: LoadedModel | Ensemble, options: RunOptions, grid: PatchGrid
 ) -> dict[str, Any]:
     meta = loaded.meta
     return {

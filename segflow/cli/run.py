@@ -36,8 +36,13 @@ def run_command(
         typer.Argument(help="GeoTIFF/NIfTI files, folders or globs.", show_default=False),
     ],
     model: Annotated[
-        Path | None,
-        typer.Option("--model", "-m", help="Model file (.safetensors, TorchScript or ONNX)."),
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model file (.safetensors, TorchScript or ONNX); repeat it, or give a folder "
+            "of model files, to run an ensemble (averaged probabilities).",
+        ),
     ] = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="OUT.zarr for one input, else a folder.")
@@ -137,8 +142,9 @@ def run_command(
         # progress bar, a line per result and one-line errors
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     with one_line_errors():
+        ensemble = _ensemble_models(model or [])
         pipeline = (load_spec(spec) if spec is not None else Pipeline()).with_overrides(
-            model=model,
+            model=ensemble[0] if ensemble else (model[0] if model else None),
             patch_size=patch_size,
             overlap=overlap,
             blend=blend,
@@ -165,8 +171,28 @@ def run_command(
         )
         checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
         with progress_bar(progress and sys.stderr.isatty()) as bar:
-            results = _run(checked, pipeline, output, resume, overwrite, flow, bar)
+            if ensemble:  # recorded in the store's provenance; the flows take one model file
+                results = _run_library(checked, ensemble, pipeline.options, resume, overwrite, bar)
+            else:
+                results = _run(checked, pipeline, output, resume, overwrite, flow, bar)
     _report(results)
+
+
+def _ensemble_models(models: list[Path]) -> list[Path]:
+    """The model files of an ensemble (several -m, or a folder), or [] for one model file."""
+    if len(models) == 1 and not models[0].is_dir():
+        return []
+    from segflow.engine.ensemble import model_files
+
+    files: list[Path] = []
+    for path in models:
+        if path.is_dir():
+            files += model_files(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"model file {path} not found; check the path")
+    return files
 
 
 def check_run(
@@ -233,7 +259,7 @@ def _run(
 
 def _run_library(
     items: list[InputItem],
-    model: Path,
+    model: Path | list[Path],
     options: RunOptions,
     resume: bool,
     overwrite: bool,
@@ -241,9 +267,9 @@ def _run_library(
 ) -> list[RunResult]:
     """``--no-flow``: the same inputs through segflow.segment, without Prefect."""
     from segflow.api import segment
-    from segflow.models import load_model
+    from segflow.engine.ensemble import load_models
 
-    loaded = load_model(model.absolute())  # cluster workers have other working folders
+    loaded = load_models(model)  # absolute paths: cluster workers have other working folders
     results = []
     for item in items:
         result = segment(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -98,7 +99,16 @@ class Accumulator:
     in the same thread: finish with one region before starting the next.
     """
 
-    def __init__(self, num_classes: int, region: Region, *, track_weights: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        region: Region,
+        *,
+        track_weights: bool = True,
+        scores: Literal["logits", "probabilities"] = "logits",
+    ) -> None:
+        # "probabilities": patches add class probabilities (an ensemble's mean), not logits
+        self.scores = scores
         self.region = region
         self.origin = tuple(s.start for s in region)
         shape = region_shape(region)
@@ -124,6 +134,12 @@ class Accumulator:
         it is entirely nodata), and dividing by the weight sum does not change
         the argmax, so neither coverage nor weights are needed here.
         """
+        if self.scores == "probabilities" and self.logits.shape[0] == 1:
+            # one blended sigmoid probability: class 1 where its mean is above one half
+            if self.weights is None:
+                raise RuntimeError("probabilities are blended with weight tracking")
+            mean = self.logits[0] / self.weights.clamp_min(1e-12)
+            return (mean > 0.5).numpy().astype(dtype)
         return argmax_channels(self.logits).numpy().astype(dtype, copy=False)
 
     def probabilities(self) -> np.ndarray:
@@ -131,7 +147,10 @@ class Accumulator:
         if self.weights is None:
             raise RuntimeError("accumulator was created without weight tracking")
         mean = self.logits / self.weights.clamp_min(1e-12)
-        probs = torch.sigmoid(mean) if mean.shape[0] == 1 else torch.softmax(mean, dim=0)
+        if self.scores == "probabilities":
+            probs = mean  # blended probabilities: their weighted mean is one
+        else:
+            probs = torch.sigmoid(mean) if mean.shape[0] == 1 else torch.softmax(mean, dim=0)
         out = probs.numpy()
         out[:, (self.weights == 0).numpy()] = np.nan
         return out

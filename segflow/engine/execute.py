@@ -15,8 +15,14 @@ from dask.base import compute
 from dask.callbacks import Callback
 from dask.delayed import Delayed, delayed
 
-from segflow.engine.grid import Index, region_shape
-from segflow.engine.region import RegionStats, RegionWork, process_region, task_grid_region
+from segflow.engine.grid import Index, clip, region_shape, union
+from segflow.engine.region import (
+    RegionStats,
+    RegionWork,
+    process_region,
+    task_grid_region,
+    task_region,
+)
 from segflow.engine.sharing import sharing
 from segflow.errors import ConfigError
 
@@ -114,12 +120,38 @@ def local_memory_plan(
     what they leave of it holds shared patches. A 2048^2 region of 6 classes
     accumulates in 100 MB, so two run side by side; a 256^3 region of 3
     classes needs 200 MB and runs alone (its forwards still use every core),
-    which keeps peak memory flat as images and volumes grow.
+    which keeps peak memory flat as images and volumes grow. A resampled task
+    also counts its read and its input-grid outputs (``task_bytes``).
     """
-    largest = max(math.prod(region_shape(task_grid_region(work, t))) for t in tasks)
-    per_task = 4 * largest * (work.model.num_classes + int(work.write_probabilities))
-    in_flight = workers or max(1, min(_cores(), REGION_MEMORY_BYTES // per_task))
-    return in_flight, max(0, REGION_MEMORY_BYTES - in_flight * per_task)
+    largest = max(tasks, key=lambda t: math.prod(region_shape(task_grid_region(work, t))))
+    accumulator, held = task_bytes(work, largest)
+    in_flight = workers or max(1, min(_cores(), REGION_MEMORY_BYTES // held))
+    return in_flight, max(0, REGION_MEMORY_BYTES - in_flight * accumulator)
+
+
+def task_bytes(work: RegionWork, task: Index) -> tuple[int, int]:
+    """The bytes of one task's accumulator, and of all it holds at once.
+
+    Without resampling both are the float32 accumulator (the read is not
+    counted). A resampled task also keeps the blend's weights, its input read
+    under the model-grid patches (with its mask), and its labels (and
+    probabilities) on the input grid.
+    """
+    classes = work.model.num_classes
+    grid_region = task_grid_region(work, task)
+    accumulator = 4 * math.prod(region_shape(grid_region))
+    if work.model_space is None:
+        accumulator *= classes + int(work.write_probabilities)
+        return accumulator, accumulator
+    accumulator *= classes + 1
+    region = task_region(work, task)
+    patches = union([work.grid.extent(p) for p in work.grid.touching(grid_region)])
+    read = union([work.model_space.read_region(clip(patches, work.grid.shape)), region])
+    read_bytes = math.prod(region_shape(read)) * (
+        work.source.dtype.itemsize * work.source.channels + 1
+    )
+    output_bytes = math.prod(region_shape(region)) * (1 + 4 * classes * work.write_probabilities)
+    return accumulator, accumulator + read_bytes + output_bytes
 
 
 def _cores() -> int:

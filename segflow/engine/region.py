@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from segflow.engine.batches import (
     prefetch,
 )
 from segflow.engine.blend import Accumulator, patch_window
+from segflow.engine.ensemble import EnsemblePredictor
 from segflow.engine.grid import (
     Index,
     PatchGrid,
@@ -124,6 +126,10 @@ class RegionWork:
     write_labels: bool
     write_probabilities: bool
     model_space: ModelSpace | None = None  # set when the grid is the model's, not the input's
+    # an ensemble: every member predicts each patch and their probabilities are averaged
+    # (``model`` is then the first member); empty for one model
+    members: tuple[ModelHandle, ...] = ()
+    member_weights: tuple[float, ...] = ()
     # set for local runs by execute(): cores for a task's own elementwise work (a
     # forward takes its own share), and the key of the run's shared patches
     task_threads: int = 1
@@ -246,9 +252,15 @@ def _predict_region(
     read = _read_under(work, region, extents)
     region_valid = read.raw.valid[shift(region, read.origin)]
 
-    # resampling back needs the normalized blend, so the weights too
-    track_weights = work.write_probabilities or space is not None
-    accumulator = Accumulator(work.model.num_classes, grid_region, track_weights=track_weights)
+    # resampling back needs the normalized blend, so the weights too (as blended probabilities)
+    ensemble = bool(work.members)
+    track_weights = work.write_probabilities or space is not None or ensemble
+    accumulator = Accumulator(
+        work.model.num_classes,
+        grid_region,
+        track_weights=track_weights,
+        scores="probabilities" if ensemble else "logits",
+    )
     if region_valid.any():
         todo = _patches_with_data(work, patches, extents, read.grid_valid, read.grid_origin, stats)
         cut = _patch_cutter(work, read)
@@ -308,10 +320,7 @@ def _region_outputs(
         if work.write_probabilities:
             probabilities = accumulator.probabilities()
     else:
-        resampled = _resampled_probabilities(work.model_space, accumulator, region)
-        labels = scores_labels(resampled).numpy().astype(work.sink.label_dtype, copy=False)
-        if work.write_probabilities:
-            probabilities = resampled.numpy()
+        labels, probabilities = _resampled_outputs(work, work.model_space, accumulator, region)
     if invalid is not None:
         labels[invalid] = work.sink.label_nodata
         if probabilities is not None:
@@ -319,14 +328,40 @@ def _region_outputs(
     return labels, probabilities
 
 
-def _resampled_probabilities(
-    space: ModelSpace, accumulator: Accumulator, region: Region
-) -> torch.Tensor:
-    """The blend's class probabilities on the model grid, resampled to ``region``."""
-    blended = accumulator.probabilities()
+RESAMPLE_SLAB_BYTES = 16 * 2**20  # the class scores of one slab of a region resampled back
+
+
+def _resampled_outputs(
+    work: RegionWork, space: ModelSpace, accumulator: Accumulator, region: Region
+) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.floating] | None]:
+    """Labels (and probabilities) of ``region`` from the blend's probabilities on the model grid.
+
+    Resampled back a slab of the first axis at a time: a sample's value is the
+    same in any window (see ``resample``), and the scores of a whole 256^3 region
+    of three classes, with their temporaries, would take 700 MB.
+    """
+    blended = torch.from_numpy(accumulator.probabilities())
     # samples no patch covered are read by no valid voxel (see resample): any finite value does
-    np.nan_to_num(blended, copy=False, nan=0.0)
-    return space.to_input(torch.from_numpy(blended), accumulator.origin, region)
+    torch.nan_to_num_(blended, nan=0.0)
+    shape = region_shape(region)
+    classes = blended.shape[0]
+    labels = np.empty(shape, dtype=work.sink.label_dtype)
+    probabilities = (
+        np.empty((classes, *shape), dtype=np.float32) if work.write_probabilities else None
+    )
+    rows = max(1, RESAMPLE_SLAB_BYTES // (4 * classes * max(1, math.prod(shape[1:]))))
+    first = region[0]
+    for start in range(first.start, first.stop, rows):
+        slab = (slice(start, min(start + rows, first.stop)), *region[1:])
+        box = space.grid_region(slab)
+        local = shift(box, accumulator.origin)
+        origin = tuple(b.start for b in box)
+        scores = space.to_input(blended[(slice(None), *local)], origin, slab)
+        rows_here = slice(slab[0].start - first.start, slab[0].stop - first.start)
+        labels[rows_here] = scores_labels(scores).numpy()
+        if probabilities is not None:
+            probabilities[:, rows_here] = scores.numpy()
+    return labels, probabilities
 
 
 def _write_chunks(
@@ -410,7 +445,7 @@ class _Blender:
         self._cut = cut
         self._accumulator = accumulator
         self._stats = stats
-        self._predictor = work.model.predictor(work.predictor_options)
+        self._predictor = region_predictor(work)
         self._shared = shared_patches(work.sharing_key)
         self._me = object()  # this task, as the owner of its claims
 
@@ -464,6 +499,14 @@ class _Blender:
         else:
             corner = tuple(s.start for s in extent)
             self._accumulator.add(part.logits, part.extent, window[shift(part.extent, corner)])
+
+
+def region_predictor(work: RegionWork) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's predictor, or for an ensemble one that averages its members' probabilities."""
+    if not work.members:
+        return work.model.predictor(work.predictor_options)
+    members = [m.predictor(work.predictor_options) for m in work.members]
+    return EnsemblePredictor(members, work.member_weights)
 
 
 def default_task_chunks(chunk_shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:

@@ -157,6 +157,8 @@ class ModelSpace:
         counts them), so after every axis it is "any valid in the product window".
         """
         box = clip(box, self.model_shape)
+        if valid.all():  # every window with an input sample in it: the same answer, faster
+            return _nonempty_windows(self, box)
         counts = valid.astype(np.int32)
         for axis, sl in enumerate(box):
             n, m = self.input_shape[axis], self.model_shape[axis]
@@ -171,6 +173,20 @@ class ModelSpace:
         return counts > 0
 
 
+def _nonempty_windows(space: ModelSpace, box: Region) -> npt.NDArray[np.bool_]:
+    """Model samples of ``box`` whose validity window holds any input sample at all."""
+    out = np.ones((), dtype=np.bool_)
+    for axis, sl in enumerate(box):
+        n, m = space.input_shape[axis], space.model_shape[axis]
+        if n == m:
+            axis_ok = np.ones(sl.stop - sl.start, dtype=np.bool_)
+        else:
+            start, stop = validity_windows(n, m)
+            axis_ok = stop[sl] > start[sl]
+        out = out[..., None] & axis_ok
+    return out
+
+
 def _resample(
     values: torch.Tensor,
     origin: Sequence[int],
@@ -178,21 +194,45 @@ def _resample(
     n_src: Sequence[int],
     n_dst: Sequence[int],
 ) -> torch.Tensor:
-    """Linear resampling along each axis in turn, from global tables (see the module notes)."""
+    """Linear resampling along each axis in turn, from global tables (see the module notes).
+
+    The axes go in an order fixed by the global sizes alone (``axis_order``), so
+    a sample's value never depends on the window; the order keeps the tensors
+    small while the costly last axis is interpolated.
+    """
     out = values
-    for axis, sl in enumerate(target):
-        dim = axis + 1  # the channel axis comes first
+    for axis in axis_order(tuple(n_src), tuple(n_dst)):
+        sl, dim = target[axis], axis + 1  # the channel axis comes first
         if n_src[axis] == n_dst[axis]:
-            start = sl.start - origin[axis]
-            out = out.narrow(dim, start, sl.stop - sl.start)
+            out = out.narrow(dim, sl.start - origin[axis], sl.stop - sl.start)
             continue
-        lo, hi, weight = (t[sl] for t in lerp_table(n_src[axis], n_dst[axis]))
+        lo_table, hi_table, weight_table = lerp_table(n_src[axis], n_dst[axis])
+        lo, hi, weight = lo_table[sl], hi_table[sl], weight_table[sl]
         shape = [1] * out.ndim
         shape[dim] = -1
-        first = out.index_select(dim, torch.from_numpy(lo - origin[axis]))
-        second = out.index_select(dim, torch.from_numpy(hi - origin[axis]))
+        # advanced indexing gathers along the last axis several times faster than index_select
+        first = out[_along(dim, lo - origin[axis])]
+        second = out[_along(dim, hi - origin[axis])]
         out = torch.lerp(first, second, torch.from_numpy(weight).reshape(shape))
     return out.contiguous()
+
+
+def _along(dim: int, indices: npt.NDArray[np.int64]) -> tuple[slice | torch.Tensor, ...]:
+    """The index that picks ``indices`` along ``dim``."""
+    return (*(slice(None),) * dim, torch.from_numpy(indices))
+
+
+@lru_cache(maxsize=64)
+def axis_order(n_src: tuple[int, ...], n_dst: tuple[int, ...]) -> tuple[int, ...]:
+    """The order ``_resample`` visits the axes in: unchanged, then shrinking, then growing ones.
+
+    Shrinking axes go first to last (the last axis on the smallest tensor),
+    growing ones last to first (the last axis before the tensor grows).
+    """
+    same = [a for a in range(len(n_src)) if n_src[a] == n_dst[a]]
+    shrink = [a for a in range(len(n_src)) if n_dst[a] < n_src[a]]
+    grow = [a for a in reversed(range(len(n_src))) if n_dst[a] > n_src[a]]
+    return (*same, *shrink, *grow)
 
 
 def scores_labels(probabilities: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,226 @@
+"""Several models run as one: each patch is cut once, every member predicts it, and their
+softmax probabilities are averaged (optionally weighted) before the blend.
+
+The members must agree on what the engine does once for all of them: the input
+channels and how they are normalized, the classes, the spacing or resolution,
+the dimensions and the orientation. The blend then sums probabilities, not
+logits; labels are the argmax of the blended mean and stored probabilities are
+the mean itself (no second softmax).
+
+The softmax is written out elementwise (``softmax``) rather than calling
+``torch.softmax``, whose kernel rounds a value differently depending on where
+it lies in the tensor: a patch's probabilities are then the same in every
+batch and region, as chunk invariance needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from segflow.errors import ConfigError, ModelError
+from segflow.models.files import LoadedModel, load_model
+from segflow.models.meta import ModelMeta
+
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".ts", ".torchscript", ".onnx", ".ckpt")
+ModelLike = str | os.PathLike[str] | LoadedModel
+Scores = Literal["logits", "probabilities"]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Models whose averaged softmax probabilities are one prediction."""
+
+    members: tuple[LoadedModel, ...]
+    weights: tuple[float, ...] | None = None  # None: equal weights
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise ConfigError("an ensemble needs at least two models")
+        if self.weights is not None:
+            if len(self.weights) != len(self.members):
+                raise ConfigError(
+                    f"{len(self.weights)} weights for {len(self.members)} ensemble models; "
+                    "give one weight per model"
+                )
+            if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not sum(self.weights):
+                raise ConfigError(
+                    f"ensemble weights must be non-negative and not all zero, got "
+                    f"{list(self.weights)}"
+                )
+        check_members(self.members)
+
+    @cached_property
+    def meta(self) -> ModelMeta:
+        """The members' shared metadata (the first's), padded to every member's stride."""
+        first = self.members[0].meta
+        stride = math.lcm(*(m.meta.output_stride for m in self.members))
+        return first.model_copy(update={"output_stride": stride})
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def runtime(self) -> str:
+        return "ensemble"
+
+    @cached_property
+    def sha256(self) -> str:
+        """Of the members' files and the weights: what a resumed run must share."""
+        payload = {"members": [m.sha256 for m in self.members], "weights": self.weights}
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+    def member_weights(self) -> tuple[float, ...]:
+        return self.weights or (1.0,) * len(self.members)
+
+    def describe(self) -> dict[str, Any]:
+        """The members (paths and sha256) and weights, for the store's provenance."""
+        return {
+            "members": [
+                {
+                    "path": str(m.path) if m.path else None,
+                    "sha256": m.sha256,
+                    "arch": m.meta.arch,
+                    "runtime": m.runtime,
+                }
+                for m in self.members
+            ],
+            "weights": list(self.member_weights()),
+        }
+
+
+def _name(model: LoadedModel, index: int) -> str:
+    return model.path.name if model.path is not None else f"model {index + 1}"
+
+
+def _agreement(meta: ModelMeta) -> dict[str, Any]:
+    """What every member must share, and how it is shown in the error."""
+    norm = meta.normalization
+    return {
+        "input channels": meta.in_channels,
+        "band names": ", ".join(meta.band_names) if meta.band_names else None,
+        "classes": ", ".join(c.name for c in meta.classes),
+        "dimensions": f"{meta.spatial_dims}-D",
+        "spacing": " x ".join(f"{s:g}" for s in meta.spacing) + " mm" if meta.spacing else None,
+        "resolution": f"{meta.resolution:g} m" if meta.resolution else None,
+        "normalization": norm.model_dump_json(exclude_none=True) if norm else None,
+        "orientation": meta.orientation,
+    }
+
+
+def check_members(members: Sequence[LoadedModel]) -> None:
+    """A one-line ModelError naming the first thing two members disagree on."""
+    first = _agreement(members[0].meta)
+    for index, member in enumerate(members[1:], start=1):
+        other = _agreement(member.meta)
+        for what, value in first.items():
+            if other[what] != value:
+                raise ModelError(
+                    f"ensemble models disagree on {what}: {_name(members[0], 0)} has "
+                    f"{value or 'none'} but {_name(member, index)} has {other[what] or 'none'}; "
+                    "ensemble only models trained for the same task and data"
+                )
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The model files of a folder of fold models, by name (sidecars are not models)."""
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise ConfigError(
+            f"{folder} holds no model files ({', '.join(MODEL_SUFFIXES)}); "
+            "pass model files or a folder of them"
+        )
+    return files
+
+
+def _expand(model: ModelLike) -> list[ModelLike]:
+    if isinstance(model, LoadedModel):
+        return [model]
+    path = Path(model)
+    return list(model_files(path)) if path.is_dir() else [path]
+
+
+def load_models(
+    model: ModelLike | Ensemble | Sequence[ModelLike], weights: Sequence[float] | None = None
+) -> LoadedModel | Ensemble:
+    """One model, or an ensemble of several: files, folders of files or loaded models.
+
+    A single model file (or a folder holding one) loads exactly as ``load_model``.
+    """
+    if isinstance(model, Ensemble):
+        if weights is None:
+            return model
+        return Ensemble(model.members, tuple(float(w) for w in weights))
+    given = [model] if isinstance(model, str | os.PathLike | LoadedModel) else list(model)
+    found = [m for item in given for m in _expand(item)]
+    if not found:
+        raise ConfigError("no model given: pass a model file, several, or a folder of them")
+    # absolute before anything leaves this process: cluster workers have other working folders
+    loaded = [m if isinstance(m, LoadedModel) else load_model(Path(m).absolute()) for m in found]
+    if len(loaded) == 1:
+        if weights is not None:
+            raise ConfigError("weights are for ensembles; give them with two or more models")
+        return loaded[0]
+    return Ensemble(tuple(loaded), None if weights is None else tuple(float(w) for w in weights))
+
+
+def softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class probabilities along ``dim`` (one channel: a sigmoid), elementwise per pixel.
+
+    Each value comes from the same elementwise operations wherever it lies in
+    the tensor, so a pixel's probabilities do not depend on the batch or the
+    patch it was computed in.
+    """
+    if logits.shape[dim] == 1:
+        return torch.sigmoid(logits)
+    exps = (logits - logits.amax(dim=dim, keepdim=True)).exp_()
+    parts = exps.unbind(dim)
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return exps.div_(total.unsqueeze(dim))
+
+
+class EnsemblePredictor:
+    """``(N, C, *patch)`` -> the members' weighted mean probabilities ``(N, K, *patch)``."""
+
+    def __init__(
+        self, predictors: Sequence[Callable[[torch.Tensor], torch.Tensor]], weights: Sequence[float]
+    ) -> None:
+        self._predictors = list(predictors)
+        self._weights = [float(w) for w in weights]
+        self._total = float(sum(self._weights))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        mean: torch.Tensor | None = None
+        for predictor, weight in zip(self._predictors, self._weights, strict=True):
+            weighted = softmax(predictor(batch)).mul_(weight)
+            mean = weighted if mean is None else mean.add_(weighted)
+        assert mean is not None
+        return mean.div_(self._total)
+
+
+__all__ = [
+    "MODEL_SUFFIXES",
+    "Ensemble",
+    "EnsemblePredictor",
+    "Scores",
+    "check_members",
+    "load_models",
+    "model_files",
+    "softmax",
+]
