@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.common import (
     Check,
+    growth_check,
     near_free_model,
     peak_rss_mb,
     report,
@@ -57,7 +58,6 @@ def main() -> bool:
             write_geotiff(Path(tmp) / f"scene{size}.tif", size)
         runs = [run_subprocess_json(one_run, size, tmp) for size in (small, large)]
     a, b = runs
-    growth = b["peak_mb"] / a["peak_mb"] - 1.0
     figures = {
         f"{r['size']}^2 peak RSS / time": f"{r['peak_mb']:.0f} MB / {r['seconds']:.1f} s"
         for r in runs
@@ -70,13 +70,7 @@ def main() -> bool:
             f"<= {TARGET_PEAK_MB:.0f}",
             b["peak_mb"] <= TARGET_PEAK_MB,
         ),
-        Check(
-            f"growth {small}^2 -> {large}^2",
-            growth * 100,
-            "%",
-            f"<= {TARGET_GROWTH * 100:.0f}",
-            growth <= TARGET_GROWTH,
-        ),
+        growth_check(f"growth {small}^2 -> {large}^2", a["peak_mb"], b["peak_mb"], TARGET_GROWTH),
     ]
     return report("(c) memory", figures, checks)
 

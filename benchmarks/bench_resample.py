@@ -24,7 +24,6 @@ volumes through a near-free 1.5 mm model, each in a fresh process, must be flat.
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from benchmarks.bench_volume import PATCH, pure_forward_seconds, unet3d_model
 from benchmarks.common import (
     Check,
     best_of_interleaved,
+    growth_checks,
     near_free_model,
     peak_rss_mb,
     report,
@@ -104,19 +104,7 @@ def memory_checks(tmp: Path, figures: dict[str, Any]) -> list[Check]:
             f"{run['peak_mb']:.0f} MB / {run['seconds']:.1f} s / {run['patches']} patches"
         )
         runs[size] = run["peak_mb"]
-    checks = []
-    for small, large in itertools.pairwise(MEMORY_SIZES):
-        growth = runs[large] / runs[small] - 1.0
-        checks.append(
-            Check(
-                f"peak RSS growth {small}^3 -> {large}^3",
-                growth * 100,
-                "%",
-                f"<= {TARGET_FLAT * 100:.0f}",
-                growth <= TARGET_FLAT,
-            )
-        )
-    return checks
+    return growth_checks(runs, TARGET_FLAT)
 
 
 def timed_runs(

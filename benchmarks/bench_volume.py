@@ -12,7 +12,6 @@ The timed runs go ``--repeat`` times in turn; the fastest of each is compared.
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from benchmarks.common import (
     Check,
     best_of_interleaved,
+    growth_checks,
     near_free_model,
     peak_rss_mb,
     report,
@@ -135,19 +135,7 @@ def memory_checks(tmp: Path, figures: dict[str, Any]) -> list[Check]:
             f"{run['peak_mb']:.0f} MB / {run['seconds']:.1f} s / {run['patches']}"
         )
         runs[size] = run["peak_mb"]
-    checks = []
-    for small, large in itertools.pairwise(MEMORY_SIZES):
-        growth = runs[large] / runs[small] - 1.0
-        checks.append(
-            Check(
-                f"peak RSS growth {small}^3 -> {large}^3",
-                growth * 100,
-                "%",
-                f"<= {TARGET_FLAT * 100:.0f}",
-                growth <= TARGET_FLAT,
-            )
-        )
-    return checks
+    return growth_checks(runs, TARGET_FLAT)
 
 
 def main() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import time
@@ -142,3 +143,18 @@ def run_subprocess_json(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[s
     """``run_subprocess`` for a function returning a JSON-able dict (checked as such)."""
     result: dict[str, Any] = json.loads(json.dumps(run_subprocess(fn, *args)))
     return result
+
+
+def growth_check(label: str, small: float, large: float, target: float) -> Check:
+    """Peak memory (or any figure) from a smaller run to a larger one, within ``target``."""
+    growth = large / small - 1.0
+    return Check(label, growth * 100, "%", f"<= {target * 100:.0f}", growth <= target)
+
+
+def growth_checks(peaks: dict[int, float], target: float, unit: str = "^3") -> list[Check]:
+    """One :func:`growth_check` per consecutive pair of sizes, as ``"peak RSS growth A -> B"``."""
+    sizes = sorted(peaks)
+    return [
+        growth_check(f"peak RSS growth {a}{unit} -> {b}{unit}", peaks[a], peaks[b], target)
+        for a, b in itertools.pairwise(sizes)
+    ]
