@@ -88,6 +88,7 @@ def segment(
     loaded = (
         model if isinstance(model, LoadedModel) and weights is None else load_models(model, weights)
     )
+    check_postprocess(chosen, loaded)  # a class name the model lacks fails now, not after the run
     results = []
     with _scheduler(chosen, client) as scheduler:
         for item in items:
@@ -166,11 +167,41 @@ def segment_one(
     """One input into one store; returns the summary recorded in the store.
 
     One run writes a store at a time: another run on it fails at once, in one line.
+    With post-processing options the finished store is also cleaned into
+    ``<name>_clean.zarr`` beside it (the summary then says where, and what changed).
     """
     with store_lock(output):
-        return _segment_locked(
+        summary = _segment_locked(
             input_path, loaded, output, options, resume, overwrite, scheduler, progress
         )
+    return _postprocessed(output, options, summary)
+
+
+def clean_path(output: Path) -> Path:
+    """Where a run's post-processed store goes: ``<name>_clean.zarr`` beside its store."""
+    return output.with_name(f"{output.name.removesuffix('.zarr')}_clean.zarr")
+
+
+def check_postprocess(options: RunOptions, loaded: LoadedModel | Ensemble) -> None:
+    """The post-processing options checked against the model's classes, before any work."""
+    asked = options.postprocess_options()
+    if asked is None:
+        return
+    from segflow.outputs.postprocess import parse_operations
+
+    parse_operations(list(loaded.meta.classes), **asked)
+
+
+def _postprocessed(output: Path, options: RunOptions, summary: dict[str, Any]) -> dict[str, Any]:
+    asked = options.postprocess_options()
+    if asked is None:
+        return summary
+    from segflow.outputs.postprocess import postprocess
+
+    target = clean_path(output)
+    with store_lock(target):
+        cleaned = postprocess(output, target, overwrite=True, **asked)
+    return {**summary, "clean": str(target), "postprocess": cleaned.summary}
 
 
 def _segment_locked(

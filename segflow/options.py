@@ -304,6 +304,14 @@ class RunOptions:
     threads_per_worker: int = 1  # local cluster only
     nifti: bool = False  # volumes: also export the labels as NIfTI next to the store
 
+    # post-processing of each finished store into <name>_clean.zarr (see outputs.postprocess)
+    keep_largest: tuple[str, ...] | None = None  # classes (names or values) to keep one of
+    keep_top: int = 1  # keep this many of the largest components of those classes
+    min_size: str | None = None  # smaller components become background: 100, 5mL, 0.5ha
+    sieve: str | None = None  # smaller components merge into their neighbour (2-D)
+    fill: str = "0"  # the class removed components become
+    connectivity: str = "full"  # full (8 / 26 neighbours) or face (4 / 6)
+
     def __post_init__(self) -> None:
         for name, value in _parsed(self).items():
             object.__setattr__(self, name, value)
@@ -340,6 +348,19 @@ class RunOptions:
     @property
     def writes_probabilities(self) -> bool:
         return self.probabilities is not ProbabilityMode.NONE
+
+    def postprocess_options(self) -> dict[str, Any] | None:
+        """Keywords for ``outputs.postprocess.postprocess``, or None when nothing is asked."""
+        if self.keep_largest is None and self.min_size is None and self.sieve is None:
+            return None
+        return {
+            "keep_largest": list(self.keep_largest) if self.keep_largest else None,
+            "keep_top": self.keep_top,
+            "min_size": self.min_size,
+            "sieve": self.sieve,
+            "fill": self.fill,
+            "connectivity": self.connectivity,
+        }
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunOptions))
@@ -394,6 +415,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "workers": _optional_count(o.workers, "workers", 1),
         "threads_per_worker": _count(o.threads_per_worker, "threads per worker", 1),
         "nifti": _bool(o.nifti, "nifti"),
+        **_postprocess_fields(o),
     }
 
 
@@ -421,6 +443,33 @@ def _series_uid(value: Any) -> str:
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", text) or len(text) > 64:
         raise ConfigError(f"series is a SeriesInstanceUID like 1.2.840.113619.2.55, got '{value}'")
     return text
+
+
+CONNECTIVITIES = ("full", "face")
+
+
+def _texts(value: Any) -> str | list[str]:
+    return value if isinstance(value, str) else [str(v) for v in value]
+
+
+def _postprocess_fields(o: RunOptions) -> dict[str, Any]:
+    """The post-processing options in normal form (sizes and classes are checked against
+    the store they apply to, by outputs.postprocess)."""
+    connectivity = str(o.connectivity).strip().lower()
+    if connectivity not in CONNECTIVITIES:
+        raise ConfigError(
+            f"connectivity must be full or face, got '{o.connectivity}'"
+            f"{did_you_mean(connectivity, CONNECTIVITIES)}"
+        )
+    keep = None if o.keep_largest is None else tuple(parse_list(_texts(o.keep_largest)) or ())
+    return {
+        "keep_largest": keep or None,
+        "keep_top": _count(o.keep_top, "keep top", 1),
+        "min_size": None if o.min_size is None else str(o.min_size).strip(),
+        "sieve": None if o.sieve is None else str(o.sieve).strip(),
+        "fill": str(o.fill).strip(),
+        "connectivity": connectivity,
+    }
 
 
 def _optional_count(value: Any, name: str, minimum: int) -> int | None:

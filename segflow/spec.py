@@ -72,6 +72,17 @@ class InputSpec(_Section):
     series: str | None = None  # DICOM: the SeriesInstanceUID, where a folder holds several
 
 
+class PostprocessSpec(_Section):
+    """Cleaning each finished store into ``<name>_clean.zarr``."""
+
+    keep_largest: tuple[str | int, ...] | None = None  # class names or values
+    keep_top: int | None = None
+    min_size: str | float | None = None  # pixels, or "5mL", "0.5ha"
+    sieve: str | float | None = None
+    fill: str | int | None = None
+    connectivity: str | None = None
+
+
 class PipelineSpec(_Section):
     """The shape of a spec file: everything that is not the list of inputs."""
 
@@ -85,6 +96,7 @@ class PipelineSpec(_Section):
     outputs: OutputsSpec = OutputsSpec()
     dask: DaskSpec = DaskSpec()
     input: InputSpec = InputSpec()
+    postprocess: PostprocessSpec = PostprocessSpec()
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -92,6 +104,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "outputs": OutputsSpec,
     "dask": DaskSpec,
     "input": InputSpec,
+    "postprocess": PostprocessSpec,
 }
 
 
@@ -210,6 +223,7 @@ __all__ = [
     "OutputsSpec",
     "Pipeline",
     "PipelineSpec",
+    "PostprocessSpec",
     "TilingSpec",
     "load_spec",
     "parse_spec",

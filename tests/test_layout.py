@@ -17,8 +17,9 @@ LAYERS = [
     {"segflow.io"},
     {"segflow.models"},
     {"segflow.engine"},
+    {"segflow.outputs"},  # what you do with a finished store; a run may end with it
     {"segflow.inputs", "segflow.plan", "segflow.spec", "segflow.api"},
-    {"segflow.outputs", "segflow.train", "segflow.samples"},
+    {"segflow.train", "segflow.samples"},
     {"segflow.cli"},
 ]
 

@@ -141,3 +141,15 @@ def test_shipped_examples_validate(path):
 
 def test_examples_are_the_expected_set():
     assert {p.stem for p in EXAMPLES} >= {"landcover", "brain-mri", "ct-organs", "demo"}
+
+
+def test_a_spec_can_ask_for_post_processing(tmp_path):
+    spec = load_spec(
+        write(tmp_path, "postprocess: {keep_largest: [liver, 2], min_size: 5mL, sieve: 10}\n")
+    )
+    asked = spec.options.postprocess_options()
+    assert asked is not None
+    assert asked["keep_largest"] == ["liver", "2"] and asked["min_size"] == "5mL"
+    assert asked["sieve"] == "10" and asked["connectivity"] == "full"
+    with pytest.raises(ConfigError, match=r"postprocess\.connectivity: .*did you mean 'face'"):
+        parse_spec({"postprocess": {"connectivity": "fase"}})

@@ -111,6 +111,48 @@ def run_command(
         str | None,
         typer.Option(help="DICOM: the SeriesInstanceUID, where a folder holds several."),
     ] = None,
+    keep_largest: Annotated[
+        str | None,
+        typer.Option(
+            help="Clean: keep only the largest component of these classes (a,b).",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
+    keep_top: Annotated[
+        int | None,
+        typer.Option(
+            help="Clean: keep this many of their largest components. [default: 1]",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
+    min_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Clean: drop smaller components (pixels, or 5mL, 0.5ha, 100m2).",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
+    sieve: Annotated[
+        str | None,
+        typer.Option(
+            help="Clean: merge smaller components into their neighbour, as GDAL's sieve.",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
+    fill: Annotated[
+        str | None,
+        typer.Option(
+            help="Clean: the class removed components become. [default: 0]",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
+    connectivity: Annotated[
+        str | None,
+        typer.Option(
+            help="Clean: full (8 / 26 neighbours) or face (4 / 6). [default: full]",
+            rich_help_panel="Post-processing into NAME_clean.zarr",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run: compute only missing chunks.")
     ] = False,
@@ -165,6 +207,12 @@ def run_command(
             resolution=resolution,
             resample=resample,
             series=series,
+            keep_largest=keep_largest,
+            keep_top=keep_top,
+            min_size=min_size,
+            sieve=sieve,
+            fill=fill,
+            connectivity=connectivity,
             scheduler=scheduler,
             workers=workers,
             region_size=region_size,
@@ -206,11 +254,22 @@ def check_run(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     pipeline.require_model()
+    _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)
     if len(items) == 1 and not Path(items[0].input).is_dir():  # a folder: a DICOM series
         check_readable(Path(items[0].input))
     _check_output(output, items)
     return items
+
+
+def _check_clean_sizes(options: RunOptions) -> None:
+    """Post-processing sizes that cannot be read fail now; class names once the model is known."""
+    if options.postprocess_options() is None:
+        return
+    from segflow.outputs.postprocess import parse_min_size
+
+    parse_min_size(options.min_size)
+    parse_min_size(options.sieve, "--sieve")
 
 
 def _check_output(output: Path, items: list[InputItem]) -> None:
@@ -294,6 +353,8 @@ def _report(results: list[RunResult]) -> None:
             out.print(
                 f"[green]done[/] {r.input} -> {r.output} ({r.seconds:.1f} s)", highlight=False
             )
+            if "clean" in r.stats:
+                out.print(f"[green]cleaned[/] {r.output} -> {r.stats['clean']}", highlight=False)
         else:
             err.print(f"[red]failed[/] {r.input}: {r.error}", highlight=False, soft_wrap=True)
     urls = {r.run_url for r in results if r.run_url}

@@ -246,3 +246,35 @@ def test_a_missing_input_fails_before_torch_is_imported(tmp_path, model_file):
     )
     assert result.stdout.split() == ["False", "1"], result.stderr
     assert "file not found" in result.stderr
+
+
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_a_run_can_end_with_post_processing(tmp_path, model_file, flow):
+    import scipy.ndimage as ndi
+
+    image = textured((96, 80), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    args = ["--patch-size", "32", "--chunk-size", "32", "--keep-largest", "1", flow]
+    result = run("run", path, "-m", model_file, "-o", out, *args)
+    assert result.returncode == 0, result.stderr
+    assert "cleaned" in result.stdout
+    clean = zarr.open_group(tmp_path / "o_clean.zarr", mode="r")["labels"][...]
+    raw = (image[0] > 100).astype(np.uint8)
+    components, count = ndi.label(raw, structure=np.ones((3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    expected = (components == 1 + int(np.argmax(sizes))).astype(np.uint8) if count else raw
+    np.testing.assert_array_equal(clean, expected)
+
+
+def test_post_processing_mistakes_fail_before_the_run(tmp_path, model_file):
+    path = write_tif(tmp_path / "in.tif", textured((32, 32), 1), tile=None)
+    for args, message in (
+        (["--min-size", "0"], "min-size"),
+        (["--keep-largest", "lvier"], "lvier"),
+        (["--connectivity", "fase"], "did you mean 'face'"),
+    ):
+        result = run("run", path, "-m", model_file, "-o", tmp_path / "o.zarr", *args, "--no-flow")
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o.zarr").exists()
