@@ -77,8 +77,8 @@ class PostprocessSpec(_Section):
 
     keep_largest: tuple[str | int, ...] | None = None  # class names or values
     keep_top: int | None = None
-    min_size: str | float | None = None  # pixels, or "5mL", "0.5ha"
-    sieve: str | float | None = None
+    min_size: int | float | str | None = None  # pixels, or "5mL", "0.5ha"
+    sieve: int | float | str | None = None
     fill: str | int | None = None
     connectivity: str | None = None
 
