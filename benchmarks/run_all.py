@@ -20,6 +20,7 @@ BENCHMARKS = [
     "bench_dicom",
     "bench_resample",
     "bench_training",
+    "bench_soak",
 ]
 
 
