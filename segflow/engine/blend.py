@@ -9,6 +9,8 @@ a positive weight (no zero-weight frame around the scene).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
@@ -147,13 +149,34 @@ class Accumulator:
         if self.weights is None:
             raise RuntimeError("accumulator was created without weight tracking")
         mean = self.logits / self.weights.clamp_min(1e-12)
-        if self.scores == "probabilities":
-            probs = mean  # blended probabilities: their weighted mean is one
-        else:
-            probs = torch.sigmoid(mean) if mean.shape[0] == 1 else torch.softmax(mean, dim=0)
+        # blended probabilities are their own weighted mean
+        probs = mean if self.scores == "probabilities" else class_probabilities(mean)
         out = probs.numpy()
         out[:, (self.weights == 0).numpy()] = np.nan
         return out
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the leading class axis (one channel: a sigmoid), the same on any thread count.
+
+    torch's softmax and sigmoid kernels round a value differently depending on
+    where the work is split between threads (vector body or scalar tail), so
+    they run on one thread here: a resumed run, with other tasks in flight and
+    another share of the cores, writes the same probabilities.
+    """
+    with one_thread():
+        return torch.sigmoid(logits) if logits.shape[0] == 1 else torch.softmax(logits, dim=0)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed torch ops on this thread alone (per calling thread under OpenMP)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 ARGMAX_BLOCK_BYTES = 2 * 2**20

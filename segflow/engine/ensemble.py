@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from segflow.engine.blend import one_thread
 from segflow.errors import ConfigError, ModelError
 from segflow.models.files import LoadedModel, load_model
 from segflow.models.meta import ModelMeta
@@ -186,7 +187,8 @@ def softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     patch it was computed in.
     """
     if logits.shape[dim] == 1:
-        return torch.sigmoid(logits)
+        with one_thread():  # torch's sigmoid rounds by where threads split the work
+            return torch.sigmoid(logits)
     exps = (logits - logits.amax(dim=dim, keepdim=True)).exp_()
     parts = exps.unbind(dim)
     total = parts[0].clone()

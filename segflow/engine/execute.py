@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import dask.local
@@ -21,15 +22,19 @@ from segflow.engine.region import (
     RegionWork,
     process_region,
     task_grid_region,
+    task_indices,
     task_region,
 )
-from segflow.engine.sharing import sharing
+from segflow.engine.sharing import HandoffPlan, plan_handoff, scratch_folder
 from segflow.errors import ConfigError
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
 TASK_PREFIX = "segflow-region"
-# the accumulators of the region tasks in flight plus the patches they share
+# the accumulators of the region tasks in flight
 REGION_MEMORY_BYTES = 256 * 2**20
+# patches several regions touch are predicted once and handed on (see ``sharing``);
+# False makes every task predict all it touches (the same bytes, more forwards)
+HAND_ON_PATCHES = True
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", None)
 
 
@@ -37,26 +42,39 @@ class _TaskProgress(Callback):
     """Counts finished region tasks under the local schedulers."""
 
     # Callback.__init__ only stores hooks passed as arguments; this one is a method
-    def __init__(self, total: int, report: ProgressFn) -> None:
+    def __init__(self, total: int, report: ProgressFn, finished: Callable[[str], None]) -> None:
         self.total = total
         self.done = 0
         self.report = report
+        self.finished = finished
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         name = key[0] if isinstance(key, tuple) else key
         if isinstance(name, str) and name.startswith(TASK_PREFIX):
             self.done += 1
+            self.finished(name)
             self.report(self.done, self.total)
 
 
-def build_tasks(work: RegionWork, tasks: list[Index]) -> list[Delayed]:
-    """One delayed task per region; the work description is one shared graph node."""
+def task_key(task: Index) -> str:
+    return f"{TASK_PREFIX}-{'-'.join(map(str, task))}"
+
+
+def build_tasks(
+    work: RegionWork, tasks: list[Index], after: dict[Index, list[Index]] | None = None
+) -> list[Delayed]:
+    """One delayed task per region, each after the tasks whose patches it takes.
+
+    The work description is one shared graph node. Tasks come in the order
+    ``after`` was planned in, so every dependency is built before its users.
+    """
     shared = delayed(work, traverse=False)
     run = delayed(process_region, pure=False)
-    return [
-        run(shared, task, dask_key_name=f"{TASK_PREFIX}-{'-'.join(map(str, task))}")
-        for task in tasks
-    ]
+    built: dict[Index, Delayed] = {}
+    for task in tasks:
+        first = [built[t] for t in (after or {}).get(task, [])]
+        built[task] = run(shared, task, *first, dask_key_name=task_key(task))
+    return [built[task] for task in tasks]
 
 
 def execute(
@@ -75,58 +93,98 @@ def execute(
     ``{"GPU": 1}``) is required of the cluster workers that run each task, so a
     GPU worker started with ``--resources GPU=1`` runs one model task at a time.
     It is passed at compute time: annotations can be lost in graph optimisation.
+    A patch several tasks touch is predicted by the first of them and handed on
+    to the others through a scratch folder in the output store.
     """
     report = progress or (lambda done, total: None)
     report(0, len(tasks))
     total = RegionStats(class_counts=[0] * work.model.num_classes)
     if not tasks:
         return total
-    if scheduler in LOCAL_SCHEDULERS:
-        sync = scheduler in ("sync", "synchronous")
-        results = _run_local(work, tasks, sync, workers, report)
-    else:
-        results = _run_distributed(build_tasks(work, tasks), scheduler, report, resources)
+    with _handoff(work, tasks) as (handed, plan):
+        finished = _Finished(tasks, plan)
+        if scheduler in LOCAL_SCHEDULERS:
+            sync = scheduler in ("sync", "synchronous")
+            results = _run_local(handed, tasks, plan, sync, workers, report, finished)
+        else:
+            graph = build_tasks(handed, tasks, plan.after if plan else None)
+            results = _run_distributed(graph, scheduler, report, resources, finished)
     for result in results:
         total.merge(result)
     return total
 
 
-def _run_local(
-    work: RegionWork, tasks: list[Index], sync: bool, workers: int | None, report: ProgressFn
-) -> list[RegionStats]:
-    """Run ``tasks`` in this process, sharing the patches their regions have in common."""
-    in_flight, shared_bytes = local_memory_plan(work, tasks, 1 if sync else workers)
+@contextmanager
+def _handoff(
+    work: RegionWork, tasks: list[Index]
+) -> Iterator[tuple[RegionWork, HandoffPlan | None]]:
+    """``work`` with the run's handoff of shared patches (and its plan), or unchanged."""
+    if not HAND_ON_PATCHES or len(tasks) < 2:
+        yield work, None
+        return
     regions = [task_grid_region(work, t) for t in tasks]  # the regions patches are blended on
-    with sharing(work.grid, regions, shared_bytes) as key:
-        local = dataclasses.replace(
-            work, sharing_key=key, task_threads=max(1, _cores() // in_flight)
-        )
-        # the scheduler's function itself: named ones make dask import distributed
-        # (half a second) to look for a default client first
-        get = dask.local.get_sync if sync else dask.threaded.get
-        with _TaskProgress(len(tasks), report):
-            results = compute(  # type: ignore[no-untyped-call]
-                *build_tasks(local, tasks), scheduler=get, num_workers=in_flight
-            )
+    with scratch_folder(work.sink.path) as folder:
+        plan = plan_handoff(work.grid, tasks, regions, folder)
+        yield dataclasses.replace(work, handoff=plan.handoff), plan
+
+
+class _Finished:
+    """Frees the handed-on parts whose every user has finished, as tasks end."""
+
+    def __init__(self, tasks: list[Index], plan: HandoffPlan | None) -> None:
+        self._tasks = {task_key(t): t for t in tasks}
+        self._plan = plan
+        self._done: set[Index] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> None:
+        task = self._tasks.get(key)
+        if task is None or self._plan is None:
+            return
+        with self._lock:
+            self._done.add(task)
+            self._plan.finished(self._done)
+
+
+def _run_local(
+    work: RegionWork,
+    tasks: list[Index],
+    plan: HandoffPlan | None,
+    sync: bool,
+    workers: int | None,
+    report: ProgressFn,
+    finished: _Finished,
+) -> list[RegionStats]:
+    """Run ``tasks`` in this process, as many at once as their accumulators allow."""
+    in_flight = local_in_flight(work, 1 if sync else workers)
+    # the same share of the cores however many tasks are left (a resume runs fewer)
+    local = dataclasses.replace(work, task_threads=max(1, _cores() // in_flight))
+    # the scheduler's function itself: named ones make dask import distributed
+    # (half a second) to look for a default client first
+    get = dask.local.get_sync if sync else dask.threaded.get
+    graph = build_tasks(local, tasks, plan.after if plan else None)
+    with _TaskProgress(len(tasks), report, finished):
+        results = compute(*graph, scheduler=get, num_workers=in_flight)  # type: ignore[no-untyped-call]
     return list(results)
 
 
-def local_memory_plan(
-    work: RegionWork, tasks: list[Index], workers: int | None = None
-) -> tuple[int, int]:
-    """Region tasks to run at once in this process, and the bytes left for shared patches.
+def local_in_flight(work: RegionWork, workers: int | None = None) -> int:
+    """Region tasks to run at once in this process.
 
-    One task per core while their float32 accumulators fit REGION_MEMORY_BYTES;
-    what they leave of it holds shared patches. A 2048^2 region of 6 classes
-    accumulates in 100 MB, so two run side by side; a 256^3 region of 3
-    classes needs 200 MB and runs alone (its forwards still use every core),
-    which keeps peak memory flat as images and volumes grow. A resampled task
-    also counts its read and its input-grid outputs (``task_bytes``).
+    One task per core while their float32 accumulators fit REGION_MEMORY_BYTES.
+    A 2048^2 region of 6 classes accumulates in 100 MB, so two run side by
+    side; a 256^3 region of 3 classes needs 200 MB and runs alone (its forwards
+    still use every core), which keeps peak memory flat as images and volumes
+    grow. A resampled task also counts its read and its input-grid outputs
+    (``task_bytes``). Planned over all the run's tasks, not only those left to
+    do, so a resumed run splits the cores the same way.
     """
-    largest = max(tasks, key=lambda t: math.prod(region_shape(task_grid_region(work, t))))
-    accumulator, held = task_bytes(work, largest)
-    in_flight = workers or max(1, min(_cores(), REGION_MEMORY_BYTES // held))
-    return in_flight, max(0, REGION_MEMORY_BYTES - in_flight * accumulator)
+    if workers:
+        return workers
+    every = task_indices(work)
+    largest = max(every, key=lambda t: math.prod(region_shape(task_grid_region(work, t))))
+    _, held = task_bytes(work, largest)
+    return max(1, min(_cores(), REGION_MEMORY_BYTES // held))
 
 
 def task_bytes(work: RegionWork, task: Index) -> tuple[int, int]:
@@ -159,7 +217,11 @@ def _cores() -> int:
 
 
 def _run_distributed(
-    graph: list[Any], scheduler: Any, report: ProgressFn, resources: dict[str, float] | None
+    graph: list[Any],
+    scheduler: Any,
+    report: ProgressFn,
+    resources: dict[str, float] | None,
+    finished: Callable[[str], None],
 ) -> list[RegionStats]:
     from distributed import Client, as_completed
 
@@ -182,5 +244,6 @@ def _run_distributed(
         completed = as_completed(futures)  # type: ignore[no-untyped-call]
         for done, future in enumerate(completed, start=1):
             results.append(future.result())
+            finished(future.key)
             report(done, len(graph))
         return results

@@ -5,8 +5,8 @@ halo of every global-grid patch that touches it, predicts the patches in
 batches (the next batch is cut and normalized in a background thread while
 the model runs), blends them into a float32 accumulator and writes its chunks
 whole, then records them as done (batch assembly is in ``batches``). A patch
-a neighbouring task has already predicted in this process is taken from it
-(see ``sharing``). Patches are visited in global order, so every pixel sums
+that also touches an earlier task's region was predicted by that task, which
+ran first, and is read back from the run's scratch folder (see ``sharing``). Patches are visited in global order, so every pixel sums
 the same terms in the same order whatever the chunking.
 
 When the model was trained at another spacing, the patch grid lives on the
@@ -50,7 +50,7 @@ from segflow.engine.grid import (
     union,
 )
 from segflow.engine.resample import ModelSpace, scores_labels
-from segflow.engine.sharing import SharedPatches, shared_patches
+from segflow.engine.sharing import Handoff
 from segflow.heap import release_free_heap
 from segflow.io.orientation import AxisTransform
 from segflow.io.source import ReadResult, Source
@@ -130,10 +130,10 @@ class RegionWork:
     # (``model`` is then the first member); empty for one model
     members: tuple[ModelHandle, ...] = ()
     member_weights: tuple[float, ...] = ()
-    # set for local runs by execute(): cores for a task's own elementwise work (a
-    # forward takes its own share), and the key of the run's shared patches
+    # set by execute(): cores for a task's own elementwise work (a forward takes its
+    # own share), and which task predicts each patch several tasks touch
     task_threads: int = 1
-    sharing_key: str | None = None
+    handoff: Handoff | None = None
 
 
 @dataclass
@@ -192,14 +192,18 @@ def task_grid_region(work: RegionWork, task: Index) -> Region:
     return region if work.model_space is None else work.model_space.grid_region(region)
 
 
-def process_region(work: RegionWork, task: Index) -> RegionStats:
-    """Read, predict, blend and write every chunk of one task."""
+def process_region(work: RegionWork, task: Index, *after: object) -> RegionStats:
+    """Read, predict, blend and write every chunk of one task.
+
+    ``after``: the results of the tasks that predict patches this one takes
+    (only there so a scheduler runs those first).
+    """
     # this thread's elementwise work runs on its share of the cores: OpenMP teams
     # that compete for the same cores slow every op down several times
     torch.set_num_threads(work.task_threads)
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
-    accumulator, invalid = _predict_region(work, region, stats)
+    accumulator, invalid = _predict_region(work, task, region, stats)
     labels, probabilities = _region_outputs(work, region, accumulator, invalid)
     stats.chunks_written = _write_chunks(work, task, region, labels, probabilities)
     stats.valid_pixels = labels.size - (
@@ -237,7 +241,7 @@ def _read_under(work: RegionWork, region: Region, extents: list[Region]) -> _Reg
 
 
 def _predict_region(
-    work: RegionWork, region: Region, stats: RegionStats
+    work: RegionWork, task: Index, region: Region, stats: RegionStats
 ) -> tuple[Accumulator, npt.NDArray[np.bool_] | None]:
     """Read ``region`` with its patches' halo, predict and blend it.
 
@@ -265,7 +269,8 @@ def _predict_region(
         todo = _patches_with_data(work, patches, extents, read.grid_valid, read.grid_origin, stats)
         cut = _patch_cutter(work, read)
         buffers = BatchBuffers((work.batch_size, read.raw.data.shape[0], *work.grid.patch))
-        _predict_and_blend(work, grid_region, cut, buffers, todo, accumulator, stats)
+        blender = _Blender(work, task, grid_region, cut, accumulator, stats)
+        _predict_and_blend(work, blender, buffers, todo)
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
     return accumulator, invalid
@@ -407,98 +412,71 @@ def class_counts(labels: npt.NDArray[np.integer], num_classes: int) -> list[int]
 
 def _predict_and_blend(
     work: RegionWork,
-    region: Region,
-    cut: Callable[..., torch.Tensor],
+    blender: _Blender,
     buffers: BatchBuffers,
     todo: list[tuple[Index, Region]],
-    accumulator: Accumulator,
-    stats: RegionStats,
 ) -> None:
-    """Predict (or take from a neighbour) every patch in ``todo`` and blend it in grid order."""
-    blender = _Blender(work, region, cut, accumulator, stats)
-    try:
-        cut_into_buffer = functools.partial(cut, buffers=buffers)
-        batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
-        for items, batch in prefetch(batches):
-            predicted = {} if batch is None else blender.forward(items, batch)
-            for index, extent, here in items:
-                blender.blend(index, extent, predicted.pop(index) if here else None)
-            if batch is not None:  # blended: the logits may have been views of it
-                buffers.give_back(batch)
-    finally:
-        blender.give_back_claims()
+    """Predict (or read back from its owner) every patch in ``todo``, blending in grid order."""
+    cut_into_buffer = functools.partial(blender.cut, buffers=buffers)
+    batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
+    for items, batch in prefetch(batches):
+        predicted = {} if batch is None else blender.forward(items, batch)
+        for index, extent, here in items:
+            blender.blend(index, extent, predicted.pop(index) if here else None)
+        if batch is not None:  # blended: the logits may have been views of it
+            buffers.give_back(batch)
 
 
 class _Blender:
-    """One task's patches: predicted here or taken from the neighbour that claimed them."""
+    """One task's patches: predicted here, or read back from the task that owns them."""
 
     def __init__(
         self,
         work: RegionWork,
+        task: Index,
         region: Region,
-        cut: Callable[[list[Region]], torch.Tensor],
+        cut: Callable[..., torch.Tensor],
         accumulator: Accumulator,
         stats: RegionStats,
     ) -> None:
         self._work = work
+        self._task = task
         self._region = region
-        self._cut = cut
+        self.cut = cut
         self._accumulator = accumulator
         self._stats = stats
         self._predictor = region_predictor(work)
-        self._shared = shared_patches(work.sharing_key)
-        self._me = object()  # this task, as the owner of its claims
+        self._handoff = work.handoff
 
     def predicts_here(self, index: Index) -> bool:
-        """Whether this task predicts ``index``: not shared, or claimed by this task first."""
-        shared = self._shared
-        return shared is None or not shared.is_shared(index) or shared.claim(index, self._me)
+        """Whether this task predicts ``index``: nobody else touches it, or this task owns it."""
+        return self._handoff is None or self._handoff.predicts(index, self._task)
 
     def forward(self, items: list[BatchItem], batch: torch.Tensor) -> dict[Index, torch.Tensor]:
-        """The logits of the batch's own patches, each published as soon as predicted."""
+        """The logits of the batch's patches; shared ones are saved for their other users."""
         self._stats.patches_predicted += len(batch)
         own = [(index, extent) for index, extent, here in items if here]
         predicted: dict[Index, torch.Tensor] = {}
         for (index, extent), logits in zip(own, self._predictor(batch), strict=True):
             predicted[index] = logits
-            # publish before waiting on anything: a neighbour may be waiting for it
-            shared = self._sharing(index)
-            if shared is not None:
-                shared.publish(index, extent, logits, self._region)
+            if self._handoff is not None and self._handoff.is_shared(index):
+                self._handoff.save(index, extent, logits)
         return predicted
 
     def blend(self, index: Index, extent: Region, logits: torch.Tensor | None) -> None:
-        """Add one patch: ``logits`` predicted here, or None to take it from its claimer."""
+        """Add one patch: ``logits`` predicted here, or None to read it back from its owner."""
         window = patch_window(self._work.blend, self._work.grid, index, self._work.sigma)
         if logits is not None:
             self._accumulator.add(logits, extent, window)
-        else:
-            self._blend_claimed(index, extent, window)
-        shared = self._sharing(index)
-        if shared is not None:
-            shared.release(index)
-
-    def give_back_claims(self) -> None:
-        if self._shared is not None:
-            self._shared.give_back(self._me)
-
-    def _sharing(self, index: Index) -> SharedPatches | None:
-        """The run's shared patches where ``index`` is one of them."""
-        shared = self._shared
-        return shared if shared is not None and shared.is_shared(index) else None
-
-    def _blend_claimed(self, index: Index, extent: Region, window: torch.Tensor) -> None:
-        shared = self._shared
-        assert shared is not None
-        part = shared.take(index, self._me)
-        if part is None:  # its claimer did not keep it: predict it here
+            return
+        assert self._handoff is not None
+        part = self._handoff.load(index)
+        if part is None:  # its owner's part is not where this task can see it: predict it
             self._stats.patches_predicted += 1
-            logits = self._predictor(self._cut([extent]))[0]
-            shared.publish(index, extent, logits, self._region)
-            self._accumulator.add(logits, extent, window)
-        else:
-            corner = tuple(s.start for s in extent)
-            self._accumulator.add(part.logits, part.extent, window[shift(part.extent, corner)])
+            self._accumulator.add(self._predictor(self.cut([extent]))[0], extent, window)
+            return
+        corner = tuple(s.start for s in extent)
+        self._accumulator.add(part.logits, part.extent, window[shift(part.extent, corner)])
 
 
 def region_predictor(work: RegionWork) -> Callable[[torch.Tensor], torch.Tensor]:

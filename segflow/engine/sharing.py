@@ -1,173 +1,144 @@
-"""Patch predictions shared between the region tasks of one run in one process.
+"""Patches several region tasks touch: predicted once by one of them, handed on to the others.
 
 A patch of the global grid that straddles a region boundary is needed by
-every region it touches. Without sharing, each of them predicts it again
-(1.2x the forward work for 2048-pixel regions, 2-5x for small 3-D regions).
-Here the first task to reach a patch predicts it and publishes the part the
-other regions need; they take it instead of predicting it.
+every region it touches. Each such patch gets an owner, the first of its
+regions in task order. The owner predicts it and saves the part the other
+regions need to a scratch folder beside the run's completion record; the
+others run after their owners (a Dask dependency) and read that part back
+instead of predicting it. So every patch is predicted once per run, on any
+scheduler (threads, sync, a cluster whose workers see the output folder).
 
-The result never depends on sharing: a published patch holds the very logits
-its claimer predicted, and every task still adds its patches in global grid
-order. What is kept is bounded by a byte budget; a patch that does not fit is
-simply predicted again by the next task that needs it.
-
-No task can wait forever. Tasks claim and wait for patches in the same global
-order, and a claimer publishes a batch as soon as it is predicted, before it
-waits for anything in it; a claimer that fails gives its claims back.
+The result never depends on it: a saved part holds the very float32 logits
+its owner predicted, and every task still adds its patches in global grid
+order, so each pixel sums the same terms in the same order. Memory stays
+bounded: the parts live on disk (in the page cache, not in a process), and
+the run deletes each file once the last of its regions is done, so what is
+kept at a time is the slab of boundaries between finished and pending tasks.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from segflow.engine.grid import Index, PatchGrid, Region, intersect, union
-from segflow.heap import mapped_empty
+
+SCRATCH_FOLDER = "_segflow/handoff"  # inside the output store; removed when the run ends
 
 
 @dataclass(frozen=True)
 class SharedPatch:
-    """Logits of the part of a patch other regions need: ``extent`` in image coordinates."""
+    """Logits of the part of a patch other regions need: ``extent`` in patch-grid coordinates."""
 
     extent: Region
-    logits: torch.Tensor  # ``(K, *extent)``, a view into ``slot``
-    slot: torch.Tensor
+    logits: torch.Tensor  # ``(K, *extent)``
 
 
-class SharedPatches:
-    """Claims, publishes and hands out the predictions of patches several regions touch."""
+@dataclass(frozen=True, eq=False)
+class Handoff:
+    """Which task predicts each shared patch, the part others need, and where it is kept."""
 
-    def __init__(self, users: dict[Index, list[Region]], budget_bytes: int) -> None:
-        # users: for every patch touched by more than one region, the regions that touch it
-        self._users = users
-        self._remaining = {index: len(regions) for index, regions in users.items()}
-        self._budget = budget_bytes
-        self._kept: dict[Index, SharedPatch] = {}
-        self._claimed: dict[Index, object] = {}  # patch -> the task predicting it
-        # kept logits live in whole-patch slots allocated once and reused: buffers
-        # freed by one thread and allocated by another would fragment the heap
-        self._pool: torch.Tensor | None = None
-        self._free_slots: list[torch.Tensor] = []
-        self._changed = threading.Condition()
+    folder: Path
+    owners: Mapping[Index, Index]  # shared patch -> the task that predicts it
+    parts: Mapping[Index, Region]  # shared patch -> the part the other tasks need
 
-    @property
-    def slots(self) -> int:
-        """Whole-patch slots the budget holds (0 until a patch is first kept)."""
-        return 0 if self._pool is None else self._pool.shape[0]
+    def predicts(self, patch: Index, task: Index) -> bool:
+        """Whether ``task`` predicts ``patch``: it is not shared, or ``task`` owns it."""
+        return self.owners.get(patch, task) == task
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free_slots)
+    def is_shared(self, patch: Index) -> bool:
+        return patch in self.owners
 
-    def is_shared(self, index: Index) -> bool:
-        return index in self._users
+    def path(self, patch: Index) -> Path:
+        return self.folder / ("p" + "_".join(map(str, patch)) + ".npy")
 
-    def claim(self, index: Index, owner: object) -> bool:
-        """True when ``owner`` should predict ``index``: nobody kept it or is predicting it."""
-        with self._changed:
-            if index in self._kept or index in self._claimed:
-                return False
-            self._claimed[index] = owner
-            return True
+    def save(self, patch: Index, extent: Region, logits: torch.Tensor) -> None:
+        """Keep the part of an owned patch's logits ``(K, *patch)`` the other tasks need."""
+        part = self.parts[patch]
+        local = tuple(
+            slice(p.start - e.start, p.stop - e.start) for p, e in zip(part, extent, strict=True)
+        )
+        target = self.path(patch)
+        temporary = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        with open(temporary, "wb") as handle:  # a reader never sees half a file
+            np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].numpy()))
+        os.replace(temporary, target)
 
-    def publish(self, index: Index, extent: Region, logits: torch.Tensor, region: Region) -> None:
-        """Keep the part of a claimed patch's logits that regions other than ``region`` need."""
-        with self._changed:
-            self._claimed.pop(index, None)
-            others = [r for r in self._users[index] if r != region]
-            needed = [part for r in others if (part := intersect(extent, r)) is not None]
-            # remaining counts the caller, which has not released the patch yet
-            if needed and self._remaining[index] > 1 and index not in self._kept:
-                box = union(needed)
-                local = tuple(
-                    slice(b.start - e.start, b.stop - e.start)
-                    for b, e in zip(box, extent, strict=True)
-                )
-                slot = self._slot(logits)
-                if slot is not None:  # over budget: the others predict it again
-                    view = slot[(slice(None), *(slice(0, s.stop - s.start) for s in local))]
-                    view.copy_(logits[(slice(None), *local)])
-                    self._kept[index] = SharedPatch(box, view, slot)
-            self._changed.notify_all()
-
-    def _slot(self, logits: torch.Tensor) -> torch.Tensor | None:
-        if self._pool is None:
-            # one mapping for every slot, outside the heap (allocated mid-region, it
-            # fragmented the heap), whose pages count only once a slot is first written
-            slot_bytes = logits.numel() * logits.element_size()
-            slots = self._budget // slot_bytes
-            pool = torch.from_numpy(mapped_empty((max(1, slots) * slot_bytes,), np.uint8))
-            self._pool = pool.view(logits.dtype).reshape(-1, *logits.shape)[:slots]
-            self._free_slots = list(self._pool.unbind(0))[::-1]
-        if not self._free_slots:
+    def load(self, patch: Index) -> SharedPatch | None:
+        """The saved part of ``patch``, or None when its owner left none (predict it then)."""
+        try:
+            values = np.load(self.path(patch), allow_pickle=False)
+        except FileNotFoundError:
             return None
-        return self._free_slots.pop()
-
-    def take(self, index: Index, owner: object) -> SharedPatch | None:
-        """The published part of ``index``, waiting while another task predicts it.
-
-        None means it was not kept (over budget, or its claimer failed): the
-        caller (``owner``) has now claimed it and predicts it itself.
-        """
-        with self._changed:
-            while index in self._claimed:
-                self._changed.wait()
-            kept = self._kept.get(index)
-            if kept is None:
-                self._claimed[index] = owner
-            return kept
-
-    def release(self, index: Index) -> None:
-        """One region is done with ``index``; the last one frees its slot."""
-        with self._changed:
-            self._remaining[index] -= 1
-            if self._remaining[index] <= 0 and (kept := self._kept.pop(index, None)) is not None:
-                self._free_slots.append(kept.slot)
-
-    def give_back(self, owner: object) -> None:
-        """Drop ``owner``'s unpublished claims (it failed): whoever waits on them predicts them."""
-        with self._changed:
-            for index in [i for i, o in self._claimed.items() if o is owner]:
-                del self._claimed[index]
-            self._changed.notify_all()
+        return SharedPatch(self.parts[patch], torch.from_numpy(values))
 
 
-def patch_users(grid: PatchGrid, regions: Iterable[Region]) -> dict[Index, list[Region]]:
-    """The regions touching each patch, for patches touched by more than one."""
-    users: dict[Index, list[Region]] = defaultdict(list)
-    for region in regions:
+def patch_users(grid: PatchGrid, regions: Iterable[Region]) -> dict[Index, list[int]]:
+    """For every patch touched by more than one region, the positions of those regions."""
+    users: dict[Index, list[int]] = defaultdict(list)
+    for position, region in enumerate(regions):
         for index in grid.touching(region):
-            users[index].append(region)
-    return {index: rs for index, rs in users.items() if len(rs) > 1}
+            users[index].append(position)
+    return {index: us for index, us in users.items() if len(us) > 1}
 
 
-_RUNS: dict[str, SharedPatches] = {}
-_RUNS_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class HandoffPlan:
+    """A run's handoff, the tasks each task waits for, and which files each task's end frees."""
+
+    handoff: Handoff
+    after: dict[Index, list[Index]]  # task -> the owners of the shared patches it takes
+    users: dict[Index, list[Index]]  # shared patch -> its tasks
+
+    def finished(self, done: set[Index]) -> None:
+        """Delete the parts whose every user is in ``done``."""
+        for patch, tasks in list(self.users.items()):
+            if all(t in done for t in tasks):
+                self.handoff.path(patch).unlink(missing_ok=True)
+                del self.users[patch]
+
+
+def plan_handoff(
+    grid: PatchGrid, tasks: Sequence[Index], regions: Sequence[Region], folder: Path
+) -> HandoffPlan:
+    """Owners (the first user in task order), the parts to hand on, and task dependencies."""
+    owners: dict[Index, Index] = {}
+    parts: dict[Index, Region] = {}
+    after: dict[Index, set[Index]] = {task: set() for task in tasks}
+    users: dict[Index, list[Index]] = {}
+    for patch, positions in patch_users(grid, regions).items():
+        owner = tasks[positions[0]]
+        extent = grid.extent(patch)
+        needed = [intersect(extent, regions[p]) for p in positions[1:]]
+        owners[patch] = owner
+        parts[patch] = union([n for n in needed if n is not None])
+        users[patch] = [tasks[p] for p in positions]
+        for p in positions[1:]:
+            after[tasks[p]].add(owner)
+    handoff = Handoff(folder, owners, parts)
+    return HandoffPlan(handoff, {t: sorted(a) for t, a in after.items()}, users)
 
 
 @contextmanager
-def sharing(grid: PatchGrid, regions: Iterable[Region], budget_bytes: int) -> Iterator[str]:
-    """Register a run's shared patches in this process; yields the key its tasks look up."""
-    key = uuid.uuid4().hex
-    with _RUNS_LOCK:
-        _RUNS[key] = SharedPatches(patch_users(grid, regions), budget_bytes)
+def scratch_folder(store: Path) -> Iterator[Path]:
+    """An empty scratch folder in ``store`` for one run, removed when the run ends.
+
+    A folder left by a killed run is cleared first: the store's lock says no
+    other run uses it.
+    """
+    folder = Path(store) / SCRATCH_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     try:
-        yield key
+        yield folder
     finally:
-        with _RUNS_LOCK:
-            _RUNS.pop(key, None)
-
-
-def shared_patches(key: str | None) -> SharedPatches | None:
-    """This process's shared patches for a run, or None (another process: predict everything)."""
-    if not key:
-        return None
-    with _RUNS_LOCK:
-        return _RUNS.get(key)
+        shutil.rmtree(folder, ignore_errors=True)

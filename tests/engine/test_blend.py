@@ -76,3 +76,28 @@ def test_argmax_channels_matches_torch_argmax(classes):
     np.testing.assert_array_equal(
         argmax_channels(logits).long().numpy(), torch.argmax(logits, 0).numpy()
     )
+
+
+def _blended_probabilities(classes: int, threads: int) -> bytes:
+    """A region blended from random patches, its probabilities made on ``threads`` threads."""
+    torch.manual_seed(0)
+    grid = make_grid((301, 277), 64, 0.25)
+    acc = Accumulator(classes, (slice(0, 301), slice(0, 277)))
+    for index in grid.indices():
+        window = patch_window(BlendMode.GAUSSIAN, grid, index)
+        acc.add(torch.randn(classes, 64, 64) * 8, grid.extent(index), window)
+    outer = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return acc.probabilities().tobytes()
+    finally:
+        torch.set_num_threads(outer)
+
+
+@pytest.mark.parametrize("classes", [1, 6])
+def test_probabilities_are_the_same_bytes_on_any_thread_count(classes):
+    # torch's softmax and sigmoid round by where the threads split the work; a resumed
+    # run has another share of the cores than the run it continues
+    reference = _blended_probabilities(classes, 1)
+    for threads in (2, 3, 5):
+        assert _blended_probabilities(classes, threads) == reference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,12 @@ import zarr
 from torch import nn
 
 from segflow import segment
+from segflow.engine.region import process_region, task_indices
+from segflow.io.open import open_source
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
+from segflow.options import RunOptions
+from segflow.plan import plan
 from tests.conftest import pixel_model, textured, write_tif
 
 
@@ -259,3 +264,23 @@ def test_class_counts_are_counted_in_blocks_and_leave_nodata_out(monkeypatch, dt
     labels[0] = np.iinfo(dtype).max  # nodata
     expected = np.bincount(labels[labels != np.iinfo(dtype).max], minlength=4)
     assert engine.class_counts(labels, 4) == expected.tolist()
+
+
+def test_a_region_writes_the_same_bytes_on_any_thread_count(tmp_path):
+    # a resumed run has other tasks in flight, so another share of the cores per task
+    image = textured((230, 190), 3, seed=8)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    options = RunOptions.from_mapping(
+        {"patch_size": 64, "chunk_size": 128, "device": "cpu", "probabilities": "float16"}
+    )
+    stores = []
+    for threads in (1, 2, 3):
+        out = (tmp_path / f"t{threads}.zarr").absolute()
+        work = plan(open_source(path.absolute()), conv_model(), out, options)
+        for task in task_indices(work):
+            process_region(dataclasses.replace(work, task_threads=threads), task)
+        group = zarr.open_group(out, mode="r")
+        stores.append((group["labels"][...], group["probabilities"][...]))
+    for labels, probabilities in stores[1:]:
+        np.testing.assert_array_equal(labels, stores[0][0])
+        assert probabilities.tobytes() == stores[0][1].tobytes()
