@@ -7,6 +7,7 @@ of 256^3, 512^3 and 768^3 runs (near-free 3-D model, fresh processes) must be fl
 The timed runs go ``--repeat`` times in turn; the fastest of each is compared.
 
     uv run python benchmarks/bench_volume.py [--size 256] [--skip-memory] [--repeat 2]
+    uv run python benchmarks/bench_volume.py --memory-only --memory-sizes 512,768
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
 TARGET_RATIO = 1.05
 TARGET_FLAT = 0.10
+TARGET_FLAT_LARGE = 0.15  # 512^3 -> 768^3, both many regions
 PATCH = 96
 MEMORY_SIZES = (256, 512, 768)
 
@@ -70,32 +72,45 @@ def unet3d_model() -> LoadedModel:
     return LoadedModel(meta=meta, module=module, sha256="unet3d-small", path=None, runtime="torch")
 
 
-def pure_forward_seconds(module: torch.nn.Module, patches: int, batch: int) -> float:
-    x = torch.randn(batch, 1, PATCH, PATCH, PATCH)
+def pure_forward_seconds(
+    module: torch.nn.Module, patches: int, batch: int, device: str = "cpu"
+) -> float:
+    dev = torch.device(device)
+    module = module.to(dev)
+    x = torch.randn(batch, 1, PATCH, PATCH, PATCH, device=dev)
     with torch.inference_mode():
         module(x[:1])
+        _synchronize(dev)
         start = time.perf_counter()
         remaining = patches
         while remaining > 0:
             n = min(batch, remaining)
             module(x[:n])
             remaining -= n
+        _synchronize(dev)
     return time.perf_counter() - start
 
 
-def monai_seconds(path: Path, module: torch.nn.Module, batch: int) -> float:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def monai_seconds(path: Path, module: torch.nn.Module, batch: int, device: str = "cpu") -> float:
     from monai.inferers.utils import sliding_window_inference
 
     image = nib.load(path)
     assert isinstance(image, nib.Nifti1Image)
     data = np.asarray(image.dataobj, dtype=np.float32) / 500.0
-    x = torch.from_numpy(data)[None, None]
+    dev = torch.device(device)
+    module = module.to(dev)
+    x = torch.from_numpy(data)[None, None].to(dev)
     with timer() as t, torch.inference_mode():
         logits = sliding_window_inference(
             x, (PATCH,) * 3, batch, module, overlap=0.25, mode="gaussian"
         )
         assert isinstance(logits, torch.Tensor)
-        torch.argmax(logits, dim=1)
+        torch.argmax(logits, dim=1).cpu()  # the labels back on the host, as the engine does
     return t["seconds"]
 
 
@@ -116,47 +131,73 @@ def memory_run(size: int, tmp: str) -> dict[str, Any]:
         "seconds": t["seconds"],
         "peak_mb": peak_rss_mb(),
         "patches": result.stats["patches_predicted"],
+        "grid": len(make_grid((size,) * 3, PATCH, 0.25)),
     }
 
 
-def memory_checks(tmp: Path, figures: dict[str, Any]) -> list[Check]:
+def memory_checks(tmp: Path, figures: dict[str, Any], sizes: list[int]) -> list[Check]:
     """Peak RSS of near-free runs, each in a fresh process, from one region up to 27.
 
     256^3 is one region with no halo; 512^3 and 768^3 run regions of the same
-    size with halos and shared patches, so their step shows whether memory
-    keeps growing with the volume.
+    size with halos and patches handed on between them, so their step shows
+    whether memory keeps growing with the volume. Every patch is predicted once.
     """
     runs = {}
-    for size in MEMORY_SIZES:
+    checks = []
+    for size in sizes:
         if not (tmp / f"vol{size}.nii").exists():
             write_volume(tmp / f"vol{size}.nii", size)
         run = run_subprocess_json(memory_run, size, str(tmp))
-        figures[f"near-free {size}^3 peak RSS / time / patches"] = (
-            f"{run['peak_mb']:.0f} MB / {run['seconds']:.1f} s / {run['patches']}"
+        figures[f"near-free {size}^3 peak RSS / time"] = (
+            f"{run['peak_mb']:.0f} MB / {run['seconds']:.1f} s"
+        )
+        ratio = run["patches"] / run["grid"]
+        checks.append(
+            Check(f"{size}^3 predicted / grid patches", ratio, "x", "== 1.00", ratio == 1.0)
+        )
+        figures[f"near-free {size}^3 patches predicted / grid"] = (
+            f"{run['patches']} / {run['grid']}"
         )
         runs[size] = run["peak_mb"]
-    return growth_checks(runs, TARGET_FLAT)
+    small = {s: mb for s, mb in runs.items() if s < 512}
+    large = {s: mb for s, mb in runs.items() if s >= 512}
+    if small and large:
+        checks += growth_checks({min(small): small[min(small)], 512: runs[512]}, TARGET_FLAT)
+    return checks + growth_checks(large, TARGET_FLAT_LARGE)
 
 
 def main() -> bool:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the timed runs only)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak RSS runs")
+    parser.add_argument(
+        "--memory-sizes",
+        default=",".join(map(str, MEMORY_SIZES)),
+        help="volume edges, e.g. 512,768",
+    )
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
     tune_process()  # as the segflow command does; the baselines run under the same settings
     model = unet3d_model()
-    figures: dict[str, Any] = {"volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net"}
+    figures: dict[str, Any] = {
+        "volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net, {args.device}"
+    }
     checks = []
+    sizes = [int(s) for s in args.memory_sizes.split(",")]
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            return report("(d) volumes", figures, memory_checks(Path(tmp), figures, sizes))
     with tempfile.TemporaryDirectory() as tmp:
         path = write_volume(Path(tmp) / f"vol{args.size}.nii", args.size)
         grid = make_grid((args.size,) * 3, PATCH, 0.25)
         predicted: list[int] = []
 
         def forward(_: int) -> float:
-            return pure_forward_seconds(model.module, len(grid), args.batch_size)
+            return pure_forward_seconds(model.module, len(grid), args.batch_size, args.device)
 
         def end_to_end(i: int) -> float:
             with timer() as t:
@@ -167,13 +208,13 @@ def main() -> bool:
                     patch_size=PATCH,
                     overlap=0.25,
                     batch_size=args.batch_size,
-                    device="cpu",
+                    device=args.device,
                 )
             predicted.append(result.stats["patches_predicted"])
             return t["seconds"]
 
         def monai(_: int) -> float:
-            return monai_seconds(path, model.module, args.batch_size)
+            return monai_seconds(path, model.module, args.batch_size, args.device)
 
         timed = [forward, end_to_end] + ([] if args.skip_monai else [monai])
         best = best_of_interleaved(args.repeat, *timed)
@@ -192,7 +233,7 @@ def main() -> bool:
             speedup = best[2] / end_to_end_s
             checks.append(Check("speed-up over MONAI", speedup, "x", "> 1", speedup > 1.0))
         if not args.skip_memory:
-            checks += memory_checks(Path(tmp), figures)
+            checks += memory_checks(Path(tmp), figures, sizes)
     return report("(d) volumes", figures, checks)
 
 

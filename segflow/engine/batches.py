@@ -2,7 +2,8 @@
 
 Patches are grouped in grid order; a group's tensor holds only the patches the
 task predicts itself (those a neighbouring task predicts ride along). The next
-batch is cut and normalized in a background thread while the model runs.
+batch is cut and normalized in a background thread while the model runs, and
+the last one is blended in another (``Behind``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,7 @@ from segflow.models.meta import Normalization
 BatchItem = tuple[Index, Region, bool]
 Batch = tuple[list[BatchItem], torch.Tensor | None]
 CutFn = Callable[[list[Region]], torch.Tensor]
+T = TypeVar("T")
 
 
 def group_batches(
@@ -120,8 +123,9 @@ class BatchBuffers:
     so a task holds three; ``take`` allocates one more only if none is free.
     """
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], *, pinned: bool = False) -> None:
         self._shape = shape
+        self._pinned = pinned  # page-locked, for asynchronous copies to a GPU
         self._free: list[torch.Tensor] = []
         self._lent: dict[int, torch.Tensor] = {}
         self._lock = threading.Lock()
@@ -131,7 +135,7 @@ class BatchBuffers:
         with self._lock:
             buffer = self._free.pop() if self._free else None
         if buffer is None:
-            buffer = torch.empty(self._shape, dtype=torch.float32)
+            buffer = torch.empty(self._shape, dtype=torch.float32, pin_memory=self._pinned)
         batch = buffer[:patches]
         with self._lock:
             self._lent[batch.data_ptr()] = buffer
@@ -181,3 +185,44 @@ def prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.01)
+
+
+class Behind(Generic[T]):
+    """Runs ``work`` on items in order in one background thread, at most ``depth`` waiting.
+
+    Blending a batch here while the next one is in the forward keeps the device
+    (or the forward's cores) from waiting on the blend; the order of the items,
+    and so the order every pixel sums its patches in, is kept.
+    """
+
+    def __init__(self, work: Callable[[T], None], depth: int = 2, threads: int = 1) -> None:
+        self._work = work
+        self._threads = threads
+        self._queue: queue.Queue[tuple[T] | None] = queue.Queue(maxsize=depth)
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="segflow-blend", daemon=True)
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` (waits while ``depth`` are waiting); raises what the worker raised."""
+        self._raise_failure()
+        self._queue.put((item,))
+
+    def close(self) -> None:
+        """Wait for every queued item; raises what the worker raised."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _run(self) -> None:
+        torch.set_num_threads(self._threads)  # per calling thread under OpenMP
+        while (entry := self._queue.get()) is not None:
+            if self._failed is None:  # after a failure, drain so the producer never blocks
+                try:
+                    self._work(entry[0])
+                except BaseException as exc:  # handed to the producer, re-raised there
+                    self._failed = exc

@@ -74,31 +74,55 @@ def patch_window(
 _BUFFERS = threading.local()
 
 
-def _zeroed_buffer(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _zeroed_buffer(name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A zeroed float32 buffer reused by this thread's next region of the same shape.
 
     Zeroing memory already mapped is several times cheaper than faulting in a
     fresh 100 MB allocation for every region.
     """
-    cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = _BUFFERS.__dict__.setdefault(
-        "cache", {}
+    cache: dict[tuple[str, tuple[int, ...], torch.device], torch.Tensor] = (
+        _BUFFERS.__dict__.setdefault("cache", {})
     )
-    buffer = cache.get((name, shape))
+    buffer = cache.get((name, shape, device))
     if buffer is None:
         if len(cache) > 4:  # region shapes vary only at the image edges
             cache.clear()
-        buffer = torch.zeros(shape, dtype=torch.float32)
-        cache[(name, shape)] = buffer
+        buffer = torch.zeros(shape, dtype=torch.float32, device=device)
+        cache[(name, shape, device)] = buffer
     else:
         buffer.zero_()
     return buffer
+
+
+@lru_cache(maxsize=8)
+def _device_window(
+    mode: BlendMode, patch: tuple[int, ...], sigma: float, device: str
+) -> torch.Tensor:
+    return _separable_window(mode, patch, sigma).to(device)
+
+
+def device_window(
+    mode: BlendMode,
+    grid: PatchGrid,
+    index: tuple[int, ...],
+    sigma: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """:func:`patch_window` on ``device`` (the same window, copied there once)."""
+    if device.type == "cpu":
+        return patch_window(mode, grid, index, sigma)
+    if mode is BlendMode.CENTER:  # depends on the patch: copied each time
+        return patch_window(mode, grid, index, sigma).to(device, non_blocking=True)
+    return _device_window(mode, grid.patch, sigma, str(device))
 
 
 class Accumulator:
     """Sums weighted logits over one output region, in float32.
 
     Its buffers are reused by the next accumulator of the same shape created
-    in the same thread: finish with one region before starting the next.
+    in the same thread: finish with one region before starting the next. On a
+    GPU (``device``) the sums, the argmax and the softmax stay on it; only
+    labels (and probabilities when asked) come back.
     """
 
     def __init__(
@@ -108,14 +132,16 @@ class Accumulator:
         *,
         track_weights: bool = True,
         scores: Literal["logits", "probabilities"] = "logits",
+        device: torch.device | None = None,
     ) -> None:
         # "probabilities": patches add class probabilities (an ensemble's mean), not logits
         self.scores = scores
         self.region = region
         self.origin = tuple(s.start for s in region)
         shape = region_shape(region)
-        self.logits = _zeroed_buffer("logits", (num_classes, *shape))
-        self.weights = _zeroed_buffer("weights", shape) if track_weights else None
+        self.device = device or torch.device("cpu")
+        self.logits = _zeroed_buffer("logits", (num_classes, *shape), self.device)
+        self.weights = _zeroed_buffer("weights", shape, self.device) if track_weights else None
 
     def add(self, logits: torch.Tensor, extent: Region, window: torch.Tensor) -> None:
         """Add one patch's logits ``(K, *patch)`` placed at ``extent`` (image coordinates)."""
@@ -141,8 +167,8 @@ class Accumulator:
             if self.weights is None:
                 raise RuntimeError("probabilities are blended with weight tracking")
             mean = self.logits[0] / self.weights.clamp_min(1e-12)
-            return (mean > 0.5).numpy().astype(dtype)
-        return argmax_channels(self.logits).numpy().astype(dtype, copy=False)
+            return (mean > 0.5).cpu().numpy().astype(dtype)
+        return argmax_channels(self.logits).cpu().numpy().astype(dtype, copy=False)
 
     def probabilities(self) -> np.ndarray:
         """Class probabilities ``(K, *region)`` float32, NaN where no patch contributed."""
@@ -151,8 +177,8 @@ class Accumulator:
         mean = self.logits / self.weights.clamp_min(1e-12)
         # blended probabilities are their own weighted mean
         probs = mean if self.scores == "probabilities" else class_probabilities(mean)
-        out = probs.numpy()
-        out[:, (self.weights == 0).numpy()] = np.nan
+        out = probs.cpu().numpy()
+        out[:, (self.weights == 0).cpu().numpy()] = np.nan
         return out
 
 
@@ -195,15 +221,17 @@ def argmax_channels(logits: torch.Tensor) -> torch.Tensor:
         return (logits[0] > 0).to(torch.uint8)
     classes, spatial = logits.shape[0], logits.shape[1:]
     index_dtype = torch.uint8 if classes <= 256 else torch.int32
-    labels = torch.zeros(spatial, dtype=index_dtype)
+    device = logits.device
+    labels = torch.zeros(spatial, dtype=index_dtype, device=device)
     if labels.numel() == 0:
         return labels
     row_bytes = 4 * classes * labels[0].numel()
-    rows = max(1, ARGMAX_BLOCK_BYTES // row_bytes)
-    best = torch.empty((min(rows, spatial[0]), *spatial[1:]), dtype=logits.dtype)
-    better = torch.empty(best.shape, dtype=torch.bool)
-    winner = torch.empty(best.shape, dtype=index_dtype)
-    indices = [torch.tensor(k, dtype=index_dtype) for k in range(classes)]
+    # a GPU takes the region at once: blocks are for a CPU's cache
+    rows = max(1, ARGMAX_BLOCK_BYTES // row_bytes) if device.type == "cpu" else spatial[0]
+    best = torch.empty((min(rows, spatial[0]), *spatial[1:]), dtype=logits.dtype, device=device)
+    better = torch.empty(best.shape, dtype=torch.bool, device=device)
+    winner = torch.empty(best.shape, dtype=index_dtype, device=device)
+    indices = [torch.tensor(k, dtype=index_dtype, device=device) for k in range(classes)]
     for start in range(0, spatial[0], rows):
         block = logits[:, start : start + rows]
         n = block.shape[1]

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +31,7 @@ from segflow.engine.blend import one_thread
 from segflow.errors import ConfigError, ModelError
 from segflow.models.files import LoadedModel, load_model
 from segflow.models.meta import ModelMeta
+from segflow.models.predictor import Predictor
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".ts", ".torchscript", ".onnx", ".ckpt")
 ModelLike = str | os.PathLike[str] | LoadedModel
@@ -200,17 +201,16 @@ def softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
 class EnsemblePredictor:
     """``(N, C, *patch)`` -> the members' weighted mean probabilities ``(N, K, *patch)``."""
 
-    def __init__(
-        self, predictors: Sequence[Callable[[torch.Tensor], torch.Tensor]], weights: Sequence[float]
-    ) -> None:
+    def __init__(self, predictors: Sequence[Predictor], weights: Sequence[float]) -> None:
         self._predictors = list(predictors)
+        self.device = self._predictors[0].device
         self._weights = [float(w) for w in weights]
         self._total = float(sum(self._weights))
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, *, on_device: bool = False) -> torch.Tensor:
         mean: torch.Tensor | None = None
         for predictor, weight in zip(self._predictors, self._weights, strict=True):
-            weighted = softmax(predictor(batch)).mul_(weight)
+            weighted = softmax(predictor(batch, on_device=on_device)).mul_(weight)
             mean = weighted if mean is None else mean.add_(weighted)
         assert mean is not None
         return mean.div_(self._total)

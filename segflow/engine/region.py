@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,12 +31,13 @@ import torch
 from segflow.engine.batches import (
     BatchBuffers,
     BatchItem,
+    Behind,
     cut_patches,
     cut_resampled_patches,
     group_batches,
     prefetch,
 )
-from segflow.engine.blend import Accumulator, patch_window
+from segflow.engine.blend import Accumulator, device_window
 from segflow.engine.ensemble import EnsemblePredictor
 from segflow.engine.grid import (
     Index,
@@ -259,17 +261,22 @@ def _predict_region(
     # resampling back needs the normalized blend, so the weights too (as blended probabilities)
     ensemble = bool(work.members)
     track_weights = work.write_probabilities or space is not None or ensemble
+    predictor = region_predictor(work)
+    device = blend_device(predictor)
     accumulator = Accumulator(
         work.model.num_classes,
         grid_region,
         track_weights=track_weights,
         scores="probabilities" if ensemble else "logits",
+        device=device,
     )
     if region_valid.any():
         todo = _patches_with_data(work, patches, extents, read.grid_valid, read.grid_origin, stats)
         cut = _patch_cutter(work, read)
-        buffers = BatchBuffers((work.batch_size, read.raw.data.shape[0], *work.grid.patch))
-        blender = _Blender(work, task, grid_region, cut, accumulator, stats)
+        # pinned batches copy to a GPU asynchronously
+        shape = (work.batch_size, read.raw.data.shape[0], *work.grid.patch)
+        buffers = BatchBuffers(shape, pinned=device.type == "cuda")
+        blender = _Blender(work, task, cut, predictor, accumulator, stats)
         _predict_and_blend(work, blender, buffers, todo)
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
@@ -416,15 +423,34 @@ def _predict_and_blend(
     buffers: BatchBuffers,
     todo: list[tuple[Index, Region]],
 ) -> None:
-    """Predict (or read back from its owner) every patch in ``todo``, blending in grid order."""
-    cut_into_buffer = functools.partial(blender.cut, buffers=buffers)
-    batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
-    for items, batch in prefetch(batches):
-        predicted = {} if batch is None else blender.forward(items, batch)
+    """Predict (or read back from its owner) every patch in ``todo``, blending in grid order.
+
+    Three threads overlap: the next batch is cut while this one is in the
+    forward, and the previous one is blended meanwhile.
+    """
+
+    def blend(done: _Predicted) -> None:
+        items, predicted, batch, copied = done
         for index, extent, here in items:
             blender.blend(index, extent, predicted.pop(index) if here else None)
         if batch is not None:  # blended: the logits may have been views of it
+            if copied is not None:  # a pinned batch is copied to the GPU asynchronously
+                copied.synchronize()
             buffers.give_back(batch)
+
+    cut_into_buffer = functools.partial(blender.cut, buffers=buffers)
+    batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
+    behind = Behind(blend, threads=work.task_threads)
+    try:
+        for items, batch in prefetch(batches):
+            predicted = {} if batch is None else blender.forward(items, batch)
+            behind.put((items, predicted, batch, blender.copied(batch)))
+    finally:
+        behind.close()
+
+
+# a batch's items, its logits, its input (to give back), and the GPU event its copy precedes
+_Predicted = tuple[list[BatchItem], dict[Index, torch.Tensor], torch.Tensor | None, Any]
 
 
 class _Blender:
@@ -434,18 +460,19 @@ class _Blender:
         self,
         work: RegionWork,
         task: Index,
-        region: Region,
         cut: Callable[..., torch.Tensor],
+        predictor: RegionPredictor,
         accumulator: Accumulator,
         stats: RegionStats,
     ) -> None:
         self._work = work
         self._task = task
-        self._region = region
         self.cut = cut
+        self._predictor = predictor
         self._accumulator = accumulator
+        self._device = accumulator.device
+        self._on_device = accumulator.device.type != "cpu"  # blend where the logits are
         self._stats = stats
-        self._predictor = region_predictor(work)
         self._handoff = work.handoff
 
     def predicts_here(self, index: Index) -> bool:
@@ -457,15 +484,29 @@ class _Blender:
         self._stats.patches_predicted += len(batch)
         own = [(index, extent) for index, extent, here in items if here]
         predicted: dict[Index, torch.Tensor] = {}
-        for (index, extent), logits in zip(own, self._predictor(batch), strict=True):
+        logits_batch = self._predictor(batch, on_device=self._on_device)
+        for (index, extent), logits in zip(own, logits_batch, strict=True):
             predicted[index] = logits
             if self._handoff is not None and self._handoff.is_shared(index):
                 self._handoff.save(index, extent, logits)
         return predicted
 
+    def copied(self, batch: torch.Tensor | None) -> Any:
+        """On a GPU, an event that passes once the last forward's input was copied there.
+
+        A pinned batch is copied asynchronously: refilling its buffer before the
+        copy ran would change what the GPU sees. None on the CPU.
+        """
+        if batch is None or not self._on_device:
+            return None
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        return event
+
     def blend(self, index: Index, extent: Region, logits: torch.Tensor | None) -> None:
         """Add one patch: ``logits`` predicted here, or None to read it back from its owner."""
-        window = patch_window(self._work.blend, self._work.grid, index, self._work.sigma)
+        work = self._work
+        window = device_window(work.blend, work.grid, index, work.sigma, self._device)
         if logits is not None:
             self._accumulator.add(logits, extent, window)
             return
@@ -473,18 +514,29 @@ class _Blender:
         part = self._handoff.load(index)
         if part is None:  # its owner's part is not where this task can see it: predict it
             self._stats.patches_predicted += 1
-            self._accumulator.add(self._predictor(self.cut([extent]))[0], extent, window)
+            logits = self._predictor(self.cut([extent]), on_device=self._on_device)[0]
+            self._accumulator.add(logits, extent, window)
             return
         corner = tuple(s.start for s in extent)
-        self._accumulator.add(part.logits, part.extent, window[shift(part.extent, corner)])
+        values = part.logits.to(self._device)
+        self._accumulator.add(values, part.extent, window[shift(part.extent, corner)])
 
 
-def region_predictor(work: RegionWork) -> Callable[[torch.Tensor], torch.Tensor]:
+RegionPredictor = Predictor | EnsemblePredictor
+
+
+def region_predictor(work: RegionWork) -> RegionPredictor:
     """The model's predictor, or for an ensemble one that averages its members' probabilities."""
     if not work.members:
         return work.model.predictor(work.predictor_options)
     members = [m.predictor(work.predictor_options) for m in work.members]
     return EnsemblePredictor(members, work.member_weights)
+
+
+def blend_device(predictor: RegionPredictor) -> torch.device:
+    """Where a task blends: on the model's GPU (only labels come back), else on the CPU."""
+    device = predictor.device
+    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def default_task_chunks(chunk_shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:

@@ -70,7 +70,7 @@ class Handoff:
         target = self.path(patch)
         temporary = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
         with open(temporary, "wb") as handle:  # a reader never sees half a file
-            np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].numpy()))
+            np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].cpu().numpy()))
         os.replace(temporary, target)
 
     def load(self, patch: Index) -> SharedPatch | None:

@@ -16,6 +16,7 @@ import copy
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import EllipsisType
@@ -85,7 +86,13 @@ def from_model_axes(x: torch.Tensor, transform: AxisTransform) -> torch.Tensor:
 
 
 class Predictor:
-    """Turns ``(N, C, *patch)`` float32 batches into ``(N, K, *patch)`` float32 logits on the CPU."""
+    """Turns ``(N, C, *patch)`` float32 batches into ``(N, K, *patch)`` float32 logits.
+
+    Logits come back to the CPU unless the caller keeps them on the device
+    (``on_device``) to blend them there. A batch that runs a GPU out of memory
+    is split in halves until it fits (one warning line), and later batches
+    are split the same way.
+    """
 
     def __init__(
         self,
@@ -118,8 +125,10 @@ class Predictor:
         )
         self._active = 0
         self._active_lock = threading.Lock()
+        self.max_batch: int | None = None  # set when a batch did not fit the device
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, *, on_device: bool = False) -> torch.Tensor:
+        """Logits of ``batch``, on the CPU, or left on the model's device when ``on_device``."""
         spatial = batch.ndim - 2
         if self.squeeze_axis is not None:
             # a 2-D model on a volume: the patch is one slice thick along this axis
@@ -127,6 +136,8 @@ class Predictor:
         if self.axis_order is not None:
             batch = to_model_axes(batch, self.axis_order).contiguous()
         logits = self._forward_tta(batch)
+        if not on_device:
+            logits = logits.cpu()
         if self.axis_order is not None:
             logits = from_model_axes(logits, self.axis_order)
         if self.squeeze_axis is not None:
@@ -136,12 +147,31 @@ class Predictor:
 
     def _forward_tta(self, batch: torch.Tensor) -> torch.Tensor:
         if not self.tta:
-            return self._forward(batch)
+            return self._forward_fitting(batch)
         spatial_dims = list(range(2, batch.ndim))
-        total = self._forward(batch)
+        total = self._forward_fitting(batch)
         for dim in spatial_dims:
-            total += self._forward(batch.flip(dim)).flip(dim)
+            total += self._forward_fitting(batch.flip(dim)).flip(dim)
         return total / (len(spatial_dims) + 1)
+
+    def _forward_fitting(self, batch: torch.Tensor) -> torch.Tensor:
+        """The forward in parts of at most ``max_batch`` patches, halved on CUDA out-of-memory."""
+        while True:
+            limit = self.max_batch or len(batch)
+            try:
+                parts = [self._forward(batch[i : i + limit]) for i in range(0, len(batch), limit)]
+                return parts[0] if len(parts) == 1 else torch.cat(parts)
+            except torch.cuda.OutOfMemoryError:
+                if limit <= 1:
+                    raise
+                self.max_batch = limit // 2
+                torch.cuda.empty_cache()
+                warnings.warn(
+                    f"CUDA out of memory with {limit} patches per forward; "
+                    f"continuing with {self.max_batch}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         spatial = batch.ndim - 2
@@ -156,7 +186,7 @@ class Predictor:
                 out = self.module(padded.to(self.device, non_blocking=True))
             if isinstance(out, dict | list | tuple):
                 out = _first_tensor(out)
-            out = out.float().cpu()
+            out = out.float()
             torch.set_num_threads(outer_threads)
         if out.shape[1] != self.num_classes:
             raise ConfigError(

@@ -1,0 +1,161 @@
+"""The CUDA path on a lent GPU: busy share, AMP against fp32, peak device memory.
+
+Run by ``benchmarks/gpu_check.sh``; each part is one short command:
+
+    uv run python benchmarks/gpu_check.py busy [--size 16384]   # U-Net/resnet18, busy share
+    uv run python benchmarks/gpu_check.py amp [--size 2048]     # AMP vs fp32 labels, memory
+
+Busy share: ``nvidia-smi`` samples the GPU's utilization every 100 ms while
+segflow runs the scene; the share is the mean of the samples taken during the
+run (target >= 90 %). Utilization is the share of time a kernel ran, which is
+what "the device never waits" asks of the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from benchmarks.bench_unet_overhead import unet_model
+from benchmarks.common import Check, report, timer, write_geotiff
+from segflow import segment
+from segflow.heap import tune_process
+
+TARGET_BUSY = 0.90
+TARGET_AGREEMENT = 0.999
+SAMPLE_MS = 100
+
+
+class Sampler:
+    """``nvidia-smi`` utilization samples of GPU 0, taken in a child process."""
+
+    def __init__(self, out: Path) -> None:
+        self._out = out
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Sampler:
+        handle = open(self._out, "wb")
+        self._process = subprocess.Popen(
+            [
+                "nvidia-smi",
+                "--id=0",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                f"-lms={SAMPLE_MS}",
+            ],
+            stdout=handle,
+        )
+        handle.close()  # the child holds its own copy
+        time.sleep(0.5)  # its first sample
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+    def utilization(self) -> list[float]:
+        values = []
+        for line in self._out.read_text().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if parts and parts[0].replace(".", "", 1).isdigit():
+                values.append(float(parts[0]))
+        return values
+
+
+def busy(size: int, batch_size: int) -> bool:
+    if shutil.which("nvidia-smi") is None:
+        print("nvidia-smi not found: no busy share")
+        return False
+    model = unet_model("cuda")
+    figures: dict[str, Any] = {"scene": f"{size}^2 x 3, U-Net/resnet18, 6 classes, patch 512"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with timer() as made:
+            path = write_geotiff(folder / "scene.tif", size, tile=512)
+        figures["scene written in"] = f"{made['seconds']:.0f} s"
+        # warm-up: cuDNN autotuning, the CUDA context, the first region's buffers
+        small = write_geotiff(folder / "small.tif", 1024, tile=512)
+        segment(small, model, folder / "warm.zarr", patch_size=512, device="cuda")
+        torch.cuda.reset_peak_memory_stats()
+        with Sampler(folder / "smi.csv") as sampler, timer() as t:
+            result = segment(
+                path,
+                model,
+                folder / "out.zarr",
+                patch_size=512,
+                overlap=0.25,
+                batch_size=batch_size,
+                device="cuda",
+            )
+        samples = sampler.utilization()
+    share = float(np.mean(samples)) / 100.0 if samples else 0.0
+    figures["run"] = f"{t['seconds']:.1f} s, {size**2 / 1e6 / t['seconds']:.0f} Mpx/s"
+    figures["patches predicted"] = result.stats["patches_predicted"]
+    figures["utilization samples"] = len(samples)
+    figures["peak device memory (torch)"] = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    checks = [
+        Check(
+            "GPU busy share", share * 100, "%", f">= {TARGET_BUSY * 100:.0f}", share >= TARGET_BUSY
+        )
+    ]
+    return report("GPU busy share", figures, checks)
+
+
+def amp(size: int) -> bool:
+    model = unet_model("cuda")
+    figures: dict[str, Any] = {"scene": f"{size}^2 x 3, U-Net/resnet18, 6 classes"}
+    labels = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_geotiff(Path(tmp) / "scene.tif", size, tile=512)
+        for name, on in (("fp32", False), ("amp", True)):
+            torch.cuda.reset_peak_memory_stats()
+            with timer() as t:
+                segment(
+                    path, model, Path(tmp) / f"{name}.zarr", patch_size=512, device="cuda", amp=on
+                )
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            figures[f"{name}: seconds / peak device memory"] = (
+                f"{t['seconds']:.1f} s / {peak:.2f} GiB"
+            )
+            labels[name] = zarr.open_group(Path(tmp) / f"{name}.zarr", mode="r")["labels"][...]
+    agreement = float((labels["fp32"] == labels["amp"]).mean())
+    checks = [
+        Check(
+            "AMP vs fp32 label agreement",
+            agreement * 100,
+            "%",
+            f">= {TARGET_AGREEMENT * 100:.1f}",
+            agreement >= TARGET_AGREEMENT,
+        )
+    ]
+    return report("AMP against fp32", figures, checks)
+
+
+def main() -> bool:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("part", choices=["busy", "amp"])
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing to check", file=sys.stderr)
+        return False
+    tune_process()
+    if args.part == "busy":
+        return busy(args.size or 16384, args.batch_size)
+    return amp(args.size or 2048)
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if main() else 1)
