@@ -83,7 +83,7 @@ class EmulatedModel(torch.nn.Module):
     def __init__(self, classes: int, speed_mpx: float) -> None:
         super().__init__()
         self.classes = classes
-        self.speed_mpx = speed_mpx
+        self.speed_mpx = float(speed_mpx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.ops.segflow_bench.emulated_forward(

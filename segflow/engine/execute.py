@@ -25,7 +25,7 @@ from segflow.engine.region import (
     task_indices,
     task_region,
 )
-from segflow.engine.sharing import HandoffPlan, plan_handoff, scratch_folder
+from segflow.engine.sharing import HandoffPlan, plan_handoff, scratch_folder, sharing
 from segflow.errors import ConfigError
 
 ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
@@ -42,17 +42,15 @@ class _TaskProgress(Callback):
     """Counts finished region tasks under the local schedulers."""
 
     # Callback.__init__ only stores hooks passed as arguments; this one is a method
-    def __init__(self, total: int, report: ProgressFn, finished: Callable[[str], None]) -> None:
+    def __init__(self, total: int, report: ProgressFn) -> None:
         self.total = total
         self.done = 0
         self.report = report
-        self.finished = finished
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         name = key[0] if isinstance(key, tuple) else key
         if isinstance(name, str) and name.startswith(TASK_PREFIX):
             self.done += 1
-            self.finished(name)
             self.report(self.done, self.total)
 
 
@@ -93,21 +91,22 @@ def execute(
     ``{"GPU": 1}``) is required of the cluster workers that run each task, so a
     GPU worker started with ``--resources GPU=1`` runs one model task at a time.
     It is passed at compute time: annotations can be lost in graph optimisation.
-    A patch several tasks touch is predicted by the first of them and handed on
-    to the others through a scratch folder in the output store.
+    A patch several tasks touch is predicted by one of them and handed on to
+    the others through a scratch folder in the output store (see ``sharing``).
     """
     report = progress or (lambda done, total: None)
     report(0, len(tasks))
     total = RegionStats(class_counts=[0] * work.model.num_classes)
     if not tasks:
         return total
-    with _handoff(work, tasks) as (handed, plan):
-        finished = _Finished(tasks, plan)
-        if scheduler in LOCAL_SCHEDULERS:
-            sync = scheduler in ("sync", "synchronous")
-            results = _run_local(handed, tasks, plan, sync, workers, report, finished)
-        else:
+    if scheduler in LOCAL_SCHEDULERS:
+        sync = scheduler in ("sync", "synchronous")
+        with _shared_here(work, tasks) as shared:
+            results = _run_local(shared, tasks, sync, workers, report)
+    else:
+        with _handoff(work, tasks) as (handed, plan):
             graph = build_tasks(handed, tasks, plan.after if plan else None)
+            finished = _Finished(tasks, plan)
             results = _run_distributed(graph, scheduler, report, resources, finished)
     for result in results:
         total.merge(result)
@@ -115,10 +114,25 @@ def execute(
 
 
 @contextmanager
+def _shared_here(work: RegionWork, tasks: list[Index]) -> Iterator[RegionWork]:
+    """``work`` with this process's shared patches: claimed by whichever task reaches them first."""
+    if not HAND_ON_PATCHES or len(tasks) < 2:
+        yield work
+        return
+    regions = [task_grid_region(work, t) for t in tasks]  # the regions patches are blended on
+    with scratch_folder(work.sink.path) as folder, sharing(work.grid, regions, folder) as key:
+        yield dataclasses.replace(work, sharing_key=key)
+
+
+@contextmanager
 def _handoff(
     work: RegionWork, tasks: list[Index]
 ) -> Iterator[tuple[RegionWork, HandoffPlan | None]]:
-    """``work`` with the run's handoff of shared patches (and its plan), or unchanged."""
+    """``work`` with planned owners of the shared patches (and the plan), or unchanged.
+
+    Cluster workers are other processes: each shared patch is predicted by its
+    owner, which runs before the tasks that take it.
+    """
     if not HAND_ON_PATCHES or len(tasks) < 2:
         yield work, None
         return
@@ -147,13 +161,7 @@ class _Finished:
 
 
 def _run_local(
-    work: RegionWork,
-    tasks: list[Index],
-    plan: HandoffPlan | None,
-    sync: bool,
-    workers: int | None,
-    report: ProgressFn,
-    finished: _Finished,
+    work: RegionWork, tasks: list[Index], sync: bool, workers: int | None, report: ProgressFn
 ) -> list[RegionStats]:
     """Run ``tasks`` in this process, as many at once as their accumulators allow."""
     in_flight = local_in_flight(work, 1 if sync else workers)
@@ -162,8 +170,8 @@ def _run_local(
     # the scheduler's function itself: named ones make dask import distributed
     # (half a second) to look for a default client first
     get = dask.local.get_sync if sync else dask.threaded.get
-    graph = build_tasks(local, tasks, plan.after if plan else None)
-    with _TaskProgress(len(tasks), report, finished):
+    graph = build_tasks(local, tasks)
+    with _TaskProgress(len(tasks), report):
         results = compute(*graph, scheduler=get, num_workers=in_flight)  # type: ignore[no-untyped-call]
     return list(results)
 

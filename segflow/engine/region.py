@@ -52,7 +52,7 @@ from segflow.engine.grid import (
     union,
 )
 from segflow.engine.resample import ModelSpace, scores_labels
-from segflow.engine.sharing import Handoff
+from segflow.engine.sharing import Exchange, Handoff, task_exchange
 from segflow.heap import release_free_heap
 from segflow.io.orientation import AxisTransform
 from segflow.io.source import ReadResult, Source
@@ -133,9 +133,11 @@ class RegionWork:
     members: tuple[ModelHandle, ...] = ()
     member_weights: tuple[float, ...] = ()
     # set by execute(): cores for a task's own elementwise work (a forward takes its
-    # own share), and which task predicts each patch several tasks touch
+    # own share), and who predicts each patch several tasks touch: planned owners on
+    # a cluster, or the key of this process's shared patches (see ``sharing``)
     task_threads: int = 1
     handoff: Handoff | None = None
+    sharing_key: str | None = None
 
 
 @dataclass
@@ -276,8 +278,13 @@ def _predict_region(
         # pinned batches copy to a GPU asynchronously
         shape = (work.batch_size, read.raw.data.shape[0], *work.grid.patch)
         buffers = BatchBuffers(shape, pinned=device.type == "cuda")
-        blender = _Blender(work, task, cut, predictor, accumulator, stats)
-        _predict_and_blend(work, blender, buffers, todo)
+        exchange = task_exchange(work.handoff, work.sharing_key, task, grid_region)
+        blender = _Blender(work, exchange, cut, predictor, accumulator, stats)
+        try:
+            _predict_and_blend(work, blender, buffers, todo)
+        finally:
+            if exchange is not None:
+                exchange.close()
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
     return accumulator, invalid
@@ -459,25 +466,24 @@ class _Blender:
     def __init__(
         self,
         work: RegionWork,
-        task: Index,
+        exchange: Exchange | None,
         cut: Callable[..., torch.Tensor],
         predictor: RegionPredictor,
         accumulator: Accumulator,
         stats: RegionStats,
     ) -> None:
         self._work = work
-        self._task = task
+        self._exchange = exchange
         self.cut = cut
         self._predictor = predictor
         self._accumulator = accumulator
         self._device = accumulator.device
         self._on_device = accumulator.device.type != "cpu"  # blend where the logits are
         self._stats = stats
-        self._handoff = work.handoff
 
     def predicts_here(self, index: Index) -> bool:
         """Whether this task predicts ``index``: nobody else touches it, or this task owns it."""
-        return self._handoff is None or self._handoff.predicts(index, self._task)
+        return self._exchange is None or self._exchange.predicts(index)
 
     def forward(self, items: list[BatchItem], batch: torch.Tensor) -> dict[Index, torch.Tensor]:
         """The logits of the batch's patches; shared ones are saved for their other users."""
@@ -487,8 +493,8 @@ class _Blender:
         logits_batch = self._predictor(batch, on_device=self._on_device)
         for (index, extent), logits in zip(own, logits_batch, strict=True):
             predicted[index] = logits
-            if self._handoff is not None and self._handoff.is_shared(index):
-                self._handoff.save(index, extent, logits)
+            if self._exchange is not None:  # before waiting on anything: others may wait on it
+                self._exchange.publish(index, extent, logits)
         return predicted
 
     def copied(self, batch: torch.Tensor | None) -> Any:
@@ -509,12 +515,19 @@ class _Blender:
         window = device_window(work.blend, work.grid, index, work.sigma, self._device)
         if logits is not None:
             self._accumulator.add(logits, extent, window)
-            return
-        assert self._handoff is not None
-        part = self._handoff.load(index)
-        if part is None:  # its owner's part is not where this task can see it: predict it
+        else:
+            self._blend_taken(index, extent, window)
+        if self._exchange is not None:
+            self._exchange.release(index)
+
+    def _blend_taken(self, index: Index, extent: Region, window: torch.Tensor) -> None:
+        """Add a patch another task predicted (or predict it here if it left no part)."""
+        assert self._exchange is not None
+        part = self._exchange.take(index)
+        if part is None:  # not where this task can see it: predict it here
             self._stats.patches_predicted += 1
             logits = self._predictor(self.cut([extent]), on_device=self._on_device)[0]
+            self._exchange.publish(index, extent, logits)
             self._accumulator.add(logits, extent, window)
             return
         corner = tuple(s.start for s in extent)

@@ -1,31 +1,40 @@
 """Patches several region tasks touch: predicted once by one of them, handed on to the others.
 
 A patch of the global grid that straddles a region boundary is needed by
-every region it touches. Each such patch gets an owner, the first of its
-regions in task order. The owner predicts it and saves the part the other
-regions need to a scratch folder beside the run's completion record; the
-others run after their owners (a Dask dependency) and read that part back
-instead of predicting it. So every patch is predicted once per run, on any
-scheduler (threads, sync, a cluster whose workers see the output folder).
+every region it touches. One of them predicts it and saves the part the
+other regions need to a scratch folder beside the run's completion record;
+the others read that part back instead of predicting it. So every patch is
+predicted once per run. Who predicts it:
+
+- in one process (threads, sync): the first task to reach it claims it, and a
+  task that reaches a patch another task claimed waits for its part
+  (``SharedPatches``). Tasks run side by side as before; nobody waits forever,
+  because every task claims and waits in the same global order and publishes
+  a batch as soon as it is predicted, before it waits for anything in it (a
+  task's unpublished claims always lie past the patch it blends);
+- on a cluster: its owner, the first of its regions in task order; the others
+  run after their owners (a Dask dependency) and read its part (``Handoff``).
 
 The result never depends on it: a saved part holds the very float32 logits
-its owner predicted, and every task still adds its patches in global grid
+its predictor made, and every task still adds its patches in global grid
 order, so each pixel sums the same terms in the same order. Memory stays
 bounded: the parts live on disk (in the page cache, not in a process), and
-the run deletes each file once the last of its regions is done, so what is
-kept at a time is the slab of boundaries between finished and pending tasks.
+each file is deleted once the last of its regions is done with it, so what
+is kept at a time is the boundary between finished and pending regions.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,27 +68,202 @@ class Handoff:
         return patch in self.owners
 
     def path(self, patch: Index) -> Path:
-        return self.folder / ("p" + "_".join(map(str, patch)) + ".npy")
+        return part_path(self.folder, patch)
 
     def save(self, patch: Index, extent: Region, logits: torch.Tensor) -> None:
         """Keep the part of an owned patch's logits ``(K, *patch)`` the other tasks need."""
-        part = self.parts[patch]
-        local = tuple(
-            slice(p.start - e.start, p.stop - e.start) for p, e in zip(part, extent, strict=True)
-        )
-        target = self.path(patch)
-        temporary = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        with open(temporary, "wb") as handle:  # a reader never sees half a file
-            np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].cpu().numpy()))
-        os.replace(temporary, target)
+        save_part(self.path(patch), self.parts[patch], extent, logits)
 
     def load(self, patch: Index) -> SharedPatch | None:
         """The saved part of ``patch``, or None when its owner left none (predict it then)."""
-        try:
-            values = np.load(self.path(patch), allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        return SharedPatch(self.parts[patch], torch.from_numpy(values))
+        return load_part(self.path(patch), self.parts[patch])
+
+
+def part_path(folder: Path, patch: Index) -> Path:
+    return folder / ("p" + "_".join(map(str, patch)) + ".npy")
+
+
+def save_part(path: Path, part: Region, extent: Region, logits: torch.Tensor) -> None:
+    """Write ``part`` of a patch's logits ``(K, *patch)`` placed at ``extent``, atomically."""
+    local = tuple(
+        slice(p.start - e.start, p.stop - e.start) for p, e in zip(part, extent, strict=True)
+    )
+    temporary = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as handle:  # a reader never sees half a file
+        np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].cpu().numpy()))
+    os.replace(temporary, path)
+
+
+def load_part(path: Path, part: Region) -> SharedPatch | None:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    return SharedPatch(part, torch.from_numpy(values))
+
+
+class SharedPatches:
+    """Claims, publishes and hands out the patches several regions of one process touch."""
+
+    def __init__(self, grid: PatchGrid, regions: Sequence[Region], folder: Path) -> None:
+        self._users = {
+            patch: [regions[p] for p in positions]
+            for patch, positions in patch_users(grid, regions).items()
+        }
+        self._remaining = {index: len(users) for index, users in self._users.items()}
+        self._folder = folder
+        self._kept: dict[Index, Region] = {}  # published patch -> its part on disk
+        self._claimed: dict[Index, object] = {}  # patch -> the task predicting it
+        self._changed = threading.Condition()
+
+    def is_shared(self, index: Index) -> bool:
+        return index in self._users
+
+    def claim(self, index: Index, owner: object) -> bool:
+        """True when ``owner`` should predict ``index``: nobody published or is predicting it."""
+        with self._changed:
+            if index in self._kept or index in self._claimed:
+                return False
+            self._claimed[index] = owner
+            return True
+
+    def publish(self, index: Index, extent: Region, logits: torch.Tensor, region: Region) -> None:
+        """Save the part of a claimed patch's logits that regions other than ``region`` need."""
+        needed = [
+            part for r in self._users[index] if r != region and (part := intersect(extent, r))
+        ]
+        with self._changed:
+            # remaining counts the caller, which has not released the patch yet
+            keep = needed and self._remaining[index] > 1 and index not in self._kept
+        if keep:  # written outside the lock: waiters wait on the claim, not the lock
+            box = union(needed)
+            save_part(part_path(self._folder, index), box, extent, logits)
+        with self._changed:
+            if keep:
+                self._kept[index] = box
+            self._claimed.pop(index, None)
+            self._changed.notify_all()
+
+    def take(self, index: Index, owner: object) -> SharedPatch | None:
+        """The published part of ``index``, waiting while another task predicts it.
+
+        None means it was not kept (its claimer failed): the caller (``owner``)
+        has now claimed it and predicts it itself.
+        """
+        with self._changed:
+            while index in self._claimed:
+                self._changed.wait()
+            box = self._kept.get(index)
+            if box is None:
+                self._claimed[index] = owner
+                return None
+        return load_part(part_path(self._folder, index), box)
+
+    def release(self, index: Index) -> None:
+        """One region is done with ``index``; the last one deletes its part."""
+        with self._changed:
+            self._remaining[index] -= 1
+            last = self._remaining[index] <= 0 and self._kept.pop(index, None) is not None
+        if last:
+            part_path(self._folder, index).unlink(missing_ok=True)
+
+    def give_back(self, owner: object) -> None:
+        """Drop ``owner``'s unpublished claims (it failed): whoever waits on them predicts them."""
+        with self._changed:
+            for index in [i for i, o in self._claimed.items() if o is owner]:
+                del self._claimed[index]
+            self._changed.notify_all()
+
+
+_RUNS: dict[str, SharedPatches] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+@contextmanager
+def sharing(grid: PatchGrid, regions: Sequence[Region], folder: Path) -> Iterator[str]:
+    """Register a run's shared patches in this process; yields the key its tasks look up."""
+    key = uuid.uuid4().hex
+    with _RUNS_LOCK:
+        _RUNS[key] = SharedPatches(grid, regions, folder)
+    try:
+        yield key
+    finally:
+        with _RUNS_LOCK:
+            _RUNS.pop(key, None)
+
+
+def shared_patches(key: str | None) -> SharedPatches | None:
+    """This process's shared patches for a run, or None (another process)."""
+    if not key:
+        return None
+    with _RUNS_LOCK:
+        return _RUNS.get(key)
+
+
+class Exchange(Protocol):
+    """One task's side of the handing on: what it predicts, publishes, takes and is done with."""
+
+    def predicts(self, index: Index) -> bool: ...
+    def publish(self, index: Index, extent: Region, logits: torch.Tensor) -> None: ...
+    def take(self, index: Index) -> SharedPatch | None: ...
+    def release(self, index: Index) -> None: ...
+    def close(self) -> None: ...
+
+
+class _LocalExchange:
+    def __init__(self, shared: SharedPatches, region: Region) -> None:
+        self._shared = shared
+        self._region = region
+        self._me = object()  # this task, as the owner of its claims
+
+    def predicts(self, index: Index) -> bool:
+        return not self._shared.is_shared(index) or self._shared.claim(index, self._me)
+
+    def publish(self, index: Index, extent: Region, logits: torch.Tensor) -> None:
+        if self._shared.is_shared(index):
+            self._shared.publish(index, extent, logits, self._region)
+
+    def take(self, index: Index) -> SharedPatch | None:
+        return self._shared.take(index, self._me)
+
+    def release(self, index: Index) -> None:
+        if self._shared.is_shared(index):
+            self._shared.release(index)
+
+    def close(self) -> None:
+        self._shared.give_back(self._me)
+
+
+class _PlannedExchange:
+    def __init__(self, handoff: Handoff, task: Index) -> None:
+        self._handoff = handoff
+        self._task = task
+
+    def predicts(self, index: Index) -> bool:
+        return self._handoff.predicts(index, self._task)
+
+    def publish(self, index: Index, extent: Region, logits: torch.Tensor) -> None:
+        if self._handoff.is_shared(index):
+            self._handoff.save(index, extent, logits)
+
+    def take(self, index: Index) -> SharedPatch | None:
+        return self._handoff.load(index)
+
+    def release(self, index: Index) -> None:
+        """The run deletes a part once all its tasks have ended."""
+
+    def close(self) -> None:
+        """Nothing is claimed: owners are planned."""
+
+
+def task_exchange(
+    handoff: Handoff | None, sharing_key: str | None, task: Index, region: Region
+) -> Exchange | None:
+    """A task's exchange: planned (a cluster), claimed in this process, or None (no sharing)."""
+    if handoff is not None:
+        return _PlannedExchange(handoff, task)
+    shared = shared_patches(sharing_key)
+    return None if shared is None else _LocalExchange(shared, region)
 
 
 def patch_users(grid: PatchGrid, regions: Iterable[Region]) -> dict[Index, list[int]]:

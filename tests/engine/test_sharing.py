@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,15 @@ from segflow import segment
 from segflow.engine.execute import execute
 from segflow.engine.grid import make_grid
 from segflow.engine.region import task_indices
-from segflow.engine.sharing import SCRATCH_FOLDER, Handoff, patch_users, plan_handoff
+from segflow.engine.sharing import (
+    SCRATCH_FOLDER,
+    Handoff,
+    SharedPatches,
+    patch_users,
+    plan_handoff,
+    shared_patches,
+    sharing,
+)
 from segflow.io.open import open_source
 from segflow.io.zarr_sink import ZarrSink
 from segflow.models import LoadedModel
@@ -58,6 +67,51 @@ def test_a_saved_part_reads_back_bit_for_bit_and_is_freed_after_its_last_user(tm
     plan.finished({(0, 0), (0, 1)})
     assert not plan.handoff.path((0, 1)).exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left either
+
+
+def _two_regions(tmp_path: Path) -> tuple[SharedPatches, tuple[int, int], tuple[slice, ...]]:
+    grid = make_grid((8, 16), 8, 4)
+    return SharedPatches(grid, [LEFT, RIGHT], tmp_path), (0, 1), grid.extent((0, 1))
+
+
+def test_in_one_process_the_first_to_claim_a_patch_predicts_it_for_the_other(tmp_path):
+    shared, index, extent = _two_regions(tmp_path)
+    left, right = object(), object()
+    assert shared.claim(index, left)
+    assert not shared.claim(index, right)  # the left task predicts it
+    logits = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(2, 8, 8)
+    shared.publish(index, extent, logits, LEFT)
+    part = shared.take(index, right)
+    assert part is not None
+    assert part.extent == (slice(0, 8), slice(8, 12))  # the half inside the right region
+    torch.testing.assert_close(part.logits, logits[:, :, 4:], rtol=0, atol=0)
+    shared.release(index)
+    assert len(list(tmp_path.iterdir())) == 1  # the right task still needs it
+    shared.release(index)
+    assert list(tmp_path.iterdir()) == []  # deleted after its last user
+
+
+def test_a_failed_claimer_does_not_leave_its_neighbour_waiting(tmp_path):
+    shared, index, _ = _two_regions(tmp_path)
+    left, right = object(), object()
+    assert shared.claim(index, left)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(shared.take(index, right)))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive()  # waiting for the left task's prediction
+    shared.give_back(left)
+    waiter.join(timeout=5)
+    assert got == [None]  # it predicts the patch itself
+    assert not shared.claim(index, left)  # and holds the claim now
+
+
+def test_a_run_registers_its_shared_patches_only_while_it_runs(tmp_path):
+    grid = make_grid((8, 16), 8, 4)
+    with sharing(grid, [LEFT, RIGHT], tmp_path) as key:
+        assert shared_patches(key) is not None
+    assert shared_patches(key) is None
+    assert shared_patches(None) is None
 
 
 def test_a_part_that_is_missing_reads_as_none(tmp_path):
