@@ -19,17 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 
 from benchmarks.bench_unet_overhead import unet_model
 from benchmarks.common import Check, report, timer, write_geotiff
 from segflow import segment
 from segflow.heap import tune_process
+from segflow.io.zarr_sink import ZarrSink
 
 TARGET_BUSY = 0.90
 TARGET_AGREEMENT = 0.999
@@ -37,27 +38,36 @@ SAMPLE_MS = 100
 
 
 class Sampler:
-    """``nvidia-smi`` utilization samples of GPU 0, taken in a child process."""
+    """``nvidia-smi`` utilization samples of GPU 0, taken in a child process.
+
+    Only the samples stamped between ``start()`` and ``stop()`` count.
+    """
 
     def __init__(self, out: Path) -> None:
         self._out = out
         self._process: subprocess.Popen[bytes] | None = None
+        self._window = (datetime.max, datetime.min)
 
     def __enter__(self) -> Sampler:
-        handle = open(self._out, "wb")
-        self._process = subprocess.Popen(
-            [
-                "nvidia-smi",
-                "--id=0",
-                "--query-gpu=utilization.gpu,memory.used",
-                "--format=csv,noheader,nounits",
-                f"-lms={SAMPLE_MS}",
-            ],
-            stdout=handle,
-        )
-        handle.close()  # the child holds its own copy
-        time.sleep(0.5)  # its first sample
+        with open(self._out, "wb") as handle:  # the child keeps its own copy
+            self._process = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--id=0",
+                    "--query-gpu=timestamp,utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    f"--loop-ms={SAMPLE_MS}",
+                ],
+                stdout=handle,
+            )
+        time.sleep(1.0)  # nvidia-smi's start-up, before the run
         return self
+
+    def start(self) -> None:
+        self._window = (datetime.now(), datetime.max)
+
+    def stop(self) -> None:
+        self._window = (self._window[0], datetime.now())
 
     def __exit__(self, *exc: object) -> None:
         assert self._process is not None
@@ -65,11 +75,18 @@ class Sampler:
         self._process.wait(timeout=10)
 
     def utilization(self) -> list[float]:
+        """Utilization in percent of the samples stamped while the run ran."""
         values = []
+        first, last = self._window
         for line in self._out.read_text().splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if parts and parts[0].replace(".", "", 1).isdigit():
-                values.append(float(parts[0]))
+            stamp, _, value = (p.strip() for p in line.partition(","))
+            try:
+                when = datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f")
+                percent = float(value)
+            except ValueError:
+                continue  # a header or a note, not a sample
+            if first <= when <= last:
+                values.append(percent)
         return values
 
 
@@ -89,6 +106,7 @@ def busy(size: int, batch_size: int) -> bool:
         segment(small, model, folder / "warm.zarr", patch_size=512, device="cuda")
         torch.cuda.reset_peak_memory_stats()
         with Sampler(folder / "smi.csv") as sampler, timer() as t:
+            sampler.start()
             result = segment(
                 path,
                 model,
@@ -98,6 +116,7 @@ def busy(size: int, batch_size: int) -> bool:
                 batch_size=batch_size,
                 device="cuda",
             )
+            sampler.stop()
         samples = sampler.utilization()
     share = float(np.mean(samples)) / 100.0 if samples else 0.0
     figures["run"] = f"{t['seconds']:.1f} s, {size**2 / 1e6 / t['seconds']:.0f} Mpx/s"
@@ -128,7 +147,7 @@ def amp(size: int) -> bool:
             figures[f"{name}: seconds / peak device memory"] = (
                 f"{t['seconds']:.1f} s / {peak:.2f} GiB"
             )
-            labels[name] = zarr.open_group(Path(tmp) / f"{name}.zarr", mode="r")["labels"][...]
+            labels[name] = np.asarray(ZarrSink.open(Path(tmp) / f"{name}.zarr").labels_array()[...])
     agreement = float((labels["fp32"] == labels["amp"]).mean())
     checks = [
         Check(

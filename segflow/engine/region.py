@@ -506,7 +506,7 @@ class _Blender:
         if batch is None or not self._on_device:
             return None
         event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record()
+        event.record(torch.cuda.current_stream(self._device))  # the stream the copy went on
         return event
 
     def blend(self, index: Index, extent: Region, logits: torch.Tensor | None) -> None:

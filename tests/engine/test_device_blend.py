@@ -26,13 +26,17 @@ def test_an_accumulator_on_the_gpu_gives_the_cpu_labels_and_probabilities(mode):
     cpu, gpu = Accumulator(4, region), Accumulator(4, region, device=torch.device("cuda"))
     generator = torch.Generator().manual_seed(0)
     for index in grid.indices():
-        # whole numbers: every sum exact, so both devices must agree bit for bit on labels
+        # whole numbers: with the centre crop's 0/1 weights every sum is exact
         logits = torch.randint(-8, 9, (4, 32, 32), generator=generator).float()
         cpu.add(logits, grid.extent(index), patch_window(mode, grid, index))
         window = device_window(mode, grid, index, 0.125, torch.device("cuda"))
         assert window.device.type == "cuda"
         gpu.add(logits.cuda(), grid.extent(index), window)
-    np.testing.assert_array_equal(gpu.labels(np.dtype(np.uint8)), cpu.labels(np.dtype(np.uint8)))
+    on_gpu, on_cpu = gpu.labels(np.dtype(np.uint8)), cpu.labels(np.dtype(np.uint8))
+    if mode is BlendMode.CENTER:
+        np.testing.assert_array_equal(on_gpu, on_cpu)
+    else:  # a GPU may fuse the multiply-add: near-ties can round the other way
+        assert (on_gpu == on_cpu).mean() >= 0.999
     np.testing.assert_allclose(gpu.probabilities(), cpu.probabilities(), rtol=1e-5, atol=1e-6)
 
 
