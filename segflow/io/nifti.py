@@ -134,6 +134,7 @@ class NiftiSource(FileSourceBase[NiftiImage]):
     """
 
     kind: Literal["raster", "volume"] = "volume"  # the Protocol's type, so instances conform
+    path: Path  # a local file: nibabel reads it (object storage is refused in open_source)
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
 from segflow.io.nifti import NiftiSource
 from segflow.io.source import Source
+from segflow.io.uris import ObjectPath, as_location
 
 __all__ = ["RASTER_SUFFIXES", "VOLUME_SUFFIXES", "open_source", "source_kind"]
 
@@ -26,9 +27,9 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".gtiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
-def source_kind(path: str | Path) -> str | None:
+def source_kind(path: str | Path | ObjectPath) -> str | None:
     """``"raster"`` or ``"volume"`` from the file name alone; None when it does not say."""
-    name = Path(path).name.lower()
+    name = as_location(path).name.lower()
     if name.endswith(VOLUME_SUFFIXES):
         return "volume"
     if name.endswith(RASTER_SUFFIXES):
@@ -37,7 +38,7 @@ def source_kind(path: str | Path) -> str | None:
 
 
 def open_source(
-    path: str | Path,
+    path: str | Path | ObjectPath,
     *,
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
@@ -50,8 +51,10 @@ def open_source(
     ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
     NIfTI volumes; ``series`` (a SeriesInstanceUID) to DICOM; ``nodata`` to all.
     """
-    path = Path(path)
+    path = as_location(path)
     kind = source_kind(path)
+    if isinstance(path, ObjectPath):
+        return _open_remote(path, kind, bands=bands, nodata=nodata, series=series)
     if kind is None and is_dicom_input(path):
         from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
 
@@ -83,4 +86,28 @@ def open_source(
     except NotARasterError:
         raise ReaderError(
             f"{path}: is not a GeoTIFF or NIfTI file; segflow reads .tif/.tiff/.nii/.nii.gz"
+        ) from None
+
+
+def _open_remote(
+    path: ObjectPath,
+    kind: str | None,
+    *,
+    bands: Sequence[int] | None,
+    nodata: float | None,
+    series: str | None,
+) -> Source:
+    """An object in storage: a raster through GDAL's /vsi readers; NIfTI and DICOM stay local."""
+    if series is not None:
+        raise ConfigError(f"series= applies to DICOM folders; {path} is an object in storage")
+    if kind == "volume":
+        raise ReaderError(
+            f"{path}: NIfTI volumes are read from local files only; copy it to a local path"
+        )
+    check_input_file(path)  # a wrong bucket, key or credentials say so in one line
+    try:
+        return GeoTiffSource(path, bands=bands, nodata=nodata)
+    except NotARasterError:
+        raise ReaderError(
+            f"{path}: is not a raster GDAL can read; segflow reads GeoTIFF/COG objects"
         ) from None
