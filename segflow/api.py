@@ -21,6 +21,7 @@ from segflow.errors import ConfigError, InputDataError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
 from segflow.io.lease import writer_lock
 from segflow.io.open import open_source
+from segflow.io.stac_names import is_stac_input
 from segflow.io.stores import StorePath, discard_store
 from segflow.io.uris import ObjectPath, as_location, is_uri
 from segflow.models import LoadedModel
@@ -183,7 +184,19 @@ def segment_one(
         summary = _segment_locked(
             input_path, loaded, output, options, resume, overwrite, scheduler, progress
         )
+        if is_stac_input(str(input_path)):  # the result is discoverable as a STAC item too
+            summary = {**summary, "stac_item": str(_stac_item(input_path, loaded, output))}
     return _postprocessed(output, options, summary)
+
+
+def _stac_item(
+    input_path: StorePath, loaded: LoadedModel | Ensemble, output: StorePath
+) -> StorePath:
+    from segflow.io.stac_output import write_output_item
+    from segflow.io.zarr_sink import ZarrSink
+
+    model = {"sha256": loaded.sha256, "path": str(loaded.path) if loaded.path else None}
+    return write_output_item(ZarrSink.open(output), str(input_path), model)
 
 
 def clean_path(output: StorePath) -> StorePath:
@@ -233,6 +246,7 @@ def _segment_locked(
         volume=options.volume,
         volumes_as_channels=options.volumes_as_channels,
         series=options.series,
+        band_names=loaded.meta.band_names,
     )
     work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
     if resume and work.sink.is_complete:

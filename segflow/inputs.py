@@ -1,7 +1,9 @@
 """Inputs of a batch and where their outputs go.
 
 A batch is a folder, a glob, a manifest (a CSV with a path column and an optional id
-column, or a text file with one path per line) or a list of any of these. Each input
+column, or a text file with one path per line), a STAC document (an Item, an
+ItemCollection or a catalog: one input per item, named by its id), a prefix or glob in
+object storage, or a list of any of these. Each input
 gets ``<output>/<name>.zarr``; an existing output is absent, partial (a run stopped
 before finalizing it), complete, or foreign (not a segflow store). ``segflow run``,
 ``segflow.segment`` and the batch flows all plan their inputs here, so a folder means
@@ -20,8 +22,9 @@ from typing import Any
 
 from segflow.errors import ConfigError
 from segflow.io.dicom_paths import is_dicom_folder
+from segflow.io.stac_names import is_stac_input
 from segflow.io.uri_inputs import expand_uri, is_one_uri
-from segflow.io.uris import ObjectPath, is_uri
+from segflow.io.uris import ObjectPath, as_location, is_uri
 
 RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
@@ -57,7 +60,11 @@ def collect_inputs(
     found: list[tuple[str | None, Path | ObjectPath]] = []
     for entry in entries:
         text = os.fspath(entry)
-        if is_uri(text):
+        if is_stac_input(text):  # a STAC Item, ItemCollection or catalog: its items
+            from segflow.io.stac import stac_inputs
+
+            found.extend((name, as_location(item)) for name, item in stac_inputs(text))
+        elif is_uri(text):
             found.extend(expand_uri(ObjectPath(text), patterns))
         else:
             found.extend(_expand(Path(text).expanduser(), patterns))
@@ -66,6 +73,10 @@ def collect_inputs(
 
 def is_one_input(source: str | os.PathLike[str]) -> bool:
     """True for a single file path: not a folder, a glob or a manifest."""
+    if is_stac_input(os.fspath(source)):
+        from segflow.io.stac import is_single_item
+
+        return is_single_item(os.fspath(source))
     if is_uri(os.fspath(source)):
         return is_one_uri(ObjectPath(os.fspath(source)))
     path = Path(os.fspath(source)).expanduser()

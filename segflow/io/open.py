@@ -19,6 +19,7 @@ from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
 from segflow.io.nifti import NiftiSource
 from segflow.io.source import Source
+from segflow.io.stac_names import is_stac_input
 from segflow.io.uris import ObjectPath, as_location
 
 __all__ = ["RASTER_SUFFIXES", "VOLUME_SUFFIXES", "open_source", "source_kind"]
@@ -45,12 +46,20 @@ def open_source(
     volume: int | None = None,
     volumes_as_channels: bool = False,
     series: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> Source:
     """Open ``path`` lazily with the reader its suffix calls for.
 
-    ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
+    A STAC Item (``item.json``, ``items.json#ID``) is read as the bands the model
+    names in ``band_names``, stacked on one grid. ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
     NIfTI volumes; ``series`` (a SeriesInstanceUID) to DICOM; ``nodata`` to all.
     """
+    if is_stac_input(str(path)):  # the model's band_names choose the item's assets
+        from segflow.io.stac import open_stac_item
+
+        if bands is not None or volume is not None or series is not None:
+            raise ConfigError(f"{path}: a STAC item's bands are chosen by the model's band names")
+        return open_stac_item(str(path), band_names, nodata)
     path = as_location(path)
     kind = source_kind(path)
     if isinstance(path, ObjectPath):
