@@ -196,8 +196,15 @@ class FileSourceBase(Generic[H]):
         raise NotImplementedError
 
     def checksum(self) -> str:
+        """sha256 of a local file; for an object in storage its ETag (``etag:...``), which
+        the store computed, instead of reading the whole object a second time."""
         if self._checksum is None:
-            self._checksum = sha256_file(self.path)
+            if isinstance(self.path, ObjectPath):
+                from segflow.io.remote import token
+
+                self._checksum = f"etag:{token(self.path)[2].strip(chr(34))}"
+            else:
+                self._checksum = sha256_file(self.path)
         return self._checksum
 
     def close(self) -> None:

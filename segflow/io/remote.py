@@ -40,6 +40,7 @@ __all__ = [
     "storage_errors",
     "token",
     "upload",
+    "upload_tree",
 ]
 
 T = TypeVar("T")
@@ -223,6 +224,16 @@ def upload(local: Path, location: ObjectPath) -> None:
     """Copy a local file to ``location`` (one object)."""
     with storage_errors(location, OutputError):
         filesystem(location).put_file(str(local), location.key)
+
+
+def upload_tree(local: Path, location: ObjectPath) -> None:
+    """Put every file under the local folder ``local`` below ``location/``, concurrently."""
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    keys = [f"{location.key}/{p.relative_to(local).as_posix()}" for p in files]
+    with storage_errors(location, OutputError):
+        fs = filesystem(location)
+        fs.put([str(p) for p in files], keys)
+        fs.invalidate_cache(location.key)
 
 
 def download(location: ObjectPath, local: Path) -> None:

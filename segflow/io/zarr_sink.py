@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -167,8 +169,12 @@ class ZarrSink:
             remove_remote_store(target)
         from segflow.io import remote  # fsspec only for stores in object storage
 
-        with remote.storage_errors(target, OutputError):
-            write_new_store(target, info, *described)
+        # made locally and put in one concurrent batch: each zarr call on object storage
+        # costs a round trip or three, and a store's metadata is some thirty objects
+        with tempfile.TemporaryDirectory(prefix="segflow-store-") as folder:
+            staged = Path(folder) / target.name
+            write_new_store(staged, info, *described)
+            remote.upload_tree(staged, target)
         return cls(target, info)
 
     @classmethod
