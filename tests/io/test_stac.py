@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from pathlib import Path
 
 import numpy as np
 import pystac
 import pytest
 import zarr
-from rasterio.transform import from_origin
 
 from segflow import segment
 from segflow.errors import ConfigError, ReaderError
 from segflow.inputs import collect_inputs, is_one_input
 from segflow.io.open import open_source
 from segflow.models import LoadedModel
-from tests.conftest import pixel_model, textured, write_tif
+from tests.conftest import pixel_model
+from tests.io.stac_fixtures import ORIGIN, write_item, write_item_collection
 
 BANDS = ("red", "green", "blue")
-ORIGIN = (300000.0, 4500000.0)
 OPTIONS = {"patch_size": 64, "chunk_size": 64, "device": "cpu", "probabilities": "uint8"}
 
 
@@ -32,63 +30,13 @@ def _model(band_names=BANDS) -> LoadedModel:
     )
 
 
-def _band_asset(href: str, common: str, name: str) -> pystac.Asset:
-    return pystac.Asset(
-        href=href,
-        media_type=pystac.MediaType.COG,
-        roles=["data"],
-        extra_fields={"eo:bands": [{"name": name, "common_name": common}]},
-    )
-
-
-def _item(
-    folder: Path, item_id: str, seed: int, *, coarse_blue: bool = False
-) -> tuple[pystac.Item, Path]:
-    """An item with one file per band (listed blue, red, green) and the stacked equivalent."""
-    data = textured((96, 128), 3, seed=seed)  # red, green, blue
-    fine = from_origin(*ORIGIN, 10.0, 10.0)
-    if coarse_blue:  # blue at 20 m: what the stack must bring onto the 10 m grid
-        blue20 = data[2, ::2, ::2]
-        data[2] = np.repeat(np.repeat(blue20, 2, axis=0), 2, axis=1)
-    names = {"red": "B04", "green": "B03", "blue": "B02"}
-    assets = {}
-    for index, common in ((2, "blue"), (0, "red"), (1, "green")):
-        path = folder / f"{item_id}_{names[common]}.tif"
-        if common == "blue" and coarse_blue:
-            write_tif(
-                path, data[2:3, ::2, ::2], transform=from_origin(*ORIGIN, 20.0, 20.0), tile=None
-            )
-        else:
-            write_tif(path, data[index : index + 1], transform=fine, tile=None)
-        assets[names[common]] = _band_asset(path.name, common, names[common])
-    stacked = write_tif(folder / f"{item_id}_stacked.tif", data, transform=fine, tile=None)
-    item = pystac.Item(
-        id=item_id,
-        geometry={"type": "Point", "coordinates": [0.0, 0.0]},
-        bbox=[0.0, 0.0, 0.0, 0.0],
-        datetime=dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
-        properties={},
-    )
-    for key, asset in assets.items():
-        item.add_asset(key, asset)
-    return item, stacked
-
-
-def _collection(folder: Path, **kwargs) -> tuple[Path, list[Path]]:
-    pairs = [_item(folder, f"scene-{i}", seed=i, **kwargs) for i in range(2)]
-    collection = pystac.ItemCollection([item for item, _ in pairs])
-    path = folder / "items.json"
-    path.write_text(json.dumps(collection.to_dict(transform_hrefs=False)))
-    return path, [stacked for _, stacked in pairs]
-
-
 def _labels(store: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(store, mode="r")
     return {name: np.asarray(group[name][...]) for name in ("labels", "probabilities")}
 
 
 def test_an_item_collection_equals_runs_on_the_stacked_files(tmp_path):
-    collection, stacked = _collection(tmp_path)
+    collection, stacked = write_item_collection(tmp_path)
     model = _model()
     results = segment(collection, model, tmp_path / "out", **OPTIONS)
     assert isinstance(results, list) and [r.status for r in results] == ["complete"] * 2
@@ -104,7 +52,7 @@ def test_an_item_collection_equals_runs_on_the_stacked_files(tmp_path):
 
 
 def test_bands_at_another_resolution_come_onto_the_finest_grid(tmp_path):
-    collection, stacked = _collection(tmp_path, coarse_blue=True)
+    collection, stacked = write_item_collection(tmp_path, coarse_blue=True)
     source = open_source(f"{collection}#scene-1", band_names=BANDS)
     assert source.spatial_shape == (96, 128) and source.band_names == BANDS
     assert source.geometry.transform[0] == 10.0
@@ -116,7 +64,7 @@ def test_bands_at_another_resolution_come_onto_the_finest_grid(tmp_path):
 
 
 def test_the_output_item_validates_and_links_its_source(tmp_path):
-    collection, _ = _collection(tmp_path)
+    collection, _ = write_item_collection(tmp_path)
     result = segment(f"{collection}#scene-0", _model(), tmp_path / "scene-0.zarr", **OPTIONS)
     assert result.status == "complete"
     written = Path(result.stats["stac_item"])
@@ -148,7 +96,7 @@ def test_a_static_catalog_is_a_batch_of_its_items(tmp_path):
     for index in range(2):
         folder = tmp_path / "src" / str(index)
         folder.mkdir(parents=True)
-        item, _ = _item(folder, f"scene-{index}", seed=index)
+        item, _ = write_item(folder, f"scene-{index}", seed=index)
         for asset in item.assets.values():
             asset.href = str(folder / asset.href)
         catalog.add_item(item)
@@ -163,7 +111,7 @@ def test_a_static_catalog_is_a_batch_of_its_items(tmp_path):
 
 
 def test_bands_must_be_named_and_offered(tmp_path):
-    collection, _ = _collection(tmp_path)
+    collection, _ = write_item_collection(tmp_path)
     with pytest.raises(ConfigError, match="model names no bands"):
         open_source(f"{collection}#scene-0", band_names=None)
     with pytest.raises(ReaderError, match="no band 'nir'"):
