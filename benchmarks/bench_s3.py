@@ -5,6 +5,7 @@ uv run python -m benchmarks.bench_s3 [--size 8192]
 
 The server is moto's (the test suite's, on 127.0.0.1), a single Python process: a real
 object store serves ranges faster, so these ratios are an upper bound on the overhead.
+``--bucket NAME`` measures a real store instead (the one AWS_* / AWS_ENDPOINT_URL name).
 Both sides use the same threads and the same tile-aligned regions; the best of two
 interleaved runs of each side is taken.
 """
@@ -16,6 +17,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,17 +65,31 @@ def run_seconds(source: str, output: str) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def object_store(bucket: str | None) -> Iterator[str]:
+    """A bucket: the given one of the configured store, or a new one on a loopback server."""
+    if bucket:
+        yield bucket
+        return
+    from tests.io.s3server import s3_server
+
+    with s3_server(enforce_credentials=False) as server:
+        os.environ.update(server.env)
+        yield server.new_bucket()
+
+
 def main() -> bool:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--size", type=int, default=2048, help="edge of the COG (8192 in the issue)"
     )
+    parser.add_argument(
+        "--bucket",
+        help="use this bucket of the store the environment points at (AWS_* and "
+        "AWS_ENDPOINT_URL) instead of starting the loopback server",
+    )
     args = parser.parse_args()
-    from tests.io.s3server import s3_server
-
-    with tempfile.TemporaryDirectory() as tmp, s3_server(enforce_credentials=False) as server:
-        os.environ.update(server.env)
-        bucket = server.new_bucket()
+    with tempfile.TemporaryDirectory() as tmp, object_store(args.bucket) as bucket:
         cog = write_cog(Path(tmp), args.size)
         import s3fs
 
