@@ -233,3 +233,24 @@ def test_a_killed_run_resumes_bit_identically_on_s3(tmp_path, s3):
     a, b = _arrays(tmp_path / "ref.zarr"), _arrays(f"s3://{store}")
     np.testing.assert_array_equal(a["labels"], b["labels"])
     assert not fs.exists(f"{bucket}/out/.big.zarr.lock")  # the finished run gave its lease back
+
+
+@pytest.mark.slow
+def test_a_local_cluster_of_two_processes_writes_the_same_bytes_to_s3(tmp_path, s3):
+    bucket = s3.new_bucket()
+    scene = write_tif(tmp_path / "scene.tif", textured((256, 320), 3), tile=None)
+    _fs(s3).put_file(str(scene), f"{bucket}/scene.tif")
+    model = save(_model(), tmp_path / "m.safetensors")  # workers load it from the file
+    local = segment(scene, str(model), tmp_path / "local.zarr", **OPTIONS)
+    clustered = segment(
+        f"s3://{bucket}/scene.tif",
+        str(model),
+        f"s3://{bucket}/o.zarr",
+        scheduler="local",
+        workers=2,
+        **OPTIONS,
+    )
+    assert local.status == clustered.status == "complete", clustered.error
+    a, b = _arrays(tmp_path / "local.zarr"), _arrays(f"s3://{bucket}/o.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
