@@ -63,7 +63,15 @@ def open_source(
     path = as_location(path)
     kind = source_kind(path)
     if isinstance(path, ObjectPath):
-        return _open_remote(path, kind, bands=bands, nodata=nodata, series=series)
+        return _open_remote(
+            path,
+            kind,
+            bands=bands,
+            nodata=nodata,
+            series=series,
+            volume=volume,
+            volumes_as_channels=volumes_as_channels,
+        )
     if kind is None and is_dicom_input(path):
         from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
 
@@ -105,15 +113,23 @@ def _open_remote(
     bands: Sequence[int] | None,
     nodata: float | None,
     series: str | None,
+    volume: int | None,
+    volumes_as_channels: bool,
 ) -> Source:
-    """An object in storage: a raster through GDAL's /vsi readers; NIfTI and DICOM stay local."""
+    """An object in storage: a raster through GDAL's /vsi readers, a NIfTI volume through
+    an fsspec file object; DICOM series stay local."""
     if series is not None:
         raise ConfigError(f"series= applies to DICOM folders; {path} is an object in storage")
     if kind == "volume":
-        raise ReaderError(
-            f"{path}: NIfTI volumes are read from local files only; copy it to a local path"
+        if bands is not None:
+            raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
+        return NiftiSource(
+            path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
         )
-    check_input_file(path)  # a wrong bucket, key or credentials say so in one line
+    if volume is not None or volumes_as_channels:
+        raise ConfigError(
+            f"volume= / volumes_as_channels= apply to NIfTI volumes; {path} is not one"
+        )
     try:
         return GeoTiffSource(path, bands=bands, nodata=nodata)
     except NotARasterError:

@@ -254,3 +254,29 @@ def test_a_local_cluster_of_two_processes_writes_the_same_bytes_to_s3(tmp_path, 
     a, b = _arrays(tmp_path / "local.zarr"), _arrays(f"s3://{bucket}/o.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+def test_a_nifti_volume_in_s3_reads_and_segments_as_the_local_file(tmp_path, s3, name):
+    from segflow.io.open import open_source
+    from tests.conftest import threshold_model, write_nifti
+
+    bucket = s3.new_bucket()
+    rng = np.random.default_rng(3)
+    volume = rng.integers(0, 200, size=(40, 36, 28)).astype(np.int16)
+    affine = np.array([[0, -0.8, 0, 10], [0, 0, 1.5, -5], [-0.8, 0, 0, 3], [0, 0, 0, 1.0]])
+    path = write_nifti(tmp_path / name, volume, affine)
+    _fs(s3).put_file(str(path), f"{bucket}/{name}")
+    remote, local = open_source(f"s3://{bucket}/{name}"), open_source(path)
+    assert remote.geometry == local.geometry and remote.spatial_shape == local.spatial_shape
+    region = (slice(3, 31), slice(0, 36), slice(5, 20))
+    np.testing.assert_array_equal(remote.read(region).data, local.read(region).data)
+    model = threshold_model(100.0)
+    options = {"patch_size": 16, "chunk_size": 16, "device": "cpu"}
+    a = segment(path, model, tmp_path / "local.zarr", **options)
+    b = segment(f"s3://{bucket}/{name}", model, f"s3://{bucket}/ct.zarr", **options)
+    assert a.status == b.status == "complete", b.error
+    np.testing.assert_array_equal(
+        zarr.open_group(tmp_path / "local.zarr", mode="r")["0"][...],
+        zarr.open_group(f"s3://{bucket}/ct.zarr", mode="r")["0"][...],
+    )
