@@ -25,6 +25,7 @@ from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
 from segflow.io.files import sha256_file
 from segflow.io.stac_names import is_stac_input
+from segflow.io.stac_search import StacSearch, search_to_file
 from segflow.io.uris import ObjectPath, as_location, is_uri
 
 SCENE_COLUMNS = ("scene", "status", "reason", "seconds", "resumed", "output")
@@ -67,15 +68,21 @@ def landcover_mapping(
     patterns: list[str] | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
+    stac_search: dict[str, Any] | None = None,
 ) -> LandcoverSummary | State[Any]:
     """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
 
     ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
     (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``).
+    ``stac_search`` (url, collections, bbox or intersects, datetime, query, max_items)
+    asks a STAC API for the night's items instead of ``input_dir`` (pass ""); the items
+    found are kept as ``stac-search-<time>.json`` in the report folder.
     """
     logger = get_run_logger()
     started = time.time()
     pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    if stac_search is not None:
+        input_dir = _searched(input_dir, stac_search, _report_dir(output_dir, report_dir), logger)
     source, found = scene_inputs(input_dir, patterns or RASTER_PATTERNS, pipeline.require_model())
     items = plan_items(found, as_location(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
@@ -113,7 +120,10 @@ def scene_inputs(
     """
     if is_stac_input(input_dir):
         tag = sha256_file(model)[:12]
-        items = collect_inputs(input_dir)
+        try:
+            items = collect_inputs(input_dir)
+        except ConfigError:  # a document (or search) without items is a quiet night
+            return input_dir, []
         return input_dir, [(f"{name}-{tag}", path) for name, path in items]
     source = as_location(input_dir)
     if not source.is_dir():
@@ -122,6 +132,17 @@ def scene_inputs(
         return str(source), collect_inputs(str(source), patterns)
     except ConfigError:
         return str(source), []  # an empty folder is a quiet night, not an error
+
+
+def _searched(input_dir: str, fields: dict[str, Any], folder: Path, logger: Any) -> str:
+    """Run the STAC search; its ItemCollection file is the night's input."""
+    if input_dir:
+        raise ConfigError("give input_dir or stac_search, not both")
+    search = StacSearch.from_mapping(fields)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path, count = search_to_file(search, folder / f"stac-search-{stamp}.json")
+    logger.info("STAC search at %s: %d item(s) -> %s", search.url, count, path)
+    return str(path)
 
 
 def _report_dir(output_dir: str, report_dir: str | None) -> Path:
