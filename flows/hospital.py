@@ -40,6 +40,7 @@ from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import VOLUME_PATTERNS, collect_inputs, plan_items
 from segflow.io.dicom import series_inputs
 from segflow.io.dicom_paths import is_dicom_folder, is_dicom_input
+from segflow.io.uris import ObjectPath
 
 SCAN_COLUMNS = ("scan", "status", "reason", "seconds", "input", "output", "nifti", "seg")
 
@@ -185,7 +186,9 @@ def hospital_batch(
     )
 
 
-def scan_inputs(scans: str | list[str]) -> tuple[list[tuple[str | None, Path]], list[str]]:
+def scan_inputs(
+    scans: str | list[str],
+) -> tuple[list[tuple[str | None, Path | ObjectPath]], list[str]]:
     """The scans of a batch: NIfTI files as collect_inputs finds them, and one input per
     DICOM series in a folder; with the files skipped as no image series."""
     folder = Path(scans) if isinstance(scans, str) else None
@@ -193,7 +196,7 @@ def scan_inputs(scans: str | list[str]) -> tuple[list[tuple[str | None, Path]], 
         return collect_inputs(scans, VOLUME_PATTERNS), []
     series, skipped = series_inputs(folder)
     nifti = [(None, p) for p in sorted(folder.rglob("*.nii*")) if p.name.endswith(_NIFTI)]
-    found: list[tuple[str | None, Path]] = [*nifti, *series]
+    found: list[tuple[str | None, Path | ObjectPath]] = [*nifti, *series]
     if not found:
         raise ConfigError(f"no image series or NIfTI scans in {folder}; check the folder")
     return found, skipped

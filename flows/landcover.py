@@ -1,7 +1,8 @@
 """Bulk land-cover mapping, meant to run on a schedule (see flows/deploy.py and prefect.yaml).
 
-Each run looks at the scenes in an input folder and maps only those without a complete
-output: a complete store is left alone (no model work), a store a crashed run left behind
+Each run looks at the scenes in an input folder (a local folder, an ``s3://`` prefix, or a
+STAC Item, ItemCollection or catalog, whose items are matched to the model's bands) and
+maps only those without a complete output: a complete store is left alone (no model work), a store a crashed run left behind
 is resumed (only its missing chunks are computed), a new scene gets a new store. The run
 summary (scenes, status, time, class areas in ha and km²) is published as Prefect
 artifacts and written as JSON and CSV.
@@ -22,6 +23,10 @@ from flows.runtime import resolve_pipeline
 from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
+from segflow.io.files import sha256_file
+from segflow.io.stac_names import is_stac_input
+from segflow.io.stac_search import StacSearch, search_to_file
+from segflow.io.uris import ObjectPath, as_location, is_uri
 
 SCENE_COLUMNS = ("scene", "status", "reason", "seconds", "resumed", "output")
 
@@ -63,28 +68,28 @@ def landcover_mapping(
     patterns: list[str] | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
+    stac_search: dict[str, Any] | None = None,
 ) -> LandcoverSummary | State[Any]:
     """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
 
     ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
     (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``).
+    ``stac_search`` (url, collections, bbox or intersects, datetime, query, max_items)
+    asks a STAC API for the night's items instead of ``input_dir`` (pass ""); the items
+    found are kept as ``stac-search-<time>.json`` in the report folder.
     """
     logger = get_run_logger()
     started = time.time()
     pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
-    source = Path(input_dir).expanduser()
-    if not source.is_dir():
-        raise ConfigError(f"input folder {source} not found; check input_dir")
-    try:
-        found = collect_inputs(source, patterns or RASTER_PATTERNS)
-    except ConfigError:
-        found = []  # an empty folder is a quiet night, not an error
-    items = plan_items(found, Path(output_dir)) if found else []
+    if stac_search is not None:
+        input_dir = _searched(input_dir, stac_search, _report_dir(output_dir, report_dir), logger)
+    source, found = scene_inputs(input_dir, patterns or RASTER_PATTERNS, pipeline.require_model())
+    items = plan_items(found, as_location(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
     results = run_unfinished(items, pipeline, concurrency=concurrency)
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
-        input_dir=str(source),
+        input_dir=source,
         output_dir=str(output_dir),
         started=started,
         seconds=round(time.time() - started, 3),
@@ -92,7 +97,7 @@ def landcover_mapping(
         scenes=scenes,
         totals=_totals(scenes),
     )
-    summary = _publish(summary, Path(report_dir) if report_dir else Path(output_dir) / "reports")
+    summary = _publish(summary, _report_dir(output_dir, report_dir))
     return report.batch_outcome(
         summary,
         counts=summary.counts,
@@ -103,6 +108,49 @@ def landcover_mapping(
         done="mapped",
         logger=logger,
     )
+
+
+def scene_inputs(
+    input_dir: str, patterns: list[str] | tuple[str, ...], model: Path
+) -> tuple[str, list[tuple[str | None, Path | ObjectPath]]]:
+    """The scenes of a night: a folder, a prefix in object storage, or a STAC document.
+
+    A STAC item's store is named ``<item id>-<model hash>``: the run is idempotent per
+    item and model, and a new model maps every item again into stores of its own.
+    """
+    if is_stac_input(input_dir):
+        tag = sha256_file(model)[:12]
+        try:
+            items = collect_inputs(input_dir)
+        except ConfigError:  # a document (or search) without items is a quiet night
+            return input_dir, []
+        return input_dir, [(f"{name}-{tag}", path) for name, path in items]
+    source = as_location(input_dir)
+    if not source.is_dir():
+        raise ConfigError(f"input folder {source} not found; check input_dir")
+    try:
+        return str(source), collect_inputs(str(source), patterns)
+    except ConfigError:
+        return str(source), []  # an empty folder is a quiet night, not an error
+
+
+def _searched(input_dir: str, fields: dict[str, Any], folder: Path, logger: Any) -> str:
+    """Run the STAC search; its ItemCollection file is the night's input."""
+    if input_dir:
+        raise ConfigError("give input_dir or stac_search, not both")
+    search = StacSearch.from_mapping(fields)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path, count = search_to_file(search, folder / f"stac-search-{stamp}.json")
+    logger.info("STAC search at %s: %d item(s) -> %s", search.url, count, path)
+    return str(path)
+
+
+def _report_dir(output_dir: str, report_dir: str | None) -> Path:
+    if report_dir:
+        return Path(report_dir)
+    if is_uri(output_dir):  # reports are local files; object storage keeps the maps
+        return Path("landcover-reports")
+    return Path(output_dir) / "reports"
 
 
 def _scene_summary(result: InputResult, logger: Any) -> SceneSummary:

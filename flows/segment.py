@@ -46,6 +46,7 @@ from flows.runtime import (
 from segflow import errors
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, plan_items
+from segflow.io.uris import as_location
 from segflow.options import RunOptions
 from segflow.spec import Pipeline
 
@@ -87,8 +88,8 @@ class InputResult(BaseModel):
         from segflow.api import RunResult
 
         return RunResult(
-            input=Path(self.input),
-            output=Path(self.output),
+            input=as_location(self.input),
+            output=as_location(self.output),
             status="failed" if self.status == "failed" else "complete",
             seconds=self.seconds,
             error=self.reason,
@@ -315,7 +316,7 @@ def segment(
 ) -> InputResult | State[Any]:
     """One input; ``options`` are RunOptions fields (``RunOptions.to_dict()``) over the spec."""
     pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
-    items = plan_items([(None, Path(input))], Path(output))
+    items = plan_items([(None, as_location(input))], as_location(output))
     [result] = run_inputs(
         items, pipeline.require_model(), pipeline.options, resume=resume, overwrite=overwrite
     )
@@ -361,7 +362,7 @@ def segment_batch(
     """
     started = time.time()
     pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
-    items = plan_items(collect_inputs(inputs), Path(output))
+    items = plan_items(collect_inputs(inputs), as_location(output))
     get_run_logger().info("%d input(s) -> %s", len(items), output)
     results = run_inputs(
         items,
@@ -426,7 +427,7 @@ def run_flow(
     chosen = options or RunOptions()
     model_path = Pipeline(model=Path(model)).require_model().resolve()  # fail fast, before a run
     sources = [os.fspath(s) for s in inputs]
-    items = plan_items(collect_inputs(sources), Path(output))
+    items = plan_items(collect_inputs(sources), as_location(output))
     # a caller's client: findable by the run's tasks under its address, never closed here
     caller_client = registered(client) if client is not None else nullcontext(None)
     with prefect_api() as api_url, caller_client as address:

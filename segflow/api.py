@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,10 +17,13 @@ from segflow.engine.ensemble import Ensemble, load_models
 from segflow.engine.execute import ProgressFn, execute
 from segflow.engine.grid import iter_chunks
 from segflow.engine.region import RegionStats, RegionWork, pending_tasks, task_indices
-from segflow.errors import InputDataError, SegflowError
+from segflow.errors import ConfigError, InputDataError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
-from segflow.io.locks import store_lock
+from segflow.io.lease import writer_lock
 from segflow.io.open import open_source
+from segflow.io.stac_names import is_stac_input
+from segflow.io.stores import StorePath, discard_store
+from segflow.io.uris import ObjectPath, as_location, is_uri
 from segflow.models import LoadedModel
 from segflow.options import RunOptions
 from segflow.plan import plan
@@ -33,8 +35,8 @@ PathLike = str | os.PathLike[str]
 class RunResult:
     """What happened to one input."""
 
-    input: Path
-    output: Path
+    input: StorePath
+    output: StorePath
     status: Literal["complete", "failed"]
     seconds: float = 0.0
     error: str | None = None
@@ -83,10 +85,18 @@ def segment(
         client = overrides.pop("scheduler")
     chosen = run_options(options, **overrides)
     single = isinstance(inputs, str | os.PathLike) and is_one_input(inputs)
-    items = plan_items(collect_inputs(inputs), Path(output))
+    target = as_location(output)
+    if isinstance(target, ObjectPath) and chosen.postprocess_options() is not None:
+        raise ConfigError(
+            f"post-processing writes local stores; write {target} without it and post-process "
+            "a local copy, or choose a local output"
+        )
+    items = plan_items(collect_inputs(inputs), target)
     # one model loads as ever; several (or a folder of them) are one ensemble
     loaded = (
-        model if isinstance(model, LoadedModel) and weights is None else load_models(model, weights)
+        model
+        if isinstance(model, LoadedModel) and weights is None
+        else load_models(local_models(model), weights)
     )
     check_postprocess(chosen, loaded)  # a class name the model lacks fails now, not after the run
     results = []
@@ -118,7 +128,7 @@ def _segment_item(
     *,
     raise_errors: bool,
 ) -> RunResult:
-    path, out = Path(item.input), Path(item.output)
+    path, out = as_location(item.input), as_location(item.output)
     started = time.perf_counter()
     try:
         stats = segment_one(
@@ -154,9 +164,9 @@ def _scheduler(options: RunOptions, client: Any) -> Iterator[Any]:
 
 
 def segment_one(
-    input_path: Path,
+    input_path: StorePath,
     loaded: LoadedModel | Ensemble,
-    output: Path,
+    output: StorePath,
     options: RunOptions,
     *,
     resume: bool = False,
@@ -170,14 +180,26 @@ def segment_one(
     With post-processing options the finished store is also cleaned into
     ``<name>_clean.zarr`` beside it (the summary then says where, and what changed).
     """
-    with store_lock(output):
+    with writer_lock(output):
         summary = _segment_locked(
             input_path, loaded, output, options, resume, overwrite, scheduler, progress
         )
+        if is_stac_input(str(input_path)):  # the result is discoverable as a STAC item too
+            summary = {**summary, "stac_item": str(_stac_item(input_path, loaded, output))}
     return _postprocessed(output, options, summary)
 
 
-def clean_path(output: Path) -> Path:
+def _stac_item(
+    input_path: StorePath, loaded: LoadedModel | Ensemble, output: StorePath
+) -> StorePath:
+    from segflow.io.stac_output import write_output_item
+    from segflow.io.zarr_sink import ZarrSink
+
+    model = {"sha256": loaded.sha256, "path": str(loaded.path) if loaded.path else None}
+    return write_output_item(ZarrSink.open(output), str(input_path), model)
+
+
+def clean_path(output: StorePath) -> StorePath:
     """Where a run's post-processed store goes: ``<name>_clean.zarr`` beside its store."""
     return output.with_name(f"{output.name.removesuffix('.zarr')}_clean.zarr")
 
@@ -192,22 +214,25 @@ def check_postprocess(options: RunOptions, loaded: LoadedModel | Ensemble) -> No
     parse_operations(list(loaded.meta.classes), **asked)
 
 
-def _postprocessed(output: Path, options: RunOptions, summary: dict[str, Any]) -> dict[str, Any]:
+def _postprocessed(
+    output: StorePath, options: RunOptions, summary: dict[str, Any]
+) -> dict[str, Any]:
     asked = options.postprocess_options()
     if asked is None:
         return summary
     from segflow.outputs.postprocess import postprocess
 
     target = clean_path(output)
-    with store_lock(target):
+    assert isinstance(output, Path) and isinstance(target, Path)  # refused for URIs in segment()
+    with writer_lock(target):
         cleaned = postprocess(output, target, overwrite=True, **asked)
     return {**summary, "clean": str(target), "postprocess": cleaned.summary}
 
 
 def _segment_locked(
-    input_path: Path,
+    input_path: StorePath,
     loaded: LoadedModel | Ensemble,
-    output: Path,
+    output: StorePath,
     options: RunOptions,
     resume: bool,
     overwrite: bool,
@@ -221,6 +246,7 @@ def _segment_locked(
         volume=options.volume,
         volumes_as_channels=options.volumes_as_channels,
         series=options.series,
+        band_names=loaded.meta.band_names,
     )
     work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
     if resume and work.sink.is_complete:
@@ -246,7 +272,7 @@ def _segment_locked(
         hasher.join()
     if not resume and stats.valid_pixels == 0:
         if created and not overwrite:
-            shutil.rmtree(output, ignore_errors=True)
+            discard_store(output)
         raise InputDataError(
             f"{input_path} has no valid pixels (all nodata or NaN); check the nodata value or the band selection"
         )
@@ -258,6 +284,19 @@ def _segment_locked(
     summary = _summary(names, stats, seconds, checksum.get("sha256", ""), len(todo))
     work.sink.finalize(summary)
     return summary
+
+
+def local_models(model: Any) -> Any:
+    """Model files given as URIs, copied to the local cache (loaders need a local file)."""
+    if isinstance(model, str | os.PathLike | ObjectPath) and is_uri(
+        model if isinstance(model, ObjectPath) else os.fspath(model)
+    ):
+        from segflow.io.remote import cached_copy
+
+        return cached_copy(ObjectPath(str(model)), sidecars=(".yaml", ".yml", ".json"))
+    if isinstance(model, list | tuple):
+        return [local_models(m) for m in model]
+    return model
 
 
 def _summary(

@@ -1,7 +1,9 @@
 """Inputs of a batch and where their outputs go.
 
 A batch is a folder, a glob, a manifest (a CSV with a path column and an optional id
-column, or a text file with one path per line) or a list of any of these. Each input
+column, or a text file with one path per line), a STAC document (an Item, an
+ItemCollection or a catalog: one input per item, named by its id), a prefix or glob in
+object storage, or a list of any of these. Each input
 gets ``<output>/<name>.zarr``; an existing output is absent, partial (a run stopped
 before finalizing it), complete, or foreign (not a segflow store). ``segflow run``,
 ``segflow.segment`` and the batch flows all plan their inputs here, so a folder means
@@ -20,6 +22,9 @@ from typing import Any
 
 from segflow.errors import ConfigError
 from segflow.io.dicom_paths import is_dicom_folder
+from segflow.io.stac_names import is_stac_input
+from segflow.io.uri_inputs import expand_uri, is_one_uri
+from segflow.io.uris import ObjectPath, as_location, is_uri
 
 RASTER_PATTERNS = ("*.tif", "*.tiff", "*.TIF", "*.TIFF")
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz")
@@ -44,22 +49,36 @@ class InputItem:
 def collect_inputs(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     patterns: Sequence[str] = INPUT_PATTERNS,
-) -> list[tuple[str | None, Path]]:
+) -> list[tuple[str | None, Path | ObjectPath]]:
     """Expand a folder, a glob, a manifest (.csv/.txt) or a list into (name or None, path).
 
     Missing files are kept: they fail as inputs of their own, with the reader's reason,
-    instead of stopping the batch.
+    instead of stopping the batch. URIs (``s3://bucket/scenes/``) expand the same way
+    in object storage: a prefix lists its images, a glob matches keys.
     """
-    if isinstance(source, str | os.PathLike):
-        return _expand(Path(os.fspath(source)).expanduser(), patterns)
-    found: list[tuple[str | None, Path]] = []
-    for entry in source:
-        found.extend(_expand(Path(os.fspath(entry)).expanduser(), patterns))
+    entries = [source] if isinstance(source, str | os.PathLike) else list(source)
+    found: list[tuple[str | None, Path | ObjectPath]] = []
+    for entry in entries:
+        text = os.fspath(entry)
+        if is_stac_input(text):  # a STAC Item, ItemCollection or catalog: its items
+            from segflow.io.stac import stac_inputs
+
+            found.extend((name, as_location(item)) for name, item in stac_inputs(text))
+        elif is_uri(text):
+            found.extend(expand_uri(ObjectPath(text), patterns))
+        else:
+            found.extend(_expand(Path(text).expanduser(), patterns))
     return found
 
 
 def is_one_input(source: str | os.PathLike[str]) -> bool:
     """True for a single file path: not a folder, a glob or a manifest."""
+    if is_stac_input(os.fspath(source)):
+        from segflow.io.stac import is_single_item
+
+        return is_single_item(os.fspath(source))
+    if is_uri(os.fspath(source)):
+        return is_one_uri(ObjectPath(os.fspath(source)))
     path = Path(os.fspath(source)).expanduser()
     if any(ch in str(path) for ch in "*?["):
         return False
@@ -68,7 +87,7 @@ def is_one_input(source: str | os.PathLike[str]) -> bool:
     return not (path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file())
 
 
-def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path]]:
+def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path | ObjectPath]]:
     text = str(path)
     if any(ch in text for ch in "*?["):
         matches = sorted(glob.glob(text, recursive=True))
@@ -85,7 +104,7 @@ def _expand(path: Path, patterns: Sequence[str]) -> list[tuple[str | None, Path]
             )
         return [(None, p) for p in files]
     if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-        return read_manifest(path)
+        return list(read_manifest(path))
     return [(None, path)]
 
 
@@ -127,7 +146,7 @@ def read_manifest(path: Path) -> list[tuple[str | None, Path]]:
     return items
 
 
-def input_stem(path: Path) -> str:
+def input_stem(path: Path | ObjectPath) -> str:
     name = path.name
     for suffix in (".nii.gz", ".tiff", ".tif", ".nii", ".gtiff"):
         if name.lower().endswith(suffix):
@@ -135,7 +154,9 @@ def input_stem(path: Path) -> str:
     return path.stem
 
 
-def plan_items(inputs: Sequence[tuple[str | None, Path]], output: Path) -> list[InputItem]:
+def plan_items(
+    inputs: Sequence[tuple[str | None, Path | ObjectPath]], output: Path | ObjectPath
+) -> list[InputItem]:
     """One input and OUT ending in .zarr: OUT itself; otherwise OUT/<name>.zarr."""
     if not inputs:
         raise ConfigError("no inputs given")

@@ -14,7 +14,6 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from segflow.engine.resample import ModelSpace, geometry_spacing, model_space
 from segflow.errors import ConfigError, ModelError
 from segflow.io.orientation import AxisTransform, orientation_transform
 from segflow.io.source import Source, VolumeGeometry
+from segflow.io.stores import StorePath
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models import LoadedModel
 from segflow.models.meta import ModelMeta
@@ -61,7 +61,7 @@ class Fit:
 def plan(
     source: Source,
     loaded: LoadedModel | Ensemble,
-    output: Path,
+    output: StorePath,
     options: RunOptions,
     *,
     resume: bool = False,

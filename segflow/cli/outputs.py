@@ -15,7 +15,8 @@ import typer
 from rich.table import Table
 
 from segflow.cli.common import err, one_line_errors, out
-from segflow.errors import OutputError
+from segflow.errors import ConfigError, OutputError
+from segflow.io.uris import ObjectPath, as_location, is_uri
 from segflow.options import parse_ints
 
 
@@ -42,7 +43,7 @@ SUFFIXES = {
 }
 
 
-def default_output(store: Path, fmt: ExportFormat) -> Path:
+def default_output(store: Path | ObjectPath, fmt: ExportFormat) -> Path | ObjectPath:
     """``OUT.zarr`` -> ``OUT_labels.tif`` / ``OUT_labels.nii.gz`` / ``OUT_preview.png`` beside it."""
     name = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
     return store.with_name(name + SUFFIXES[fmt])
@@ -58,7 +59,9 @@ def recorded_input(store: Path) -> Path | None:
 
 
 def export_command(
-    store: Annotated[Path, typer.Argument(help="A segflow output store (OUT.zarr).")],
+    store: Annotated[
+        str, typer.Argument(help="A segflow output store (OUT.zarr, or an s3:// URI).")
+    ],
     to: Annotated[
         ExportFormat,
         typer.Option(
@@ -66,7 +69,10 @@ def export_command(
         ),
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Target file (default: beside the store).")
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Target file (default: beside the store); COG: a URI too."
+        ),
     ] = None,
     resampling: Annotated[str, typer.Option(help="COG overviews: mode or nearest.")] = "mode",
     compress: Annotated[
@@ -109,12 +115,28 @@ def export_command(
 ) -> None:
     """Export a store as a COG, a NIfTI mask, a DICOM SEG, a PNG quicklook or polygons."""
     with one_line_errors():
-        target = output or default_output(store, to)
+        if to is ExportFormat.COG:
+            from segflow.io.cog import export_cog
+
+            location = as_location(store)
+            written = export_cog(
+                location,
+                as_location(output) if output else default_output(location, to),
+                resampling=resampling,
+                compress=compress,
+                overwrite=overwrite,
+            )
+            out.print(f"[green]wrote[/] {written}", highlight=False)
+            return
+        if is_uri(store) or (output and is_uri(output)):
+            raise ConfigError(f"--to {to.value} writes local files; give local paths (or --to cog)")
+        store_path = Path(store)
+        target = Path(output or str(default_output(store_path, to)))
         if to in POLYGON_FORMATS:
             from segflow.outputs.polygons import export_polygons
 
             polygons = export_polygons(
-                store,
+                store_path,
                 target,
                 to=to.value,
                 classes=classes,
@@ -128,18 +150,15 @@ def export_command(
                 f"[green]wrote[/] {polygons.path}: {polygons.features:,} polygons ({counts}){dropped}",
                 highlight=False,
             )
-        elif to is ExportFormat.COG:
-            from segflow.io.cog import export_cog
-
-            written = export_cog(
-                store, target, resampling=resampling, compress=compress, overwrite=overwrite
-            )
-            out.print(f"[green]wrote[/] {written}", highlight=False)
         elif to is ExportFormat.NIFTI:
             from segflow.io.nifti_export import export_nifti
 
             result = export_nifti(
-                store, target, reference=reference, nodata_value=nodata_value, overwrite=overwrite
+                store_path,
+                target,
+                reference=reference,
+                nodata_value=nodata_value,
+                overwrite=overwrite,
             )
             out.print(f"[green]wrote[/] {result.path}", highlight=False)
             for path in result.sidecars.values():
@@ -147,13 +166,13 @@ def export_command(
         elif to is ExportFormat.DICOM_SEG:
             from segflow.cli.dicom import export_dicom_seg_command
 
-            export_dicom_seg_command(store, target, source, series, overwrite)
+            export_dicom_seg_command(store_path, target, source, series, overwrite)
         else:
             from segflow.outputs.preview import preview
 
             if target.exists() and not overwrite:
                 raise OutputError(f"{target} exists; pass --overwrite to replace it")
-            written = preview(store, target, input=input)
+            written = preview(store_path, target, input=input)
             out.print(f"[green]wrote[/] {written}", highlight=False)
 
 

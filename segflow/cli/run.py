@@ -21,6 +21,7 @@ from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, o
 from segflow.errors import ConfigError, OutputError
 from segflow.inputs import InputItem, collect_inputs, plan_items
 from segflow.io.files import check_readable
+from segflow.io.uris import as_location, is_uri
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
 
@@ -32,11 +33,14 @@ ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
 def run_command(
     inputs: Annotated[
-        list[Path],
-        typer.Argument(help="GeoTIFF/NIfTI files, folders or globs.", show_default=False),
+        list[str],
+        typer.Argument(
+            help="GeoTIFF/NIfTI files, folders or globs; s3:// (gs://, az://, https://) URIs too.",
+            show_default=False,
+        ),
     ],
     model: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
@@ -45,8 +49,11 @@ def run_command(
         ),
     ] = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="OUT.zarr for one input, else a folder.")
-    ] = Path("segflow-out"),
+        str,
+        typer.Option(
+            "--output", "-o", help="OUT.zarr for one input, else a folder (or an s3:// prefix)."
+        ),
+    ] = "segflow-out",
     spec: Annotated[
         Path | None, typer.Option(help="Pipeline spec (YAML); options below override it.")
     ] = None,
@@ -184,9 +191,9 @@ def run_command(
         # progress bar, a line per result and one-line errors
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     with one_line_errors():
-        ensemble = _ensemble_models(model or [])
+        ensemble = _ensemble_models(model_paths(model or []))
         pipeline = (load_spec(spec) if spec is not None else Pipeline()).with_overrides(
-            model=ensemble[0] if ensemble else (model[0] if model else None),
+            model=ensemble[0] if ensemble else (model_paths(model)[0] if model else None),
             patch_size=patch_size,
             overlap=overlap,
             blend=blend,
@@ -243,8 +250,17 @@ def _ensemble_models(models: list[Path]) -> list[Path]:
     return files
 
 
+def model_paths(models: list[str]) -> list[Path]:
+    """Model files as local paths; a URI is copied once to the local cache (no torch yet)."""
+    if not any(is_uri(m) for m in models):
+        return [Path(m) for m in models]
+    from segflow.io.remote import local_copy
+
+    return [local_copy(m) for m in models]
+
+
 def check_run(
-    inputs: list[Path], pipeline: Pipeline, output: Path, *, resume: bool, overwrite: bool
+    inputs: list[str], pipeline: Pipeline, output: str, *, resume: bool, overwrite: bool
 ) -> list[InputItem]:
     """The planned inputs, once inputs, model and output are known to be usable.
 
@@ -255,10 +271,12 @@ def check_run(
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     pipeline.require_model()
     _check_clean_sizes(pipeline.options)
-    items = plan_items(collect_inputs([str(p) for p in inputs]), output)
-    if len(items) == 1 and not Path(items[0].input).is_dir():  # a folder: a DICOM series
-        check_readable(Path(items[0].input))
-    _check_output(output, items)
+    items = plan_items(collect_inputs(list(inputs)), as_location(output))
+    first = as_location(items[0].input)
+    if len(items) == 1 and not (isinstance(first, Path) and first.is_dir()):  # a DICOM series
+        check_readable(first)
+    if not is_uri(items[0].output):  # a store in object storage is checked as it is created
+        _check_output(items)
     return items
 
 
@@ -272,7 +290,7 @@ def _check_clean_sizes(options: RunOptions) -> None:
     parse_min_size(options.sieve, "--sieve")
 
 
-def _check_output(output: Path, items: list[InputItem]) -> None:
+def _check_output(items: list[InputItem]) -> None:
     inputs = {Path(i.input).resolve() for i in items}
     for item in items:
         target = Path(item.output)
@@ -293,7 +311,7 @@ def _check_output(output: Path, items: list[InputItem]) -> None:
 def _run(
     items: list[InputItem],
     pipeline: Pipeline,
-    output: Path,
+    output: str,
     resume: bool,
     overwrite: bool,
     flow: bool,

@@ -35,6 +35,8 @@ from segflow.errors import ConfigError, OutputError
 from segflow.io.classes import ClassInfo, default_colors
 from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.source import RasterGeometry
+from segflow.io.staged import export_to_object
+from segflow.io.uris import ObjectPath, as_location
 from segflow.io.zarr_sink import ZarrSink
 from segflow.options import Resampling
 from segflow.version import __version__
@@ -48,16 +50,34 @@ COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 
 
 def export_cog(
-    store: str | os.PathLike[str] | ZarrSink,
-    output: str | os.PathLike[str],
+    store: str | os.PathLike[str] | ObjectPath | ZarrSink,
+    output: str | os.PathLike[str] | ObjectPath,
     *,
     resampling: str | Resampling = Resampling.MODE,
     compress: str = "deflate",
     blocksize: int = DEFAULT_BLOCKSIZE,
     overwrite: bool = False,
     workers: int | None = None,
-) -> Path:
-    """Write the labels of a complete raster store to ``output`` as a COG; returns its path."""
+) -> Path | ObjectPath:
+    """Write the labels of a complete raster store to ``output`` as a COG; returns its path.
+
+    ``output`` may be a URI (``s3://...``): the COG is written locally, then put whole.
+    """
+    target_location = as_location(output)
+    if isinstance(target_location, ObjectPath):
+        sink = store if isinstance(store, ZarrSink) else ZarrSink.open_finished(store)
+
+        def write(local: Path) -> object:
+            return export_cog(
+                sink,
+                local,
+                resampling=resampling,
+                compress=compress,
+                blocksize=blocksize,
+                workers=workers,
+            )
+
+        return export_to_object(target_location, overwrite, write)
     method = Resampling.parse(resampling)
     sink, geometry = open_exportable(
         store, RasterGeometry, "is a volume output; export it with --to nifti"
@@ -66,7 +86,7 @@ def export_cog(
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if blocksize < 16 or blocksize % 16:
         raise ConfigError(f"COG block size must be a multiple of 16, got {blocksize}")
-    target = Path(output).expanduser()
+    target = target_location
     prepare_target(target, overwrite, ".tif")
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.tif", dir=target.parent)

@@ -8,13 +8,14 @@ from typing import TypeVar
 
 from segflow.errors import ConfigError, OutputError
 from segflow.io.source import RasterGeometry, VolumeGeometry
+from segflow.io.uris import ObjectPath
 from segflow.io.zarr_sink import ZarrSink
 
 G = TypeVar("G", RasterGeometry, VolumeGeometry)
 
 
 def open_exportable(
-    store: str | os.PathLike[str] | ZarrSink, kind: type[G], wrong_kind: str
+    store: str | os.PathLike[str] | ObjectPath | ZarrSink, kind: type[G], wrong_kind: str
 ) -> tuple[ZarrSink, G]:
     """The store and its geometry, once it is known to hold complete labels of ``kind``.
 

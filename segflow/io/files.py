@@ -10,17 +10,23 @@ import hashlib
 from pathlib import Path
 
 from segflow.errors import ReaderError
+from segflow.io.uris import ObjectPath
 
 __all__ = ["check_input_file", "check_readable", "sha256_file"]
 
 
-def check_input_file(path: Path) -> int:
+def check_input_file(path: Path | ObjectPath) -> int:
     """A one-line ReaderError unless ``path`` is a non-empty file this process can read;
     returns its size.
 
     Cheap on purpose: the command runs it before importing torch, so a wrong path
-    fails in a second instead of after the imports.
+    fails in a second instead of after the imports. An object in storage is asked
+    for its size (one request; a wrong bucket, key or credentials fail here).
     """
+    if isinstance(path, ObjectPath):
+        from segflow.io.remote import check_object
+
+        return check_object(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -41,13 +47,17 @@ def check_input_file(path: Path) -> int:
     return size
 
 
-def check_readable(path: Path) -> None:
+def check_readable(path: Path | ObjectPath) -> None:
     """:func:`check_input_file`, for callers that do not need the size."""
     check_input_file(path)
 
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+def sha256_file(path: str | Path | ObjectPath, block: int = 1 << 20) -> str:
     """sha256 of a file (an input or a model), hex, read in blocks so memory stays flat."""
+    if isinstance(path, ObjectPath):
+        from segflow.io.remote import sha256_object
+
+        return sha256_object(path)
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
         while chunk := f.read(block):

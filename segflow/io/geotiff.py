@@ -8,6 +8,7 @@ own GDAL handle because GDAL handles must not be shared between threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -36,6 +37,7 @@ from segflow.io.lazy import (
     valid_mask,
 )
 from segflow.io.source import RasterGeometry, ReadResult, Region
+from segflow.io.uris import ObjectPath, as_location, gdal_options, redact
 
 __all__ = ["GeoTiffSource", "GeoreferencingWarning", "NotARasterError"]
 
@@ -52,24 +54,42 @@ class NotARasterError(ReaderError):
 _OPEN_LOCK = threading.Lock()
 
 
-def _open_dataset(path: Path, quiet: bool = True) -> DatasetReader:
+def _open_dataset(path: Path | ObjectPath, quiet: bool = True) -> DatasetReader:
     """A private (unshared) GDAL handle; ``quiet`` hides NotGeoreferencedWarning.
 
     rasterio warns on every open of a plain TIFF (so once per thread here); the
-    source warns once itself, with a message that says what happens.
+    source warns once itself, with a message that says what happens. An object in
+    storage opens through GDAL's /vsis3 (/vsigs, /vsiaz, /vsicurl) with the settings
+    :func:`~segflow.io.uris.gdal_options` derives from the environment.
     """
-    if not quiet:
-        return rasterio.open(path, sharing=False)
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path, sharing=False)
+    with gdal_env(path):
+        if not quiet:
+            return rasterio.open(_gdal_name(path), sharing=False)
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(_gdal_name(path), sharing=False)
+
+
+def _gdal_name(path: Path | ObjectPath) -> str | Path:
+    # rasterio turns s3://, gs://, az:// and https:// into GDAL's /vsi... names
+    return str(path) if isinstance(path, ObjectPath) else path
+
+
+def gdal_env(path: Path | ObjectPath) -> contextlib.AbstractContextManager[object]:
+    """GDAL settings for reading ``path``: none for a local file."""
+    if not isinstance(path, ObjectPath):
+        return contextlib.nullcontext()
+    env: contextlib.AbstractContextManager[object] = rasterio.Env(**gdal_options())
+    return env
 
 
 def _close_dataset(ds: DatasetReader) -> None:
     ds.close()
 
 
-def _parse_bands(bands: Sequence[int] | None, count: int, path: Path) -> tuple[int, ...]:
+def _parse_bands(
+    bands: Sequence[int] | None, count: int, path: Path | ObjectPath
+) -> tuple[int, ...]:
     if count < 1:
         raise ReaderError(f"{path}: has no raster bands")
     if bands is None:
@@ -125,17 +145,17 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | ObjectPath,
         *,
         bands: Sequence[int] | None = None,
         nodata: float | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = as_location(path)
         self._file_size = check_input_file(self.path)
         try:
             ds = _open_dataset(self.path)
         except RasterioError as e:
-            message = one_line(e)
+            message = redact(one_line(e))
             if "not recognized as" in message or "not recognised as" in message:
                 raise NotARasterError(
                     f"{self.path}: not a raster GDAL can read; segflow reads GeoTIFF "
@@ -217,12 +237,13 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
         row, col = (h - 1) // bh * bh, (w - 1) // bw * bw
         window = Window(col, row, w - col, h - row)
         try:
-            ds.read(indexes=list(self._bands), window=window)
-            if self._use_mask:
-                ds.read_masks(self._bands[0], window=window)
+            with gdal_env(self.path):
+                ds.read(indexes=list(self._bands), window=window)
+                if self._use_mask:
+                    ds.read_masks(self._bands[0], window=window)
         except RasterioError as e:
             raise ReaderError(
-                f"{self.path}: reading its last block failed ({one_line(e)}); the file is "
+                f"{self.path}: reading its last block failed ({redact(one_line(e))}); the file is "
                 "truncated or damaged, copy or export it again"
             ) from None
 
@@ -271,16 +292,17 @@ class GeoTiffSource(FileSourceBase[DatasetReader]):
         ds = self._handles.get()
         window = Window.from_slices(rows, cols)
         try:
-            data = ds.read(
-                indexes=list(self._bands),
-                window=window,
-                out=mapped_empty((self.channels, h, w), self._dtype),
-            )
-            mask = ds.read_masks(self._bands[0], window=window) if self._use_mask else None
+            with gdal_env(self.path):
+                data = ds.read(
+                    indexes=list(self._bands),
+                    window=window,
+                    out=mapped_empty((self.channels, h, w), self._dtype),
+                )
+                mask = ds.read_masks(self._bands[0], window=window) if self._use_mask else None
         except RasterioError as e:
             raise ReaderError(
                 f"{self.path}: reading rows {rows.start}:{rows.stop}, columns "
-                f"{cols.start}:{cols.stop} failed ({one_line(e)}); the file may be damaged"
+                f"{cols.start}:{cols.stop} failed ({redact(one_line(e))}); the file may be damaged"
             ) from None
         valid = valid_mask(data, self._band_nodata())
         if mask is not None:

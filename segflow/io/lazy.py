@@ -26,6 +26,7 @@ from dask.base import tokenize
 from segflow.errors import ConfigError
 from segflow.io.files import sha256_file
 from segflow.io.source import Region, Source
+from segflow.io.uris import ObjectPath
 
 _from_array: Any = da.from_array  # dask ships it without type hints
 
@@ -35,8 +36,13 @@ H = TypeVar("H")
 Chunks = int | Sequence[int | Sequence[int]]
 
 
-def file_token(path: Path) -> tuple[str, int, int]:
-    """Cheap identity of a file's content for Dask names: resolved path, size, mtime."""
+def file_token(path: Path | ObjectPath) -> tuple[str, int, int | str]:
+    """Cheap identity of a file's content for Dask names: resolved path, size, mtime
+    (an object's URI, size and ETag)."""
+    if isinstance(path, ObjectPath):
+        from segflow.io.remote import token
+
+        return token(path)
     st = path.stat()
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
@@ -49,7 +55,9 @@ def one_line(error: BaseException) -> str:
     return " ".join(" ".join(parts).split())
 
 
-def check_user_nodata(nodata: float | None, dtype: np.dtype, path: Path) -> float | None:
+def check_user_nodata(
+    nodata: float | None, dtype: np.dtype, path: Path | ObjectPath
+) -> float | None:
     """A user's nodata value as a float; ConfigError if ``dtype`` data can never hold it."""
     if nodata is None:
         return None
@@ -180,7 +188,7 @@ class FileSourceBase(Generic[H]):
     in ``__init__``; ``_new_handles`` is called again after unpickling.
     """
 
-    path: Path
+    path: Path | ObjectPath
     _checksum: str | None
     _handles: ThreadHandles[H]
 
@@ -188,8 +196,15 @@ class FileSourceBase(Generic[H]):
         raise NotImplementedError
 
     def checksum(self) -> str:
+        """sha256 of a local file; for an object in storage its ETag (``etag:...``), which
+        the store computed, instead of reading the whole object a second time."""
         if self._checksum is None:
-            self._checksum = sha256_file(self.path)
+            if isinstance(self.path, ObjectPath):
+                from segflow.io.remote import token
+
+                self._checksum = f"etag:{token(self.path)[2].strip(chr(34))}"
+            else:
+                self._checksum = sha256_file(self.path)
         return self._checksum
 
     def close(self) -> None:

@@ -51,6 +51,20 @@ def load(path: str | os.PathLike[str], **options: Any) -> object:
     return image
 
 
+def load_stream(handle: Any, *, gz: bool) -> object:
+    """A NIfTI image read from a file object (an object in storage), gunzipped when ``gz``;
+    its voxel proxy reads from that file object on demand."""
+    import gzip
+
+    stream = gzip.GzipFile(fileobj=handle, mode="rb") if gz else handle
+    try:
+        image: object = _nib.Nifti1Image.from_stream(stream)
+    except _nib.filebasedimages.ImageFileError:
+        stream.seek(0)
+        image = _nib.Nifti2Image.from_stream(stream)
+    return image
+
+
 def data_dtype(source: NiftiImage | NiftiHeader) -> np.dtype[Any]:
     """The on-disk voxel dtype of an image or header."""
     dtype: np.dtype[Any] = np.dtype(_nib_any(source).get_data_dtype())

@@ -40,9 +40,11 @@ from segflow.io.nib import (
     aff2axcodes,
     data_dtype,
     load,
+    load_stream,
     voxel_sizes,
 )
 from segflow.io.source import ReadResult, Region, VolumeGeometry
+from segflow.io.uris import ObjectPath, as_location
 
 __all__ = ["NiftiSource"]
 
@@ -51,10 +53,13 @@ _LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, 
 SLAB_BYTES = 8 * 2**20  # one read of k-slices
 
 
-def _load(path: Path) -> NiftiImage:
+def _load(path: Path | ObjectPath) -> NiftiImage:
     # keep_file_open: a .gz stream read front to back is not re-inflated from the start
     # for every region; mmap=False: regions are copies, never views of a mapped file
-    img = load(path, mmap=False, keep_file_open=True)
+    if isinstance(path, ObjectPath):
+        img: object = load_stream(_open_binary(path), gz=path.name.lower().endswith(".gz"))
+    else:
+        img = load(path, mmap=False, keep_file_open=True)
     if not isinstance(img, NiftiImage):
         raise ReaderError(
             f"{path}: is a {type(img).__name__}, not a single-file NIfTI; convert it to .nii.gz"
@@ -66,7 +71,7 @@ def _drop_image(img: NiftiImage) -> None:
     """Closer for ThreadHandles: the proxy closes its file when the image is freed."""
 
 
-def _load_error(path: Path, error: BaseException) -> str:
+def _load_error(path: Path | ObjectPath, error: BaseException) -> str:
     message = one_line(error)
     if "not a gzip file" in message:
         return f"{path}: ends in .gz but is not gzip-compressed; rename it to .nii if it is NIfTI"
@@ -78,25 +83,34 @@ def _load_error(path: Path, error: BaseException) -> str:
     return f"{path}: cannot be read as NIfTI ({message}); the file may be truncated or damaged"
 
 
-def _gzip_size_matches(path: Path, expected: int) -> bool:
+def _open_binary(path: Path | ObjectPath) -> Any:
+    """A file object: the local file, or an fsspec file reading the object by ranges."""
+    if isinstance(path, ObjectPath):
+        from segflow.io.remote import open_object
+
+        return open_object(path)
+    return path.open("rb")
+
+
+def _gzip_size_matches(path: Path | ObjectPath, expected: int) -> bool:
     """Cheap check: a gzip stream ends with its uncompressed size mod 2**32."""
-    with path.open("rb") as f:
+    with _open_binary(path) as f:
         f.seek(-4, 2)
         (isize,) = struct.unpack("<I", f.read(4))
     return bool(isize == expected % (1 << 32))
 
 
-def _gzip_length(path: Path) -> int:
+def _gzip_length(path: Path | ObjectPath) -> int:
     """Uncompressed length, inflating in blocks (multi-member files, odd trailers)."""
     total = 0
-    with gzip.open(path, "rb") as f:
+    with _open_binary(path) as raw, gzip.open(raw, "rb") as f:
         while block := f.read(1 << 22):
             total += len(block)
     return total
 
 
 def _select_volumes(
-    shape: tuple[int, ...], volume: int | None, as_channels: bool, path: Path
+    shape: tuple[int, ...], volume: int | None, as_channels: bool, path: Path | ObjectPath
 ) -> tuple[int | None, int]:
     """The volume index to read (None: all, as channels) and the channel count."""
     if volume is not None and as_channels:
@@ -137,13 +151,13 @@ class NiftiSource(FileSourceBase[NiftiImage]):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | ObjectPath,
         *,
         volume: int | None = None,
         volumes_as_channels: bool = False,
         nodata: float | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = as_location(path)  # a local file or an object (read through fsspec)
         size = check_input_file(self.path)
         try:
             img = _load(self.path)
@@ -314,7 +328,7 @@ def best_affine(header: Any) -> tuple[npt.NDArray[np.float64], int, int]:
     return np.asarray(affine, dtype=np.float64), sform_code, qform_code
 
 
-def _geometry(img: NiftiImage, path: Path) -> VolumeGeometry:
+def _geometry(img: NiftiImage, path: Path | ObjectPath) -> VolumeGeometry:
     affine, sform_code, qform_code = best_affine(img.header)
     finite = bool(np.all(np.isfinite(affine)))
     codes = aff2axcodes(affine) if finite else (None, None, None)

@@ -19,6 +19,8 @@ from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
 from segflow.io.nifti import NiftiSource
 from segflow.io.source import Source
+from segflow.io.stac_names import is_stac_input
+from segflow.io.uris import ObjectPath, as_location
 
 __all__ = ["RASTER_SUFFIXES", "VOLUME_SUFFIXES", "open_source", "source_kind"]
 
@@ -26,9 +28,9 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".gtiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
-def source_kind(path: str | Path) -> str | None:
+def source_kind(path: str | Path | ObjectPath) -> str | None:
     """``"raster"`` or ``"volume"`` from the file name alone; None when it does not say."""
-    name = Path(path).name.lower()
+    name = as_location(path).name.lower()
     if name.endswith(VOLUME_SUFFIXES):
         return "volume"
     if name.endswith(RASTER_SUFFIXES):
@@ -37,21 +39,39 @@ def source_kind(path: str | Path) -> str | None:
 
 
 def open_source(
-    path: str | Path,
+    path: str | Path | ObjectPath,
     *,
     bands: Sequence[int] | None = None,
     nodata: float | None = None,
     volume: int | None = None,
     volumes_as_channels: bool = False,
     series: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> Source:
     """Open ``path`` lazily with the reader its suffix calls for.
 
-    ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
+    A STAC Item (``item.json``, ``items.json#ID``) is read as the bands the model
+    names in ``band_names``, stacked on one grid. ``bands`` applies to rasters; ``volume`` / ``volumes_as_channels`` to
     NIfTI volumes; ``series`` (a SeriesInstanceUID) to DICOM; ``nodata`` to all.
     """
-    path = Path(path)
+    if is_stac_input(str(path)):  # the model's band_names choose the item's assets
+        from segflow.io.stac import open_stac_item
+
+        if bands is not None or volume is not None or series is not None:
+            raise ConfigError(f"{path}: a STAC item's bands are chosen by the model's band names")
+        return open_stac_item(str(path), band_names, nodata)
+    path = as_location(path)
     kind = source_kind(path)
+    if isinstance(path, ObjectPath):
+        return _open_remote(
+            path,
+            kind,
+            bands=bands,
+            nodata=nodata,
+            series=series,
+            volume=volume,
+            volumes_as_channels=volumes_as_channels,
+        )
     if kind is None and is_dicom_input(path):
         from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
 
@@ -83,4 +103,36 @@ def open_source(
     except NotARasterError:
         raise ReaderError(
             f"{path}: is not a GeoTIFF or NIfTI file; segflow reads .tif/.tiff/.nii/.nii.gz"
+        ) from None
+
+
+def _open_remote(
+    path: ObjectPath,
+    kind: str | None,
+    *,
+    bands: Sequence[int] | None,
+    nodata: float | None,
+    series: str | None,
+    volume: int | None,
+    volumes_as_channels: bool,
+) -> Source:
+    """An object in storage: a raster through GDAL's /vsi readers, a NIfTI volume through
+    an fsspec file object; DICOM series stay local."""
+    if series is not None:
+        raise ConfigError(f"series= applies to DICOM folders; {path} is an object in storage")
+    if kind == "volume":
+        if bands is not None:
+            raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
+        return NiftiSource(
+            path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
+        )
+    if volume is not None or volumes_as_channels:
+        raise ConfigError(
+            f"volume= / volumes_as_channels= apply to NIfTI volumes; {path} is not one"
+        )
+    try:
+        return GeoTiffSource(path, bands=bands, nodata=nodata)
+    except NotARasterError:
+        raise ReaderError(
+            f"{path}: is not a raster GDAL can read; segflow reads GeoTIFF/COG objects"
         ) from None

@@ -15,6 +15,8 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from segflow.io.uris import ObjectPath
+
 Region = tuple[slice, ...]
 
 
@@ -53,8 +55,12 @@ class ReadResult:
 class Source(Protocol):
     """A lazily read, channel-first image with geometry."""
 
-    path: Path
     kind: Literal["raster", "volume"]
+
+    @property
+    def path(self) -> Path | ObjectPath:
+        """A local file, or an object in storage (``s3://...``)."""
+        ...
 
     @property
     def spatial_shape(self) -> tuple[int, ...]: ...

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,13 +40,21 @@ import numpy.typing as npt
 from segflow.errors import ConfigError, OutputError, SegflowError
 from segflow.io import zarr_meta as meta
 from segflow.io.classes import ClassInfo
+from segflow.io.completion import recorded_chunks
 from segflow.io.source import Geometry, RasterGeometry, Region, VolumeGeometry
+from segflow.io.stores import (
+    StorePath,
+    check_can_create_remote,
+    is_store,
+    remove_remote_store,
+    store_location,
+)
+from segflow.io.uris import ObjectPath, is_uri
 from segflow.io.zarr_layout import DONE_PATH, OutputLayout, StoreKind, build_info
 from segflow.io.zarr_meta import dequantize_probabilities, label_dtype_for, quantize_probabilities
 from segflow.io.zarr_write import (
     StoreArray,
     check_can_create,
-    chunk_keys,
     consolidate_store,
     local_path,
     make_dir,
@@ -75,7 +84,7 @@ StoreState = Literal["absent", "partial", "complete", "foreign"]
 class ZarrSink:
     """A segflow output store. Build with :meth:`create` or :meth:`open`, not the constructor."""
 
-    def __init__(self, path: Path, info: Mapping[str, Any]) -> None:
+    def __init__(self, path: StorePath, info: Mapping[str, Any]) -> None:
         self.path = path
         self._info = dict(info)  # the root "segflow" attribute, as stored
         self._arrays: dict[str, StoreArray] = {}
@@ -95,7 +104,7 @@ class ZarrSink:
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | ObjectPath,
         layout: OutputLayout,
         geometry: Geometry,
         classes: Sequence[ClassInfo],
@@ -113,8 +122,12 @@ class ZarrSink:
         """
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
-        target = local_path(path)
+        target = _location(path)
         info = build_info(layout, geometry, classes, attrs, fingerprint)
+        if isinstance(target, ObjectPath):
+            return cls._create_remote(
+                target, info, (layout, geometry, classes), resume=resume, overwrite=overwrite
+            )
         if target.exists() or target.is_symlink():
             if resume:
                 sink = cls.open(target)
@@ -133,10 +146,44 @@ class ZarrSink:
         return cls(target, info)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ZarrSink:
+    def _create_remote(
+        cls,
+        target: ObjectPath,
+        info: dict[str, Any],
+        described: tuple[OutputLayout, Geometry, Sequence[ClassInfo]],
+        *,
+        resume: bool,
+        overwrite: bool,
+    ) -> ZarrSink:
+        """The same choices as on disk, for a prefix in object storage."""
+        check_can_create_remote(target)  # a missing bucket or wrong credentials: one line
+        if target.is_dir():
+            if resume:
+                sink = cls.open(target)
+                sink._check_matches(info)
+                return sink
+            if not overwrite:
+                raise OutputError(
+                    f"{target} exists; pass --resume to continue it or --overwrite to replace it"
+                )
+            remove_remote_store(target)
+        from segflow.io import remote  # fsspec only for stores in object storage
+
+        # made locally and put in one concurrent batch: each zarr call on object storage
+        # costs a round trip or three, and a store's metadata is some thirty objects
+        with tempfile.TemporaryDirectory(prefix="segflow-store-") as folder:
+            staged = Path(folder) / target.name
+            write_new_store(staged, info, *described)
+            remote.upload_tree(staged, target)
+        return cls(target, info)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | ObjectPath) -> ZarrSink:
         """Open an existing segflow store (read-only until a chunk is written)."""
-        target = local_path(path)
-        if not target.is_dir():
+        target = _location(path)
+        if isinstance(target, ObjectPath):
+            check_can_create_remote(target)  # a missing bucket or wrong credentials: one line
+        if not _holds_store(target):
             what = "a file" if target.exists() else "missing"
             raise OutputError(f"{target} is not a segflow zarr store ({what}); check the path")
         try:
@@ -166,7 +213,7 @@ class ZarrSink:
     @classmethod
     def open_finished(
         cls,
-        store: str | os.PathLike[str] | ZarrSink,
+        store: str | os.PathLike[str] | ObjectPath | ZarrSink,
         *,
         need_labels: bool = True,
         need_complete: bool = True,
@@ -240,7 +287,7 @@ class ZarrSink:
         grid = self.chunk_grid_shape
         return {
             index
-            for index in chunk_keys(self.path, DONE_PATH, len(grid))
+            for index in recorded_chunks(self.path, DONE_PATH, len(grid))
             if all(0 <= i < g for i, g in zip(index, grid, strict=True))
         }
 
@@ -425,15 +472,28 @@ def read_geometry(sink: ZarrSink) -> RasterGeometry | VolumeGeometry:
     return sink.geometry
 
 
-def store_state(path: str | os.PathLike[str]) -> StoreState:
+def store_state(path: str | os.PathLike[str] | ObjectPath) -> StoreState:
     """absent, partial (chunks may be done, not finalized), complete, or foreign (not ours)."""
-    target = Path(path).expanduser()
-    if not target.exists():
+    target = _location(path)
+    if not (target.is_dir() if isinstance(target, ObjectPath) else target.exists()):
         return "absent"
     try:
         return "complete" if ZarrSink.open(target).is_complete else "partial"
     except SegflowError:
         return "foreign"
+
+
+def _location(path: str | os.PathLike[str] | ObjectPath) -> StorePath:
+    """A local folder, or a prefix in object storage for a URI."""
+    if isinstance(path, ObjectPath) or is_uri(os.fspath(path)):
+        return store_location(path)
+    return local_path(path)
+
+
+def _holds_store(target: StorePath) -> bool:
+    if isinstance(target, ObjectPath):
+        return is_store(target)
+    return target.is_dir()
 
 
 def _optional_str(value: Any) -> str | None:

@@ -23,6 +23,7 @@ from segflow.errors import OutputError
 from segflow.io import zarr_meta as meta
 from segflow.io.classes import ClassInfo
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
+from segflow.io.stores import StorePath, store_like
 from segflow.io.zarr_layout import (
     CHUNK_KEY_ENCODING,
     COORD_CHUNK,
@@ -42,17 +43,17 @@ Transform = tuple[float, float, float, float, float, float]
 # --- typed doors into zarr -----------------------------------------------------------------------
 
 
-def open_group(path: Path, mode: Mode = "r", *, consolidated: bool = True) -> StoreGroup:
+def open_group(path: StorePath, mode: Mode = "r", *, consolidated: bool = True) -> StoreGroup:
     """The store's root group; ``consolidated=False`` while arrays are added or removed
     (the consolidated copy is stale then)."""
     use: bool | None = None if consolidated else False
-    return zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=use)
+    return zarr.open_group(store_like(path), mode=mode, zarr_format=3, use_consolidated=use)
 
 
-def open_array(path: Path, name: str, mode: Mode = "r") -> StoreArray:
+def open_array(path: StorePath, name: str, mode: Mode = "r") -> StoreArray:
     """One array of the store; OutputError when it is missing or damaged."""
     try:
-        opened = zarr.open_array(path, path=name, mode=mode, zarr_format=3)
+        opened = zarr.open_array(store_like(path), path=name, mode=mode, zarr_format=3)
     except (OSError, ValueError) as exc:  # missing (FileNotFoundError) or bad JSON
         raise OutputError(f"cannot open {path}/{name}: {exc}") from exc
     if not isinstance(opened, zarr.Array):
@@ -90,7 +91,7 @@ def group_attrs(group: StoreGroup) -> dict[str, Any]:
     return dict(group.attrs.asdict())
 
 
-def consolidate_store(target: Path) -> None:
+def consolidate_store(target: StorePath) -> None:
     """Consolidated metadata lets xarray.open_zarr open the store in one read, without a warning.
 
     Call again after adding arrays (e.g. overview levels): readers that use the
@@ -99,7 +100,7 @@ def consolidate_store(target: Path) -> None:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(target, zarr_format=3)
+        zarr.consolidate_metadata(store_like(target), zarr_format=3)
 
 
 def chunk_keys(path: Path, name: str, ndim: int) -> list[tuple[int, ...]]:
@@ -170,7 +171,7 @@ def make_dir(target: Path) -> None:
 
 
 def write_new_store(
-    target: Path,
+    target: StorePath,
     info: dict[str, Any],
     layout: OutputLayout,
     geometry: Geometry,
@@ -185,7 +186,7 @@ def write_new_store(
             target.stem, geometry, classes, layout.label_nodata
         )
     try:
-        root = zarr.create_group(target, zarr_format=3, attributes=attrs)
+        root = zarr.create_group(store_like(target), zarr_format=3, attributes=attrs)
         dims = ("y", "x") if isinstance(geometry, RasterGeometry) else meta.VOLUME_AXES
         done_attrs = {"description": "1 where that output chunk is written"}
         grid = layout.chunk_grid_shape

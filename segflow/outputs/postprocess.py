@@ -38,6 +38,7 @@ import numpy.typing as npt
 from segflow.errors import ConfigError, OutputError
 from segflow.io.classes import ClassInfo
 from segflow.io.source import RasterGeometry, VolumeGeometry
+from segflow.io.stores import StorePath
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.options import did_you_mean, parse_list
 from segflow.outputs.components import Components, ComponentTable, Connectivity, find_components
@@ -193,7 +194,7 @@ def parse_operations(
 
 @dataclass(frozen=True)
 class PostprocessResult:
-    path: Path
+    path: StorePath
     summary: dict[str, Any]
 
 
@@ -246,7 +247,8 @@ def postprocess(
     elif not ops.drops:
         summary["sieve"] = _sieve_into(source, target, ops, sieve_pixels, pixel_size)
     else:  # sieve first, then keep-largest / min-size on the sieved components
-        with tempfile.TemporaryDirectory(prefix=".sieved-", dir=target.path.parent) as tmp:
+        beside = target.path.parent if isinstance(target.path, Path) else None  # else local temp
+        with tempfile.TemporaryDirectory(prefix=".sieved-", dir=beside) as tmp:
             middle = _create_target(source, Path(tmp) / "sieved.zarr", ops, False)
             summary["sieve"] = _sieve_into(source, middle, ops, sieve_pixels, pixel_size)
             middle.finalize({})

@@ -38,10 +38,14 @@ def test_services_and_their_dependencies(compose):
         "dask-scheduler",
         "dask-worker",
         "dask-gpu-worker",
+        "object-store",
+        "object-store-init",
     }
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
+        if name.startswith("object-store"):
+            continue  # a stock S3-compatible server and its client, not built from here
         build = service["build"]
         assert (REPO / build["dockerfile"]).is_file() and (
             DOCKER / build["context"]
@@ -138,3 +142,16 @@ def test_workers_start_with_the_engines_heap_settings(compose):
         command = compose["services"][name]["command"]
         preload = command.index("--preload-nanny")
         assert command[preload + 1] == "segflow.heap", name
+
+
+def test_workers_share_an_object_store_instead_of_a_folder(compose):
+    services = compose["services"]
+    store = services["object-store"]
+    assert all(p.startswith("127.0.0.1:") for p in store["ports"])
+    assert "object-store-init" in services
+    for name in ("prefect-worker", "dask-worker", "dask-gpu-worker"):
+        env = services[name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://object-store:9000", name
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env), name
+    for name in ("prefect-worker", "dask-worker"):
+        assert "object-store-init" in services[name]["depends_on"], name

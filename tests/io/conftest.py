@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.io.s3server import S3Server, s3_server
 
 
 def _shared_data_dir() -> Path:
@@ -37,3 +39,22 @@ def shared_file(shared_data: Path) -> Callable[[str], Path]:
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def s3_server_session() -> Iterator[S3Server]:
+    """One S3-compatible server (moto, on loopback, credentials enforced) per test session."""
+    pytest.importorskip("moto")
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server_session: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server, with this process's AWS_* environment pointing at it."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in s3_server_session.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server_session
