@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_pipeline
+from flows.runtime import resolve_run
 from flows.segment import (
     TRANSIENT_RETRIES,
     TRANSIENT_RETRY_DELAYS,
@@ -138,13 +138,14 @@ def hospital_batch(
     scans: str | list[str],
     output_dir: str,
     spec: str | None = None,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     options: dict[str, Any] | None = None,
     export_nifti: bool | None = None,
     export_seg: bool = False,
     concurrency: int = 1,
     report_dir: str | None = None,
     seg_fractional: bool = False,
+    weights: list[float] | None = None,
 ) -> HospitalReport | State[Any]:
     """``scans``: a folder, a glob, a manifest (.csv with a path column and optional id
     column, or .txt with one path per line) or a list of paths.
@@ -153,10 +154,11 @@ def hospital_batch(
     DICOM SEG ``<name>_seg.dcm`` beside the store of each DICOM series (other inputs have
     none); ``seg_fractional`` makes it a fractional SEG of the class probabilities (the
     run must store them). Reports go to ``report_dir`` (default ``output_dir/reports``).
+    ``model`` may name an ensemble (several files or a folder), with optional ``weights``.
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     if seg_fractional and not pipeline.options.writes_probabilities:
         raise ConfigError(
             "a fractional DICOM SEG needs the class probabilities: add --probabilities uint8 "
@@ -166,7 +168,9 @@ def hospital_batch(
     found, skipped_files = scan_inputs(scans)
     items = plan_items(found, Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
-    results = run_unfinished(items, pipeline, concurrency=concurrency)
+    results = run_unfinished(
+        items, pipeline, concurrency=concurrency, model=models, weights=weights
+    )
     exports = {
         "nifti": _export_masks(results) if want_nifti else {},
         "seg": _export_segs(results, seg_fractional) if export_seg or seg_fractional else {},

@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_pipeline
+from flows.runtime import resolve_run
 from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
@@ -58,20 +58,22 @@ def landcover_mapping(
     input_dir: str,
     output_dir: str,
     spec: str | None = None,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     options: dict[str, Any] | None = None,
     patterns: list[str] | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
+    weights: list[float] | None = None,
 ) -> LandcoverSummary | State[Any]:
     """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
 
     ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
-    (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``).
+    (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``). ``model``
+    may name an ensemble (several files or a folder), with optional ``weights``.
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     source = Path(input_dir).expanduser()
     if not source.is_dir():
         raise ConfigError(f"input folder {source} not found; check input_dir")
@@ -81,7 +83,9 @@ def landcover_mapping(
         found = []  # an empty folder is a quiet night, not an error
     items = plan_items(found, Path(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
-    results = run_unfinished(items, pipeline, concurrency=concurrency)
+    results = run_unfinished(
+        items, pipeline, concurrency=concurrency, model=models, weights=weights
+    )
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
         input_dir=str(source),
