@@ -21,13 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_pipeline
+from flows.runtime import resolve_run
 from flows.segment import (
     TRANSIENT_RETRIES,
     TRANSIENT_RETRY_DELAYS,
@@ -111,14 +111,19 @@ def export_mask(name: str, store: str, target: str, reference: str | None) -> st
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def export_seg(name: str, store: str, target: str, source: str) -> str | State[Any]:
-    """The store's labels as a DICOM SEG referencing ``source``, the series it was made from."""
+def export_seg(
+    name: str, store: str, target: str, source: str, fractional: bool = False
+) -> str | State[Any]:
+    """The store as a DICOM SEG referencing ``source``, the series it was made from: binary
+    from its labels, or ``fractional`` from its class probabilities."""
     try:
         from segflow.io.dicom_seg import export_dicom_seg
     except ImportError:
         return report.failed_state("DICOM SEG export is not available in this segflow installation")
     try:
-        written = export_dicom_seg(store, target, source=source, overwrite=True)
+        written = export_dicom_seg(
+            store, target, source=source, fractional=fractional, overwrite=True
+        )
     except SegflowError as exc:
         reason = " ".join(str(exc).split())
         get_run_logger().error("%s: DICOM SEG export failed: %s", name, reason)
@@ -134,31 +139,42 @@ def hospital_batch(
     scans: str | list[str],
     output_dir: str,
     spec: str | None = None,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     options: dict[str, Any] | None = None,
     export_nifti: bool | None = None,
     export_seg: bool = False,
     concurrency: int = 1,
     report_dir: str | None = None,
+    seg_fractional: bool = False,
+    weights: list[float] | None = None,
 ) -> HospitalReport | State[Any]:
     """``scans``: a folder, a glob, a manifest (.csv with a path column and optional id
     column, or .txt with one path per line) or a list of paths.
 
     ``export_nifti`` defaults to the spec's ``outputs.nifti``. ``export_seg`` writes a
     DICOM SEG ``<name>_seg.dcm`` beside the store of each DICOM series (other inputs have
-    none). Reports go to ``report_dir`` (default ``output_dir/reports``).
+    none); ``seg_fractional`` makes it a fractional SEG of the class probabilities (the
+    run must store them). Reports go to ``report_dir`` (default ``output_dir/reports``).
+    ``model`` may name an ensemble (several files or a folder), with optional ``weights``.
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
+    if seg_fractional and not pipeline.options.writes_probabilities:
+        raise ConfigError(
+            "a fractional DICOM SEG needs the class probabilities: add --probabilities uint8 "
+            "(or probabilities: uint8 in the spec)"
+        )
     want_nifti = pipeline.options.nifti if export_nifti is None else export_nifti
     found, skipped_files = scan_inputs(scans)
     items = plan_items(found, Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
-    results = run_unfinished(items, pipeline, concurrency=concurrency)
+    results = run_unfinished(
+        items, pipeline, concurrency=concurrency, model=models, weights=weights
+    )
     exports = {
         "nifti": _export_masks(results) if want_nifti else {},
-        "seg": _export_segs(results) if export_seg else {},
+        "seg": _export_segs(results, seg_fractional) if export_seg or seg_fractional else {},
     }
     scans_out = [
         _scan_report(r, {k: v[r.name] for k, v in exports.items() if r.name in v}, logger)
@@ -218,12 +234,13 @@ def _export_masks(results: list[InputResult]) -> Exported:
     )
 
 
-def _export_segs(results: list[InputResult]) -> Exported:
+def _export_segs(results: list[InputResult], fractional: bool) -> Exported:
     """The DICOM SEG of each DICOM series whose store is complete (other inputs: none)."""
     return _export_each(
         [(r, _beside(r, "_seg.dcm")) for r in results if is_dicom_input(Path(r.input))],
         export_seg,
         lambda r: r.input,  # one file of the series: its series is read from its folder
+        fractional=fractional,
     )
 
 
@@ -231,8 +248,9 @@ def _export_each(
     todo: list[tuple[InputResult, Path]],
     exporter: Any,
     source: Callable[[InputResult], str | None],
+    **fixed: Any,
 ) -> Exported:
-    """Run ``exporter(name, store, target, source(result))`` for each complete store."""
+    """Run ``exporter(name, store, target, source(result), **fixed)`` for each complete store."""
     out: Exported = {}
     work = []
     for r, target in todo:
@@ -247,6 +265,7 @@ def _export_each(
         [r.output for r, _ in work],
         [str(t) for _, t in work],
         [source(r) for r, _ in work],
+        **{key: unmapped(value) for key, value in fixed.items()},
     )
     for (r, _), future in zip(work, futures, strict=True):
         future.wait()

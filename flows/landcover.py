@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_pipeline
+from flows.runtime import resolve_run
 from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
@@ -63,30 +63,34 @@ def landcover_mapping(
     input_dir: str,
     output_dir: str,
     spec: str | None = None,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     options: dict[str, Any] | None = None,
     patterns: list[str] | None = None,
     concurrency: int = 1,
     report_dir: str | None = None,
     stac_search: dict[str, Any] | None = None,
+    weights: list[float] | None = None,
 ) -> LandcoverSummary | State[Any]:
     """Scenes in ``input_dir`` -> ``output_dir/<scene>.zarr``; reports in ``report_dir``.
 
     ``report_dir`` defaults to ``output_dir/reports``; ``options`` override the spec
-    (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``).
+    (``segflow run`` option names, e.g. ``{"scheduler": "tcp://dask:8786"}``). ``model``
+    may name an ensemble (several files or a folder), with optional ``weights``.
     ``stac_search`` (url, collections, bbox or intersects, datetime, query, max_items)
     asks a STAC API for the night's items instead of ``input_dir`` (pass ""); the items
     found are kept as ``stac-search-<time>.json`` in the report folder.
     """
     logger = get_run_logger()
     started = time.time()
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     if stac_search is not None:
         input_dir = _searched(input_dir, stac_search, _report_dir(output_dir, report_dir), logger)
     source, found = scene_inputs(input_dir, patterns or RASTER_PATTERNS, pipeline.require_model())
     items = plan_items(found, as_location(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
-    results = run_unfinished(items, pipeline, concurrency=concurrency)
+    results = run_unfinished(
+        items, pipeline, concurrency=concurrency, model=models, weights=weights
+    )
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
         input_dir=source,

@@ -1,7 +1,9 @@
 """Per-process resources of a flow run: the pipeline, the model, Dask clients, the server.
 
 - the pipeline: a spec file (or defaults) with overrides, read once per flow run;
-- the model: loaded once per process and reused by every input's task;
+- the model: loaded once per process and reused by every input's task; an ensemble
+  (several model files, or a folder of them) travels as the list of its member files
+  and is put together from the loaded members in each task;
 - Dask: tasks get a scheduler *address* (a small string) and find this process's live
   client for it here, instead of connecting once per input;
 - Prefect: which server flow runs record to (:func:`use_prefect_server`), the temporary
@@ -18,8 +20,9 @@ import dataclasses
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows import server
@@ -28,9 +31,14 @@ from segflow.errors import ConfigError
 if TYPE_CHECKING:
     from distributed import Client
 
+    from segflow.engine.ensemble import Ensemble
     from segflow.models import LoadedModel
     from segflow.options import RunOptions
     from segflow.spec import Pipeline
+
+# what flows and tasks pass around for "the model": one file, or an ensemble's member files
+ModelRef = str | list[str]
+ModelArg = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
 
 HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 SERVER_HINT = (
@@ -54,6 +62,55 @@ def resolve_pipeline(
     base = load_spec(spec) if spec is not None else Pipeline()
     pipeline = base.with_overrides(model=model, **dict(options or {}))
     return dataclasses.replace(pipeline, model=pipeline.require_model().resolve())
+
+
+def model_members(model: ModelArg) -> list[Path]:
+    """The model files ``model`` names, absolute: one file, several, or folders of them
+    (sorted by name); [] for None. A missing path is a one-line ConfigError."""
+    if model is None:
+        return []
+    given = [model] if isinstance(model, str | os.PathLike) else list(model)
+    files: list[Path] = []
+    for path in map(Path, given):
+        if path.is_dir():
+            from segflow.engine.ensemble import model_files
+
+            files += model_files(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"model file {path} not found; check the path")
+    return [f.absolute() for f in files]  # cluster workers have other working folders
+
+
+def resolve_run(
+    spec: str | os.PathLike[str] | None, model: ModelArg, options: Mapping[str, Any] | None
+) -> tuple[Pipeline, ModelRef]:
+    """:func:`resolve_pipeline`, where ``model`` may also name an ensemble (several files or
+    a folder of them); returns the pipeline and the model as tasks take it."""
+    members = model_members(model)
+    pipeline = resolve_pipeline(spec, members[0] if members else None, options)
+    if len(members) > 1:
+        return pipeline, [str(m) for m in members]
+    return pipeline, str(pipeline.require_model())
+
+
+def model_ref(model: ModelRef | os.PathLike[str] | Sequence[os.PathLike[str]]) -> ModelRef:
+    """A model file or member files as the plain strings task parameters are."""
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model)
+    return [os.fspath(m) for m in model]
+
+
+def loaded_models(
+    model: ModelRef, weights: Sequence[float] | None = None
+) -> LoadedModel | Ensemble:
+    """One model, or an ensemble of its member files (each loaded once per process);
+    members that disagree, or weights that do not fit, are one-line errors."""
+    from segflow.engine.ensemble import load_models
+
+    members = [model] if isinstance(model, str) else list(model)
+    return load_models([loaded_model(m) for m in members], weights)
 
 
 _MODELS: dict[tuple[str, int, int], LoadedModel] = {}
@@ -239,11 +296,14 @@ def prestart_server() -> threading.Thread | None:
     return thread
 
 
-def load_while_server_starts(model: os.PathLike[str] | str) -> LoadedModel:
-    """Load ``model`` (the tasks reuse it) while a temporary server starts, if one is needed."""
+def load_while_server_starts(
+    model: os.PathLike[str] | ModelRef, weights: Sequence[float] | None = None
+) -> LoadedModel | Ensemble:
+    """Load ``model`` (the tasks reuse it; an ensemble's members are checked now) while a
+    temporary server starts, if one is needed."""
     thread = prestart_server()
     try:
-        return loaded_model(model)
+        return loaded_models(model_ref(model), weights)
     finally:
         if thread is not None:
             thread.join()

@@ -6,6 +6,10 @@ run by ``segflow.segment`` inside the task. Task inputs are paths and the run's 
 ``RunOptions``, never arrays or models; flow parameters are ``RunOptions.to_dict()``,
 parsed back once when the flow starts.
 
+A model is one file or an ensemble: several files (or a folder of them) whose averaged
+probabilities are one prediction, exactly as ``segflow.segment`` runs them; flows and
+tasks carry the member files' paths (and optional ``weights``), never loaded models.
+
 Failure policy per input: a ``SegflowError`` (a corrupt file, a wrong band count, an
 output in the way) fails that input alone, with its one-line reason and no retry; an
 ``OSError`` that is not a SegflowError (a network file system hiccup) is retried, and
@@ -34,14 +38,19 @@ from pydantic import BaseModel, Field
 from flows import report
 from flows.inputs import output_state
 from flows.runtime import (
+    ModelArg,
+    ModelRef,
     client_for,
     dask_scheduler,
     load_while_server_starts,
     loaded_model,
+    loaded_models,
+    model_members,
+    model_ref,
     one_off_run_settings,
     prefect_api,
     registered,
-    resolve_pipeline,
+    resolve_run,
 )
 from segflow import errors
 from segflow.errors import ConfigError, SegflowError
@@ -167,15 +176,17 @@ def is_transient_failure(task: Any, task_run: Any, state: State[Any]) -> bool:
 )
 def segment_input(
     item: InputItem,
-    model: str,
+    model: ModelRef,
     options: RunOptions,
     resume: bool = False,
     overwrite: bool = False,
     skip_complete: bool = False,
     scheduler: str = "threads",
+    weights: list[float] | None = None,
 ) -> InputResult | State[Any]:
     """Segment one input into its store; a SegflowError fails this input alone.
 
+    ``model`` is a model file or an ensemble's member files (``weights``: one per member).
     ``scheduler`` is what :func:`flows.runtime.dask_scheduler` yielded: threads, sync,
     or the address of a client this process holds.
     """
@@ -193,7 +204,7 @@ def segment_input(
 
         result = run_segment(
             item.input,
-            loaded_model(model),
+            loaded_models(model, weights),
             item.output,
             options,
             resume=use_resume,
@@ -246,15 +257,19 @@ def result_from_state(state: State[Any], item: InputItem) -> InputResult:
 
 def run_inputs(
     items: Sequence[InputItem],
-    model: Path,
+    model: ModelRef | Path,
     options: RunOptions,
     *,
     resume: bool = False,
     overwrite: bool = False,
     skip_complete: bool = False,
     concurrency: int = 1,
+    weights: Sequence[float] | None = None,
 ) -> list[InputResult]:
-    """Run the per-input task over ``items`` (``concurrency`` at a time); call inside a flow."""
+    """Run the per-input task over ``items`` (``concurrency`` at a time); call inside a flow.
+
+    ``model`` is a model file or an ensemble's member files (``weights``: one per member).
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     width = max(1, concurrency)
@@ -264,8 +279,9 @@ def run_inputs(
             window = list(items[start : start + width])
             futures = segment_input.map(
                 window,
-                model=unmapped(str(model)),
+                model=unmapped(model_ref(model)),
                 options=unmapped(options),
+                weights=unmapped(list(weights) if weights is not None else None),
                 resume=unmapped(resume),
                 overwrite=unmapped(overwrite),
                 skip_complete=unmapped(skip_complete),
@@ -278,17 +294,24 @@ def run_inputs(
 
 
 def run_unfinished(
-    items: Sequence[InputItem], pipeline: Pipeline, *, concurrency: int = 1
+    items: Sequence[InputItem],
+    pipeline: Pipeline,
+    *,
+    concurrency: int = 1,
+    model: ModelRef | None = None,
+    weights: Sequence[float] | None = None,
 ) -> list[InputResult]:
     """The re-run policy of scheduled batches: complete stores are left alone (no model
-    work), partial ones resumed, new inputs computed; call inside a flow."""
+    work), partial ones resumed, new inputs computed; call inside a flow. ``model``
+    (default: the pipeline's) may be an ensemble's member files."""
     return run_inputs(
         items,
-        pipeline.require_model(),
+        model if model is not None else pipeline.require_model(),
         pipeline.options,
         resume=True,
         skip_complete=True,
         concurrency=concurrency,
+        weights=weights,
     )
 
 
@@ -308,17 +331,22 @@ def batch_state(batch: BatchResult, what: str) -> BatchResult | State[Any]:
 def segment(
     input: str,
     output: str,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     spec: str | None = None,
     options: dict[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    weights: list[float] | None = None,
 ) -> InputResult | State[Any]:
-    """One input; ``options`` are RunOptions fields (``RunOptions.to_dict()``) over the spec."""
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    """One input; ``options`` are RunOptions fields (``RunOptions.to_dict()``) over the spec.
+
+    ``model``: a model file, or several (or a folder of them) run as an ensemble, with
+    optional ``weights``, one per member.
+    """
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     items = plan_items([(None, as_location(input))], as_location(output))
     [result] = run_inputs(
-        items, pipeline.require_model(), pipeline.options, resume=resume, overwrite=overwrite
+        items, models, pipeline.options, resume=resume, overwrite=overwrite, weights=weights
     )
     _publish_input(result)
     if result.status == "failed":
@@ -345,7 +373,7 @@ def _publish_input(result: InputResult) -> None:
 def segment_batch(
     inputs: str | list[str],
     output: str,
-    model: str | None = None,
+    model: str | list[str] | None = None,
     spec: str | None = None,
     options: dict[str, Any] | None = None,
     resume: bool = False,
@@ -353,21 +381,24 @@ def segment_batch(
     skip_complete: bool = False,
     concurrency: int = 1,
     report_path: str | None = None,
+    weights: list[float] | None = None,
 ) -> BatchResult | State[Any]:
     """Every input to ``output/<name>.zarr``; a failing input does not stop the others.
 
     ``resume`` continues partial stores and leaves complete ones alone;
     ``skip_complete`` leaves complete ones alone without resuming partial ones.
     ``report_path`` (a .json file) also writes the per-input report and a CSV beside it.
+    ``model`` and ``weights`` as in :func:`segment`.
     """
     started = time.time()
-    pipeline = resolve_pipeline(spec, model, options)  # parsed once, here
+    pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     items = plan_items(collect_inputs(inputs), as_location(output))
     get_run_logger().info("%d input(s) -> %s", len(items), output)
     results = run_inputs(
         items,
-        pipeline.require_model(),
+        models,
         pipeline.options,
+        weights=weights,
         resume=resume,
         overwrite=overwrite,
         skip_complete=skip_complete,
@@ -405,10 +436,11 @@ def _publish_batch(batch: BatchResult, report_path: str | None) -> None:
 
 def run_flow(
     inputs: Sequence[str | os.PathLike[str]],
-    model: str | os.PathLike[str],
+    model: ModelArg,
     output: str | os.PathLike[str],
     options: RunOptions | None = None,
     *,
+    weights: Sequence[float] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressFactory | None = None,
@@ -420,12 +452,14 @@ def run_flow(
     The server is :func:`flows.runtime.use_prefect_server`'s choice; a temporary one
     starts in the background while the model loads. ``client`` (a
     ``distributed.Client``) runs the chunk work instead of ``options.scheduler``;
-    ``progress(label)`` returns a (done, total) callback. Configuration mistakes raise
-    a SegflowError before any flow run starts; with ``raise_errors`` a single failed
-    input raises its SegflowError too.
+    ``progress(label)`` returns a (done, total) callback. ``model`` is a model file, or
+    several (or a folder of them) run as an ensemble with optional ``weights``.
+    Configuration mistakes (members that disagree included) raise a SegflowError before
+    any flow run starts; with ``raise_errors`` a single failed input raises its
+    SegflowError too.
     """
     chosen = options or RunOptions()
-    model_path = Pipeline(model=Path(model)).require_model().resolve()  # fail fast, before a run
+    models = _checked_models(model)  # fail fast, before a run
     sources = [os.fspath(s) for s in inputs]
     items = plan_items(collect_inputs(sources), as_location(output))
     # a caller's client: findable by the run's tasks under its address, never closed here
@@ -433,10 +467,17 @@ def run_flow(
     with prefect_api() as api_url, caller_client as address:
         if address is not None:
             chosen = chosen.replace(scheduler=address)
-        load_while_server_starts(model_path)
+        load_while_server_starts(models, weights)
         with _progress_hook(progress), one_off_run_settings():
             state = _start_flow(
-                items, sources, output, model_path, chosen, resume=resume, overwrite=overwrite
+                items,
+                sources,
+                output,
+                models,
+                chosen,
+                weights=weights,
+                resume=resume,
+                overwrite=overwrite,
             )
         url = run_url(state) if api_url is not None else None  # a temporary server's is gone
     results = _flow_results(state)
@@ -445,28 +486,47 @@ def run_flow(
     return [r.to_run_result(run_url=url) for r in results]
 
 
+def _checked_models(model: ModelArg) -> ModelRef:
+    """The model file (resolved), or an ensemble's member files; a missing one fails now."""
+    members = model_members(model)
+    if len(members) > 1:
+        return [str(m) for m in members]
+    given = members[0] if members else None
+    return str(Pipeline(model=given).require_model().resolve())
+
+
+def _model_tags(model: ModelRef) -> list[str]:
+    """``model:<stem>`` for the model, or for each ensemble member plus ``ensemble``."""
+    if isinstance(model, str):
+        return [f"model:{Path(model).stem}"]
+    return ["ensemble", *(f"model:{Path(m).stem}" for m in model)]
+
+
 def _start_flow(
     items: list[InputItem],
     sources: list[str],
     output: str | os.PathLike[str],
-    model: Path,
+    model: ModelRef,
     options: RunOptions,
     *,
+    weights: Sequence[float] | None,
     resume: bool,
     overwrite: bool,
 ) -> State[Any]:
     """One input: the ``segment`` flow; several: ``segment_batch`` over the sources as given
     (a manifest's ids name the outputs)."""
     params = options.to_dict()
-    # runs a person can find in the UI: named after their input, tagged with the model
-    with tags("segflow", f"model:{model.stem}"):
+    weight_list = list(weights) if weights is not None else None
+    # runs a person can find in the UI: named after their input, tagged with the model(s)
+    with tags("segflow", *_model_tags(model)):
         if len(items) == 1:
             item = items[0]
             return segment.with_options(flow_run_name=f"segment-{item.name}")(
                 item.input,
                 item.output,
-                model=str(model),
+                model=model,
                 options=params,
+                weights=weight_list,
                 resume=resume,
                 overwrite=overwrite,
                 return_state=True,
@@ -476,8 +536,9 @@ def _start_flow(
         )(
             sources,
             os.fspath(output),
-            model=str(model),
+            model=model,
             options=params,
+            weights=weight_list,
             resume=resume,
             overwrite=overwrite,
             return_state=True,

@@ -477,10 +477,14 @@ def provenance(
 ) -> dict[str, Any]:
     """What made the store: input, model and options, recorded in its attributes.
 
-    Ensemble members, resampling and compatibility warnings are recorded only where
-    there are any.
+    Coded concepts, ensemble members, resampling and compatibility warnings are
+    recorded only where there are any.
     """
     recorded = _base_provenance(source, loaded, options, grid)
+    if loaded.meta.concepts:  # coded concepts per class, for a DICOM SEG made from the store
+        recorded["model"]["concepts"] = {
+            name: concept.model_dump(mode="json") for name, concept in loaded.meta.concepts.items()
+        }
     if isinstance(loaded, Ensemble):
         recorded["ensemble"] = loaded.describe()
     if fit.model_space is not None:

@@ -16,7 +16,12 @@ from segflow.cli.common import one_line_errors, out
 
 
 def export_dicom_seg_command(
-    store: Path, target: Path, source: Path | None, series: str | None, overwrite: bool
+    store: Path,
+    target: Path,
+    source: Path | None,
+    series: str | None,
+    overwrite: bool,
+    fractional: bool = False,
 ) -> None:
     """Write ``store`` as a DICOM SEG referencing ``source`` (the series it was made from)."""
     from segflow.errors import ConfigError
@@ -24,7 +29,9 @@ def export_dicom_seg_command(
 
     if source is None:
         raise ConfigError("--to dicom-seg needs --source SERIES (the DICOM series of the store)")
-    written = export_dicom_seg(store, target, source=source, series=series, overwrite=overwrite)
+    written = export_dicom_seg(
+        store, target, source=source, series=series, fractional=fractional, overwrite=overwrite
+    )
     out.print(f"[green]wrote[/] {written}", highlight=False)
 
 

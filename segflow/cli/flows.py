@@ -195,6 +195,17 @@ def hospital_command(
     seg: Annotated[
         bool, typer.Option("--seg", help="Also write a DICOM SEG beside each DICOM series' store.")
     ] = False,
+    seg_fractional: Annotated[
+        bool,
+        typer.Option(
+            "--seg-fractional",
+            help="Make that SEG fractional, from the class probabilities (needs "
+            "--probabilities in the spec or options).",
+        ),
+    ] = False,
+    probabilities: Annotated[
+        str | None, typer.Option(help="Store class probabilities: none, uint8 or float16.")
+    ] = None,
     concurrency: ConcurrencyOpt = 1,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -206,8 +217,18 @@ def hospital_command(
     """A batch of scans; each fails alone. Exit 0: all done, 3: some failed, 1: all failed."""
     with one_line_errors():
         pipeline = _pipeline(
-            spec, model, scheduler=scheduler, workers=workers, device=device, nifti=nifti
+            spec,
+            model,
+            scheduler=scheduler,
+            workers=workers,
+            device=device,
+            nifti=nifti,
+            probabilities=probabilities,
         )
+        if seg_fractional and not pipeline.options.writes_probabilities:
+            raise ConfigError(
+                "--seg-fractional needs the class probabilities: add --probabilities uint8"
+            )
         from segflow.inputs import VOLUME_PATTERNS, collect_inputs
 
         collect_inputs(scans, VOLUME_PATTERNS)  # no scans at all: one line now
@@ -221,6 +242,7 @@ def hospital_command(
             concurrency=concurrency,
             report_dir=_text(report_dir),
             export_seg=seg,
+            seg_fractional=seg_fractional,
         )
     for scan in batch.scans:
         _print_item(scan.scan, scan.status, scan.reason, scan.seconds, scan.output)

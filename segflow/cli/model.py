@@ -101,11 +101,19 @@ def create_command(
         list[str] | None,
         typer.Option("--arg", help="Architecture argument KEY=VALUE (JSON value), repeatable."),
     ] = None,
+    concepts: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML/JSON: coded concepts per class name for DICOM SEG, e.g. "
+            "liver: {category: AnatomicalStructure, type: Liver}."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for the initial weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Create a randomly initialised model file (for tests, or as a training start)."""
     with one_line_errors():
+        concept_data = read_concepts(concepts) if concepts is not None else None
         import torch
 
         from segflow.models.archs import arch_spec, parse_arch_args
@@ -145,6 +153,8 @@ def create_command(
             **kwargs,
         )
         meta = _with_resolution(meta, spacing, resolution, value_range)
+        if concepts is not None:
+            meta = with_concepts(meta, concept_data, concepts.name)
         digest = save_model(module, meta, output)
         typer.echo(f"wrote {output}")
         typer.echo(f"  architecture {meta.arch} {_kw(meta.arch_kwargs)}")
@@ -186,7 +196,8 @@ def info_command(
             }
             typer.echo(json.dumps(data, indent=2))
             return
-        for label, value in [*format_info(info), *info.meta.describe_resolution()]:
+        rows = [*format_info(info), *info.meta.describe_resolution()]
+        for label, value in [*rows, *info.meta.describe_concepts()]:
             typer.echo(f"{label + ':':<17} {value}")
 
 
@@ -238,6 +249,29 @@ def _with_resolution(
         return ModelMeta.model_validate({**meta.model_dump(), **changes})
     except ValueError as exc:
         raise ConfigError(f"invalid model metadata: {' '.join(str(exc).split())[:200]}") from None
+
+
+def read_concepts(path: Path) -> dict[str, Any]:
+    """A concepts file: a mapping of class name -> {category, type}, read safely."""
+    from segflow.io.documents import DocumentError, read_document
+
+    try:
+        data = read_document(path)
+    except (OSError, DocumentError) as exc:
+        raise ConfigError(f"cannot read concepts file {path}: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(
+            f"{path} must map class names to {{category, type}}, e.g. "
+            "liver: {category: AnatomicalStructure, type: Liver}"
+        )
+    return data
+
+
+def with_concepts(meta: ModelMeta, data: Any, where: str) -> ModelMeta:
+    """``meta`` carrying the coded concepts ``data``, validated with it (one line if wrong)."""
+    from segflow.models.exported import parse_meta
+
+    return parse_meta({**meta.model_dump(), "concepts": data}, where)
 
 
 def _value_range(text: str) -> tuple[float, float]:

@@ -111,6 +111,10 @@ def export_command(
         str | None,
         typer.Option(help="DICOM SEG: the SeriesInstanceUID when --source holds several."),
     ] = None,
+    fractional: Annotated[
+        bool,
+        typer.Option(help="DICOM SEG: fractional, from the store's class probabilities."),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Export a store as a COG, a NIfTI mask, a DICOM SEG, a PNG quicklook or polygons."""
@@ -166,7 +170,7 @@ def export_command(
         elif to is ExportFormat.DICOM_SEG:
             from segflow.cli.dicom import export_dicom_seg_command
 
-            export_dicom_seg_command(store_path, target, source, series, overwrite)
+            export_dicom_seg_command(store_path, target, source, series, overwrite, fractional)
         else:
             from segflow.outputs.preview import preview
 

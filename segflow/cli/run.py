@@ -226,10 +226,9 @@ def run_command(
         )
         checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
         with progress_bar(progress and sys.stderr.isatty()) as bar:
-            if ensemble:  # recorded in the store's provenance; the flows take one model file
-                results = _run_library(checked, ensemble, pipeline.options, resume, overwrite, bar)
-            else:
-                results = _run(checked, pipeline, output, resume, overwrite, flow, bar)
+            # an ensemble's members are recorded in each store's provenance
+            models = ensemble or pipeline.require_model()
+            results = _run(checked, models, pipeline.options, output, resume, overwrite, flow, bar)
     _report(results)
 
 
@@ -310,14 +309,15 @@ def _check_output(items: list[InputItem]) -> None:
 
 def _run(
     items: list[InputItem],
-    pipeline: Pipeline,
+    model: Path | list[Path],
+    options: RunOptions,
     output: str,
     resume: bool,
     overwrite: bool,
     flow: bool,
     bar: ProgressFactory,
 ) -> list[RunResult]:
-    model = pipeline.require_model()
+    """The planned inputs through one model or an ensemble, as a flow run or the library."""
     if flow:
         from flows.segment import run_flow
 
@@ -325,13 +325,13 @@ def _run(
             [i.input for i in items],
             model,
             output,
-            pipeline.options,
+            options,
             resume=resume,
             overwrite=overwrite,
             progress=bar,
             raise_errors=len(items) == 1,
         )
-    return _run_library(items, model, pipeline.options, resume, overwrite, bar)
+    return _run_library(items, model, options, resume, overwrite, bar)
 
 
 def _run_library(

@@ -279,8 +279,22 @@ def demo_command(
     phantom: Annotated[bool, typer.Option(help="Also segment the CT phantom.")] = True,
     flow: Annotated[bool, typer.Option(help="Run through the Prefect segment flow.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    resolution: Annotated[
+        bool,
+        typer.Option(
+            "--resolution",
+            help="Instead: train a model at a coarser resolution than the sample's and score "
+            "it on full-resolution input with and without resampling (about 3 minutes).",
+        ),
+    ] = False,
+    factor: Annotated[
+        int, typer.Option(help="--resolution: the model's pixels are this many times larger.")
+    ] = 4,
 ) -> None:
     """The main job: sample data -> bundled models -> Zarr, preview PNG, statistics, accuracy."""
+    if resolution:
+        _resolution_demo(out_dir, size, factor, progress)
+        return
     with one_line_errors():
         from segflow.samples.demo import print_summary, run_demo
 
@@ -289,6 +303,27 @@ def demo_command(
             log=lambda m: err.print(m, highlight=False) if progress else None,
         )  # fmt: skip
     print_summary(result, out)
+
+
+def _resolution_demo(out_dir: Path, size: str, factor: int, progress: bool) -> None:
+    """``segflow demo --resolution``: the table of mIoU with and without resampling."""
+    with one_line_errors():
+        from segflow.samples.resolution import run_resolution_demo
+
+        demo = run_resolution_demo(
+            out_dir, size=size, factor=factor,
+            log=lambda m: err.print(m, highlight=False) if progress else None,
+        )  # fmt: skip
+    out.print(f"model trained in {demo.train_seconds:.0f} s: {demo.model}", highlight=False)
+    width = max(len(r.label) for r in demo.runs)
+    names = list(demo.runs[0].iou)
+    head = "".join(f"{n[:7]:>8}" for n in names)
+    out.print(f"{'run':<{width}}  mIoU  {head}  seconds", highlight=False)
+    for run in demo.runs:
+        ious = "".join(f"{run.iou[n]:8.3f}" for n in names)
+        out.print(
+            f"{run.label:<{width}}  {run.miou:.3f}{ious}  {run.seconds:7.1f}", highlight=False
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -13,10 +13,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from segflow.io.classes import ClassInfo, default_colors
+from segflow.io.concepts import Code, SegmentConcept
+from segflow.options import did_you_mean
 
 FORMAT_VERSION = 1
 
-__all__ = ["FORMAT_VERSION", "ClassInfo", "ModelMeta", "Normalization", "default_colors"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ClassInfo",
+    "Code",
+    "ModelMeta",
+    "Normalization",
+    "SegmentConcept",
+    "default_colors",
+]
 
 
 class Normalization(BaseModel):
@@ -68,6 +78,9 @@ class ModelMeta(BaseModel):
     # expected (low, high) per channel, in the units normalization's scale/offset give
     # (raw values without them): HU for CT, 0..1 for reflectance
     value_range: tuple[tuple[float, float], ...] | None = None
+    # coded concepts (category and type) by class name, for DICOM SEG segments;
+    # classes without one are described generically
+    concepts: dict[str, SegmentConcept] | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -90,7 +103,28 @@ class ModelMeta(BaseModel):
                 f"band_names has {len(self.band_names)} names, in_channels is {self.in_channels}"
             )
         self._check_resolution()
+        self._check_concepts()
         return self
+
+    def _check_concepts(self) -> None:
+        if not self.concepts:
+            return
+        names = [c.name for c in self.classes]
+        for name in self.concepts:
+            if name not in names:
+                raise ValueError(
+                    f"concepts name class {name!r}, which the model does not have"
+                    f"{did_you_mean(name, names)}"
+                )
+            if name == names[0]:
+                raise ValueError(
+                    f"class {name!r} is class 0, the background, which has no segment; "
+                    "give concepts for the other classes"
+                )
+
+    def concept_of(self, name: str) -> SegmentConcept | None:
+        """The coded concept declared for class ``name``, if any."""
+        return (self.concepts or {}).get(name)
 
     def _check_resolution(self) -> None:
         if self.spacing is not None:
@@ -123,3 +157,9 @@ class ModelMeta(BaseModel):
                 ("value range", ", ".join(f"{lo:g}..{hi:g}" for lo, hi in self.value_range))
             )
         return rows
+
+    def describe_concepts(self) -> list[tuple[str, str]]:
+        """(label, value) rows: the coded concept of each class that declares one."""
+        return [
+            (f"concept {name}", concept.label()) for name, concept in (self.concepts or {}).items()
+        ]

@@ -241,3 +241,53 @@ def test_export_both_formats(tmp_path: Path) -> None:
             torch.testing.assert_close(loaded.module(x), native.module(x), atol=1e-4, rtol=1e-4)
     info = _ok("info", str(tmp_path / "m.onnx"))
     assert "runtime:          onnx" in info
+
+
+def test_create_with_concepts_and_info_shows_them(tmp_path: Path) -> None:
+    concepts = tmp_path / "concepts.yaml"
+    concepts.write_text(
+        "liver: {category: AnatomicalStructure, type: Liver}\n"
+        "tumour:\n  category: {scheme: SCT, code: '49755003', meaning: Morphologically Altered Structure}\n"
+        "  type: {scheme: SCT, code: '108369006', meaning: Neoplasm}\n"
+    )
+    path = tmp_path / "m.safetensors"
+    _ok(
+        "create",
+        "pixel",
+        "--class-names",
+        "background,liver,tumour",
+        "--in-channels",
+        "1",
+        "--concepts",
+        str(concepts),
+        "-o",
+        str(path),
+    )
+    meta = load_model(path).meta
+    assert meta.concept_of("tumour") is not None
+    assert meta.concept_of("liver").type.code == "10200004"  # type: ignore[union-attr]
+    out = _ok("info", str(path), "--no-flops", "--no-receptive-field")
+    assert 'concept liver:    SCT 10200004 "Liver" in SCT 91723000 "Anatomical Structure"' in out
+    data = json.loads(_ok("info", str(path), "--json", "--no-flops", "--no-receptive-field"))
+    assert data["meta"]["concepts"]["tumour"]["type"]["meaning"] == "Neoplasm"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("livr: {category: AnatomicalStructure, type: Liver}\n", "did you mean 'liver'"),
+        ("liver: {category: AnatomicalStructure, type: Livr}\n", "did you mean 'Liver'"),
+        ("- liver\n", "must map class names"),
+    ],
+)
+def test_bad_concepts_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    concepts = tmp_path / "concepts.yaml"
+    concepts.write_text(text)
+    args = ["create", "pixel", "--class-names", "background,liver", "--in-channels", "1"]
+    result = runner.invoke(
+        model_app, [*args, "--concepts", str(concepts), "-o", str(tmp_path / "m.safetensors")]
+    )
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert result.output.strip().count("\n") == 0
+    assert not (tmp_path / "m.safetensors").exists()

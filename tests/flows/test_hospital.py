@@ -245,3 +245,39 @@ def test_dicom_seg_beside_each_series_store(prefect_server, models, tmp_path):
     assert [s.status for s in again.scans] == ["skipped", "skipped"]
     assert {s.seg for s in again.scans} == {str(seg_path), None}
     assert seg_path.stat().st_mtime_ns == written
+
+
+def test_fractional_dicom_seg_from_the_stored_probabilities(prefect_server, models, tmp_path):
+    """seg_fractional: the SEG holds class 1's stored probability on each source slice;
+    without stored probabilities the flow refuses before any scan is segmented."""
+    import highdicom as hd
+
+    from segflow.io.dicom import DicomSeriesSource
+    from segflow.io.zarr_sink import ZarrSink
+    from tests.io.dicom_fixtures import SeriesSpec, coded_volume, oriented, write_series
+
+    study = tmp_path / "study"
+    spec = SeriesSpec(coded_volume((6, 5, 4)) + 600, oriented("axial", (1.0, 1.0, 2.0)))
+    write_series(study / "s1", spec)
+    refused, _ = run(str(study), tmp_path / "none", models["threshold3d"], seg_fractional=True)
+    assert refused.is_failed() and "--probabilities uint8" in refused.message
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "out"
+    state = hospital_batch(
+        str(study),
+        str(out),
+        model=str(models["threshold3d"]),
+        options={**OPTIONS, "probabilities": "uint8"},
+        seg_fractional=True,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    [scan] = outcome(state).scans
+    seg = hd.seg.segread(scan.seg)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 254
+    uids = [s.sop_uid for s in DicomSeriesSource(study / "s1").slices]
+    frames = seg.get_pixels_by_source_instance(
+        uids, combine_segments=False, rescale_fractional=True, assert_missing_frames_are_empty=True
+    )
+    stored = ZarrSink.open(scan.output).read_probabilities()[1:]
+    np.testing.assert_allclose(frames, stored.transpose(3, 2, 1, 0), rtol=0, atol=1e-6)

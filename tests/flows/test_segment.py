@@ -301,3 +301,113 @@ def test_a_failed_batch_ends_failed_with_an_exception_carrying_its_report(
     with pytest.raises(RunFailed):  # what a deployment's worker does with the final state
         state.result()
     assert [r.status for r in outcome(state).items] == ["complete", "failed"]
+
+
+# -- ensembles through the flows --------------------------------------------------------------
+
+
+@pytest.fixture
+def fold_models(tmp_path: Path) -> list[Path]:
+    """Three pointwise 3-band, 3-class models in a folder, disagreeing enough to matter."""
+    from tests.conftest import pixel_model, save
+
+    folder = tmp_path / "folds"
+    folder.mkdir()
+    weights = [
+        [[1.0, 0.0, 0.2], [0.0, 1.0, -0.3], [0.1, 0.1, 1.0]],
+        [[0.5, 0.5, 0.0], [0.0, 1.5, 0.0], [-0.2, 0.0, 1.2]],
+        [[1.2, -0.1, 0.0], [0.3, 0.7, 0.0], [0.0, 0.4, 0.6]],
+    ]
+    return [
+        save(pixel_model(w, [0.0, 0.1 * k, -0.1 * k]), folder / f"fold{k}.safetensors")
+        for k, w in enumerate(weights)
+    ]
+
+
+def _arrays(store: Path) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(store, mode="r")
+    return group["labels"][...], group["probabilities"][...]
+
+
+def test_an_ensemble_flow_run_equals_the_library_run(
+    prefect_server, fold_models, tmp_path, monkeypatch
+):
+    """Repeated models (with weights) and a folder of them, through `segment` and
+    `segment_batch` flow runs: the same bytes as segflow.segment, members in provenance,
+    the run tagged with each member."""
+    from segflow import segment as library_segment
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    options = ON_CPU.replace(probabilities="float16", patch_size=64)
+    weights = [1.0, 2.0, 0.5]
+    [single] = run_flow([scenes[0]], fold_models, tmp_path / "one.zarr", options, weights=weights)
+    assert single.status == "complete", single.error
+    library = library_segment(
+        scenes[0], fold_models, tmp_path / "lib.zarr", options, weights=weights
+    )
+    assert library.status == "complete"
+    for flow_array, library_array in zip(
+        _arrays(tmp_path / "one.zarr"), _arrays(tmp_path / "lib.zarr"), strict=True
+    ):
+        np.testing.assert_array_equal(flow_array, library_array)
+    provenance = zarr.open_group(tmp_path / "one.zarr", mode="r").attrs["segflow"]["provenance"]
+    members = provenance["ensemble"]["members"]
+    assert [m["path"] for m in members] == [str(f) for f in fold_models]
+    assert provenance["ensemble"]["weights"] == weights
+    run, _ = _flow_run(single.run_url)
+    assert "ensemble" in run.tags
+    assert {f"model:{f.stem}" for f in fold_models} <= set(run.tags)
+    # two inputs and the folder: a segment_batch flow run, equal weights
+    batch = run_flow(scenes, fold_models[0].parent, tmp_path / "out", options)
+    assert [r.status for r in batch] == ["complete", "complete"]
+    for i, scene in enumerate(scenes):
+        library_segment(scene, fold_models, tmp_path / f"lib{i}.zarr", options)
+        np.testing.assert_array_equal(
+            _arrays(tmp_path / "out" / f"s{i}.zarr")[1], _arrays(tmp_path / f"lib{i}.zarr")[1]
+        )
+
+
+def test_ensemble_mistakes_fail_before_a_flow_run(prefect_server, models, fold_models, tmp_path):
+    from segflow.errors import ModelError
+
+    scene = write_scene(tmp_path / "s.tif")
+    out = tmp_path / "x.zarr"
+    # the 4-band model disagrees with the 3-band folds
+    with pytest.raises(ModelError, match="ensemble models disagree on input channels"):
+        run_flow([scene], [*fold_models, models["bands4"]], out, ON_CPU)
+    with pytest.raises(ConfigError, match="2 weights for 3 ensemble models"):
+        run_flow([scene], fold_models, out, ON_CPU, weights=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="weights are for ensembles"):
+        run_flow([scene], fold_models[0], out, ON_CPU, weights=[1.0])
+    with pytest.raises(ConfigError, match="not found"):
+        run_flow([scene], [fold_models[0], tmp_path / "missing.safetensors"], out, ON_CPU)
+    assert not out.exists()
+    # a flow started with member files directly: the same check, inside the run
+    state = segment(
+        str(scene),
+        str(out),
+        model=[str(f) for f in fold_models[:2]] + [str(models["bands4"])],
+        options=CPU,
+        return_state=True,
+    )
+    assert state.is_failed() and "disagree on input channels" in state.message
+    assert not out.exists()
+
+
+def test_the_command_runs_an_ensemble_as_a_flow_run(
+    prefect_server, fold_models, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from segflow.cli.main import app
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    scene = write_scene(tmp_path / "s.tif")
+    args = ["run", str(scene), "-o", str(tmp_path / "cli.zarr"), "--device", "cpu"]
+    models_args = [a for f in fold_models for a in ("-m", str(f))]
+    result = CliRunner().invoke(app, [*args, *models_args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "flow run: http" in result.output  # recorded as a flow run, not the library path
+    provenance = zarr.open_group(tmp_path / "cli.zarr", mode="r").attrs["segflow"]["provenance"]
+    assert len(provenance["ensemble"]["members"]) == 3

@@ -78,3 +78,20 @@ def test_segflow_run_picks_a_series_from_a_folder_of_several(tmp_path):
     assert (tmp_path / "b.zarr").is_dir()
     bad = CliRunner().invoke(segflow_app, [*args, "-o", str(tmp_path / "c.zarr"), "--series", "x"])
     assert bad.exit_code == 1 and "SeriesInstanceUID" in bad.output
+
+
+def test_export_fractional_dicom_seg_through_the_command(tmp_path):
+    from segflow.cli.main import app as segflow_app
+
+    spec = SeriesSpec(coded_volume((6, 5, 4)), oriented("coronal", (1.0, 1.0, 2.0)))
+    write_series(tmp_path / "series", spec)
+    store = tmp_path / "ct.zarr"
+    result = segment(
+        tmp_path / "series", threshold_model(0.0), store, device="cpu", probabilities="float16"
+    )
+    assert result.status == "complete", result.error
+    args = ["export", str(store), "--to", "dicom-seg", "--source", str(tmp_path / "series")]
+    run = CliRunner().invoke(segflow_app, [*args, "--fractional"])
+    assert run.exit_code == 0, run.output
+    seg = hd.seg.segread(tmp_path / "ct_seg.dcm")
+    assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 255

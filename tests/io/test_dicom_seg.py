@@ -19,12 +19,16 @@ import numpy.typing as npt
 import pydicom
 import pytest
 import SimpleITK as sitk
+import zarr
 
 from segflow import segment
 from segflow.errors import ConfigError
 from segflow.io.dicom import DicomSeriesSource
 from segflow.io.dicom_seg import export_dicom_seg
 from segflow.io.nifti_export import export_nifti
+from segflow.io.zarr_sink import ZarrSink
+from segflow.models.files import LoadedModel
+from segflow.models.meta import ModelMeta
 from tests.conftest import pixel_model, threshold_model
 from tests.io.dicom_fixtures import (
     SeriesSpec,
@@ -204,4 +208,113 @@ def test_seg_refuses_a_series_the_store_was_not_made_from(three_class_store, tmp
     write_series(tmp_path / "other", replace(other, series_uid=hd.UID()))
     with pytest.raises(ConfigError, match="pass the series the store was made from"):
         export_dicom_seg(store, tmp_path / "seg.dcm", source=tmp_path / "other")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+# -- fractional SEG and coded concepts ---------------------------------------------------
+
+
+def _soft_three_class_model(concepts: dict[str, Any] | None = None) -> LoadedModel:
+    """Three classes with the boundaries at 200 and 1000, soft over ~100 HU, so the
+    probabilities take many values between 0 and 1."""
+    model = pixel_model([[0.0], [0.01], [0.02]], [0.0, -2.0, -12.0], spatial_dims=3)
+    if concepts is None:
+        return model
+    meta = ModelMeta.model_validate({**model.meta.model_dump(), "concepts": concepts})
+    return replace(model, meta=meta)
+
+
+def _series_store(
+    tmp_path: Path, model: LoadedModel, probabilities: str = "none"
+) -> tuple[Path, Path]:
+    volume = coded_volume((21, 17, 7))
+    spec = SeriesSpec(volume, oriented("oblique", (0.7, 0.8, 2.5)), intercept=-1024)
+    files = write_series(tmp_path / "series", spec)
+    store = tmp_path / "series.zarr"
+    result = segment(files[0], model, store, device="cpu", probabilities=probabilities)
+    assert result.status == "complete", result.error
+    return store, tmp_path / "series"
+
+
+@pytest.mark.parametrize(("mode", "scale"), [("uint8", 254), ("float16", 255)])
+def test_fractional_seg_holds_the_stored_probabilities(tmp_path, mode, scale):
+    store, folder = _series_store(tmp_path, _soft_three_class_model(), probabilities=mode)
+    seg = hd.seg.segread(
+        export_dicom_seg(store, tmp_path / "seg.dcm", source=folder, fractional=True)
+    )
+    assert seg.SegmentationType == "FRACTIONAL"
+    assert seg.SegmentationFractionalType == "PROBABILITY"
+    assert seg.MaximumFractionalValue == scale
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == DicomSeriesSource(folder).series.uid
+    stored = ZarrSink.open(store).read_probabilities()[1:]  # (segments, i, j, k), classes 1 and 2
+    inside = stored[(stored > 0.05) & (stored < 0.95)]
+    assert inside.size > 50  # the test means something only with real fractions
+    uids = [s.sop_uid for s in DicomSeriesSource(folder).slices]
+    frames = seg.get_pixels_by_source_instance(
+        uids, combine_segments=False, rescale_fractional=True, assert_missing_frames_are_empty=True
+    )
+    expected = stored.transpose(3, 2, 1, 0)  # (k, rows, columns, segments)
+    # a uint8 store's 254 steps are the SEG's own: exact; float16 is quantized to 8 bits
+    atol = 1e-6 if mode == "uint8" else 0.5 / 255 + 1e-6
+    np.testing.assert_allclose(frames, expected, rtol=0, atol=atol)
+
+
+def test_fractional_seg_of_a_store_without_probabilities_fails_in_one_line(tmp_path):
+    store, folder = _series_store(tmp_path, _soft_three_class_model())
+    with pytest.raises(ConfigError, match=r"holds no probabilities.*--probabilities uint8"):
+        export_dicom_seg(store, tmp_path / "seg.dcm", source=folder, fractional=True)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def _concept(seg: Any, number: int) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    description = seg.get_segment_description(number)
+    category = description.SegmentedPropertyCategoryCodeSequence[0]
+    kind = description.SegmentedPropertyTypeCodeSequence[0]
+    return (
+        (category.CodingSchemeDesignator, category.CodeValue, category.CodeMeaning),
+        (kind.CodingSchemeDesignator, kind.CodeValue, kind.CodeMeaning),
+    )
+
+
+def test_seg_segments_carry_the_models_coded_concepts(tmp_path):
+    concepts = {
+        "class1": {"category": "AnatomicalStructure", "type": "Liver"},
+        "class2": {
+            "category": {
+                "scheme": "SCT",
+                "code": "49755003",
+                "meaning": "Morphologically Altered Structure",
+            },
+            "type": {"scheme": "SCT", "code": "108369006", "meaning": "Neoplasm"},
+        },
+    }
+    store, folder = _series_store(tmp_path, _soft_three_class_model(concepts))
+    seg = hd.seg.segread(export_dicom_seg(store, tmp_path / "seg.dcm", source=folder))
+    anatomy = ("SCT", "91723000", "Anatomical Structure")
+    assert _concept(seg, 1) == (anatomy, ("SCT", "10200004", "Liver"))
+    assert _concept(seg, 2) == (
+        ("SCT", "49755003", "Morphologically Altered Structure"),
+        ("SCT", "108369006", "Neoplasm"),
+    )
+
+
+def test_seg_segments_without_concepts_are_generic_tissue(three_class_store, tmp_path):
+    store, folder, _ = three_class_store
+    seg = hd.seg.segread(export_dicom_seg(store, tmp_path / "seg.dcm", source=folder))
+    tissue = ("SCT", "85756007", "Tissue")
+    assert _concept(seg, 1) == (tissue, tissue)
+    assert _concept(seg, 2) == (tissue, tissue)
+
+
+def test_a_store_with_mangled_concepts_fails_in_one_line(tmp_path):
+    concepts = {"class1": {"category": "AnatomicalStructure", "type": "Liver"}}
+    store, folder = _series_store(tmp_path, _soft_three_class_model(concepts))
+    group = zarr.open_group(store, mode="r+")
+    info = dict(group.attrs["segflow"])
+    info["provenance"]["model"]["concepts"]["class1"]["type"]["code"] = (
+        "10200005"  # bad check digit
+    )
+    group.attrs["segflow"] = info
+    with pytest.raises(ConfigError, match="recorded coded concepts are malformed"):
+        export_dicom_seg(store, tmp_path / "seg.dcm", source=folder)
     assert not (tmp_path / "seg.dcm").exists()
