@@ -82,8 +82,7 @@ def _same_file(handle: TextIO, path: Path) -> bool:
 def _note_holder(handle: TextIO) -> None:
     """Write who holds the lock, for the message a second run prints; best effort:
     on a full disk the lock holds without it, and the run fails at its first write."""
-    with contextlib.suppress(OSError):
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+    note = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+    with contextlib.suppress(OSError):  # unbuffered: nothing is left to fail at close
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), note, 0)
