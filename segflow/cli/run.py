@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -218,6 +219,7 @@ def run_command(
             region_size=region_size,
         )
         checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
+        check_model_files(ensemble or [pipeline.require_model()])
         with progress_bar(progress and sys.stderr.isatty()) as bar:
             if ensemble:  # recorded in the store's provenance; the flows take one model file
                 results = _run_library(checked, ensemble, pipeline.options, resume, overwrite, bar)
@@ -256,10 +258,46 @@ def check_run(
     pipeline.require_model()
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)
-    if len(items) == 1 and not Path(items[0].input).is_dir():  # a folder: a DICOM series
+    single = len(items) == 1 and not Path(items[0].input).is_dir()  # a folder: a DICOM series
+    if single:
         check_readable(Path(items[0].input))
     _check_output(output, items)
+    if len(items) == 1 and not (resume or overwrite):
+        target = Path(items[0].output)
+        if target.exists() or target.is_symlink():
+            raise OutputError(
+                f"{target} exists; pass --resume to continue it or --overwrite to replace it"
+            )
+    if single:
+        _check_header(Path(items[0].input), pipeline.options)
     return items
+
+
+def _check_header(path: Path, options: RunOptions) -> None:
+    """Open the input as the run will (its header, not its data): a damaged or
+    meaningless file fails before torch is imported. Its warnings come with the run."""
+    from segflow.io.open import open_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_source(
+            path,
+            bands=options.bands,
+            nodata=options.nodata,
+            volume=options.volume,
+            volumes_as_channels=options.volumes_as_channels,
+            series=options.series,
+        )
+
+
+def check_model_files(models: list[Path]) -> None:
+    """The metadata of each safetensors model file, read without torch (exported models
+    are checked when they load: their sidecar is checked against a one-patch probe)."""
+    from segflow.models.header import looks_like_safetensors, safetensors_meta
+
+    for path in models:
+        if looks_like_safetensors(path):
+            safetensors_meta(path)
 
 
 def _check_clean_sizes(options: RunOptions) -> None:
