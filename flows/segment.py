@@ -156,8 +156,8 @@ def is_transient_failure(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Retry only an OSError that is not a SegflowError (those are the input's own fault)."""
     try:
         state.result()
-    except SegflowError:
-        return False
+    except SegflowError as exc:  # a region that failed on a hiccup (not a full disk) may pass
+        return bool(getattr(exc, "retryable", False))
     except OSError:
         return True
     except BaseException:
@@ -214,6 +214,8 @@ def segment_input(
             raise_errors=True,
         )
     except SegflowError as exc:
+        if getattr(exc, "retryable", False):
+            raise  # Prefect retries it (is_transient_failure); the retry resumes the store
         reason = " ".join(str(exc).split())
         logger.error("%s failed: %s", item.name, reason)
         failed = InputResult(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,8 +18,15 @@ import numpy as np
 from segflow.engine.ensemble import Ensemble, load_models
 from segflow.engine.execute import ProgressFn, execute
 from segflow.engine.grid import iter_chunks
-from segflow.engine.region import RegionStats, RegionWork, pending_tasks, task_indices
-from segflow.errors import ConfigError, InputDataError, SegflowError
+from segflow.engine.region import (
+    RegionStats,
+    RegionWork,
+    pending_tasks,
+    process_region,
+    task_indices,
+    task_region,
+)
+from segflow.errors import ConfigError, InputDataError, OutputError, RegionError, SegflowError
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
 from segflow.io.lease import writer_lock
 from segflow.io.open import open_source
@@ -248,7 +257,14 @@ def _segment_locked(
         series=options.series,
         band_names=loaded.meta.band_names,
     )
-    work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
+    try:
+        work = plan(source, loaded, output, options, resume=resume, overwrite=overwrite)
+    except OSError as exc:
+        if isinstance(exc, SegflowError):
+            raise
+        raise OutputError(
+            f"cannot create {output} ({exc.strerror or exc}); {_hint(exc)} or choose another output"
+        ) from exc
     if resume and work.sink.is_complete:
         return work.sink.summary or {}  # nothing left to do; keep what the finished run recorded
     checksum: dict[str, str] = {}
@@ -260,14 +276,15 @@ def _segment_locked(
         todo = pending_tasks(work) if resume else task_indices(work)
         # an explicit CUDA device asks cluster workers for a GPU slot (one model task per GPU)
         resources = {"GPU": 1.0} if options.device.startswith("cuda") else None
-        stats = execute(
-            work,
-            todo,
-            scheduler=scheduler,
-            workers=options.workers if scheduler == "threads" else None,
-            progress=progress,
-            resources=resources,
-        )
+        with failures_named(input_path, work):
+            stats = execute(
+                work,
+                todo,
+                scheduler=scheduler,
+                workers=options.workers if scheduler == "threads" else None,
+                progress=progress,
+                resources=resources,
+            )
     finally:
         hasher.join()
     if not resume and stats.valid_pixels == 0:
@@ -282,7 +299,8 @@ def _segment_locked(
     names = [c.name for c in loaded.meta.classes]
     seconds = time.perf_counter() - started
     summary = _summary(names, stats, seconds, checksum.get("sha256", ""), len(todo))
-    work.sink.finalize(summary)
+    with failures_named(input_path, work, "finishing the store"):
+        work.sink.finalize(summary)
     return summary
 
 
@@ -297,6 +315,96 @@ def local_models(model: Any) -> Any:
     if isinstance(model, list | tuple):
         return [local_models(m) for m in model]
     return model
+
+
+# causes no retry can cure: the user has to act (free space, fix permissions)
+_PERMANENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+}
+
+
+@contextmanager
+def failures_named(
+    input_path: Path, work: RegionWork, step: str = "a region task"
+) -> Iterator[None]:
+    """Anything that breaks a run mid-way (a full disk, a CUDA error, a bug) ends in one
+    RegionError naming the input, the region and the cause; the store stays incomplete,
+    and ``--resume`` redoes only the chunks not recorded as written."""
+    try:
+        yield
+    except SegflowError:
+        raise  # already says what and where (a damaged tile names its rows and columns)
+    except Exception as exc:
+        region = failed_region(work, exc)
+        where = f"region {region_text(region)}" if region is not None else step
+        raise RegionError(
+            f"{input_path}: {where} failed: {cause_text(exc)}; {work.sink.path} is incomplete "
+            f"({_written(work)}): {_hint(exc)}, then rerun with --resume to finish it",
+            retryable=isinstance(exc, OSError) and exc.errno not in _PERMANENT_ERRNOS,
+        ) from exc
+
+
+def failed_region(work: RegionWork, exc: BaseException) -> tuple[slice, ...] | None:
+    """The region whose task raised ``exc``, from its traceback (threads and sync runs;
+    a cluster sends tracebacks without their frames' variables)."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code is process_region.__code__:
+            task = frame.f_locals.get("task")
+            return task_region(work, task) if isinstance(task, tuple) else None
+    return None
+
+
+def cause_text(exc: BaseException) -> str:
+    """``No space left on device [ENOSPC]`` for a system error, else the type and first line."""
+    code = errno.errorcode.get(exc.errno or 0) if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and code is not None:
+        return f"{exc.strerror or first_line(exc)} [{code}]"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def region_text(region: tuple[slice, ...]) -> str:
+    """``rows 0:512, columns 512:1024`` for a raster, ``0:128 x 0:128 x 128:256`` for a volume."""
+    spans = [f"{s.start}:{s.stop}" for s in region]
+    if len(spans) == 2:
+        return f"rows {spans[0]}, columns {spans[1]}"
+    return " x ".join(spans)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line, shortened (CUDA errors append paragraphs of advice)."""
+    lines = str(exc).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hint(exc: BaseException) -> str:
+    """What the user can do about ``exc`` before trying again."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "use a smaller --batch-size or --region-size"
+    if "cuda" in str(exc).lower():
+        return "check the GPU (nvidia-smi) or use --device cpu"
+    if isinstance(exc, OSError):
+        return "fix the cause"
+    return "fix the cause (or report it with the input's details)"
+
+
+def _written(work: RegionWork) -> str:
+    try:
+        done = len(work.sink.done_chunks())
+    except OSError:
+        return "some chunks written"
+    total = 1
+    for n in work.sink.chunk_grid_shape:
+        total *= n
+    return f"{done} of {total} chunks written"
 
 
 def _summary(

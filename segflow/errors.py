@@ -33,6 +33,19 @@ class InputDataError(SegflowError, ValueError):
     """The input opened fine but its content cannot be segmented (e.g. all nodata)."""
 
 
+class RegionError(SegflowError, RuntimeError):
+    """Work on one region of a run failed (a full disk, a device error, a bug).
+
+    The message names the input, the region and the cause; the store is left
+    incomplete and resumable. ``retryable`` is True where the cause may pass by
+    itself (a network file system hiccup), so an orchestrator may try again.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (whitespace runs, newlines included, become one space)."""
     return " ".join(str(error).split())

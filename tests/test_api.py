@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers the .rio accessor)
+import torch
 import xarray as xr
 import zarr
 from rasterio.crs import CRS
@@ -263,3 +267,76 @@ def test_a_local_cluster_gives_the_threaded_answer(tmp_path):
     threads = zarr.open_group(tmp_path / "threads.zarr", mode="r")["labels"][...]
     local = zarr.open_group(tmp_path / "local.zarr", mode="r")["labels"][...]
     np.testing.assert_array_equal(local, threads)
+
+
+class _FailsOnHotPixels(torch.nn.Module):
+    """A pointwise model that fails as a broken GPU (or disk) would, on patches holding a 255."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x >= 255).any()):
+            raise self.error
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1] - 100.0], dim=1)
+
+
+def _hot_scene(tmp_path):
+    """256^2 with a hot block that only the patches of region rows/columns 128:256 see."""
+    image = textured((256, 256), 1, seed=2).clip(0, 200)
+    image[0, 176:208, 176:208] = 255
+    return write_tif(tmp_path / "hot.tif", image, tile=None)
+
+
+CUDA_FAILURE = (
+    "CUDA error: an illegal memory access was encountered\n"
+    "CUDA kernel errors might be asynchronously reported at some other API call"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause", "hint", "retryable"),
+    [
+        (
+            RuntimeError(CUDA_FAILURE),
+            "RuntimeError: CUDA error: an illegal memory access was encountered;",
+            "check the GPU (nvidia-smi) or use --device cpu",
+            False,
+        ),
+        (
+            RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+            "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB;",
+            "use a smaller --batch-size or --region-size",
+            False,
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            "No space left on device [ENOSPC];",
+            "free some space",
+            False,
+        ),
+        (OSError(errno.ESTALE, "Stale file handle"), "[ESTALE]", "fix the cause", True),
+        (KeyError("bug"), "KeyError: 'bug';", "report it with the input's details", False),
+    ],
+    ids=["cuda", "cuda-oom", "full-disk", "stale-nfs", "bug"],
+)
+def test_a_failure_inside_a_region_names_the_input_the_region_and_the_cause(
+    tmp_path, error, cause, hint, retryable
+):
+    from segflow.errors import RegionError
+    from segflow.io.zarr_sink import ZarrSink
+
+    base = threshold_model(100.0, spatial_dims=2)
+    model = dataclasses.replace(base, module=_FailsOnHotPixels(error), sha256="hot")
+    path, store = _hot_scene(tmp_path), tmp_path / "o.zarr"
+    options = dict(patch_size=64, overlap=16, chunk_size=64, region_size=128, device="cpu")
+    with pytest.raises(RegionError) as info:
+        segment(path, model, store, **options)
+    message = str(info.value)
+    assert "\n" not in message and info.value.retryable is retryable
+    assert message.startswith(f"{path}: region rows 128:256, columns 128:256 failed: ")
+    assert cause in message and hint in message
+    assert f"{store} is incomplete (" in message and "then rerun with --resume" in message
+    sink = ZarrSink.open(store)
+    assert not sink.is_complete and len(sink.done_chunks()) < 16  # incomplete, resumable

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,6 +226,7 @@ def run_command(
             region_size=region_size,
         )
         checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
+        check_model_files(ensemble or [pipeline.require_model()])
         with progress_bar(progress and sys.stderr.isatty()) as bar:
             # an ensemble's members are recorded in each store's provenance
             models = ensemble or pipeline.require_model()
@@ -272,11 +274,47 @@ def check_run(
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs(list(inputs)), as_location(output))
     first = as_location(items[0].input)
-    if len(items) == 1 and not (isinstance(first, Path) and first.is_dir()):  # a DICOM series
+    single = len(items) == 1 and not (isinstance(first, Path) and first.is_dir())  # a DICOM series
+    if single:
         check_readable(first)
     if not is_uri(items[0].output):  # a store in object storage is checked as it is created
         _check_output(items)
+        if len(items) == 1 and not (resume or overwrite):
+            target = Path(items[0].output)
+            if target.exists() or target.is_symlink():
+                raise OutputError(
+                    f"{target} exists; pass --resume to continue it or --overwrite to replace it"
+                )
+    if single and isinstance(first, Path):
+        _check_header(first, pipeline.options)
     return items
+
+
+def _check_header(path: Path, options: RunOptions) -> None:
+    """Open the input as the run will (its header, not its data): a damaged or
+    meaningless file fails before torch is imported. Its warnings come with the run."""
+    from segflow.io.open import open_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        open_source(
+            path,
+            bands=options.bands,
+            nodata=options.nodata,
+            volume=options.volume,
+            volumes_as_channels=options.volumes_as_channels,
+            series=options.series,
+        )
+
+
+def check_model_files(models: list[Path]) -> None:
+    """The metadata of each safetensors model file, read without torch (exported models
+    are checked when they load: their sidecar is checked against a one-patch probe)."""
+    from segflow.models.header import looks_like_safetensors, safetensors_meta
+
+    for path in models:
+        if looks_like_safetensors(path):
+            safetensors_meta(path)
 
 
 def _check_clean_sizes(options: RunOptions) -> None:

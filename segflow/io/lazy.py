@@ -16,19 +16,19 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-import dask.array as da
 import numpy as np
 import numpy.typing as npt
-from dask.base import tokenize
 
 from segflow.errors import ConfigError
 from segflow.io.files import sha256_file
 from segflow.io.source import Region, Source
 from segflow.io.uris import ObjectPath
 
-_from_array: Any = da.from_array  # dask ships it without type hints
+if TYPE_CHECKING:  # dask is imported where a Dask array is made: opening a file needs none
+    import dask.array as da
+
 
 H = TypeVar("H")
 
@@ -273,12 +273,16 @@ class _Reader:
 
 
 def _as_dask(source: Source, chunks: Chunks, what: str) -> da.Array:
+    import dask.array as da
+    from dask.base import tokenize
+
     reader = _Reader(source, what)
     spatial = coerce_chunks(chunks, tuple(source.spatial_shape))
     full = ((reader.shape[0],), *spatial) if what == "data" else spatial
+    from_array: Any = da.from_array  # dask ships it without type hints
     name = f"read-{what}-{tokenize(source, full)}"
     meta = np.empty((0,) * reader.ndim, dtype=reader.dtype)
-    array: da.Array = _from_array(
+    array: da.Array = from_array(
         reader, chunks=full, name=name, meta=meta, asarray=False, fancy=False
     )
     return array

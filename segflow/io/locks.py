@@ -29,31 +29,13 @@ def lock_path(store: Path) -> Path:
 def store_lock(store: Path) -> Iterator[None]:
     """Hold the store's lock for the block, or fail at once if another run holds it."""
     path = lock_path(store)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+")
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write beside {store} ({exc.strerror}); choose another output"
-        ) from None
-    with handle:
+    with _locked_file(store, path) as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise OutputError(
-                f"{store} is being written by another run ({holder}); wait for it to end, "
-                "or choose another output"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
+            _note_holder(handle)
             yield
         finally:
-            # unlink while holding the lock: a run waiting on the old file retries cleanly
+            # unlink while holding the lock: a run that opened this file before it was
+            # removed sees that it locked a removed file and takes the new one instead
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -95,3 +77,12 @@ def _same_file(handle: TextIO, path: Path) -> bool:
         return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
     except FileNotFoundError:
         return False
+
+
+def _note_holder(handle: TextIO) -> None:
+    """Write who holds the lock, for the message a second run prints; best effort:
+    on a full disk the lock holds without it, and the run fails at its first write."""
+    note = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+    with contextlib.suppress(OSError):  # unbuffered: nothing is left to fail at close
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), note, 0)

@@ -17,7 +17,6 @@ from segflow.errors import ConfigError, ReaderError
 from segflow.io.dicom_paths import is_dicom_input
 from segflow.io.files import check_input_file
 from segflow.io.geotiff import GeoTiffSource, NotARasterError
-from segflow.io.nifti import NiftiSource
 from segflow.io.source import Source
 from segflow.io.stac_names import is_stac_input
 from segflow.io.uris import ObjectPath, as_location
@@ -88,6 +87,8 @@ def open_source(
     if kind == "volume":
         if bands is not None:
             raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
+        from segflow.io.nifti import NiftiSource  # nibabel (and pydicom) only for volumes
+
         return NiftiSource(
             path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
         )

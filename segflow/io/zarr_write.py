@@ -8,6 +8,7 @@ coordinates and grid mapping (level 0 and every overview level use it).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import warnings
@@ -185,6 +186,7 @@ def write_new_store(
         attrs["ome"] = meta.ome_label_image_attrs(
             target.stem, geometry, classes, layout.label_nodata
         )
+    existed = target.is_dir() and any(target.iterdir())  # the caller made it empty, or not at all
     try:
         root = zarr.create_group(store_like(target), zarr_format=3, attributes=attrs)
         dims = ("y", "x") if isinstance(geometry, RasterGeometry) else meta.VOLUME_AXES
@@ -206,9 +208,14 @@ def write_new_store(
             _create_raster_arrays(root, layout, geometry, classes)
         else:
             _create_volume_arrays(root, layout, geometry, target.stem, info["probabilities"])
+        consolidate_store(target)
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc}") from exc
-    consolidate_store(target)
+        if not existed:  # half a store would pass for an interrupted run: leave none
+            shutil.rmtree(target, ignore_errors=True)
+        fix = "free some space" if exc.errno == errno.ENOSPC else "check its permissions"
+        raise OutputError(
+            f"cannot write {target} ({exc.strerror or exc}); {fix} or choose another output"
+        ) from exc
 
 
 def write_grid_coordinates(

@@ -20,11 +20,11 @@ from typing import Any, cast
 
 import torch
 import yaml
-from pydantic import ValidationError
 from torch import nn
 
 from segflow.errors import ModelError
 from segflow.io.documents import DocumentError, read_document
+from segflow.models.header import parse_meta
 from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
@@ -61,21 +61,6 @@ def read_sidecar(path: Path) -> ModelMeta:
     if not isinstance(data, dict):
         raise ModelError(f"metadata sidecar {path.name} must hold a mapping of ModelMeta fields")
     return parse_meta(data, path.name)
-
-
-def parse_meta(data: dict[str, Any] | str, where: str) -> ModelMeta:
-    """Validate metadata into a ModelMeta; one line naming the first bad field."""
-    try:
-        if isinstance(data, str):
-            return ModelMeta.model_validate_json(data)
-        return ModelMeta.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err.get("loc", ())) or "metadata"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ModelError(
-            f"invalid model metadata in {where}: {field}: {err['msg']}{more}"
-        ) from None
 
 
 def write_sidecar(meta: ModelMeta, path: Path) -> Path:

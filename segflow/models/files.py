@@ -9,9 +9,7 @@ a metadata sidecar, and returns them all as a :class:`LoadedModel`.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,10 @@ from segflow.models.exported import (
     OnnxModule,
     find_sidecar,
     load_torchscript,
-    parse_meta,
     read_sidecar,
     sidecar_candidates,
 )
+from segflow.models.header import META_KEY, safetensors_meta
 from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 from segflow.models.registry import build_model, output_stride_of
@@ -48,7 +46,6 @@ __all__ = [
     "sha256_file",
 ]
 
-META_KEY = "segflow_meta"
 Runtime = Literal["torch", "torchscript", "onnx"]
 
 
@@ -221,43 +218,15 @@ def _existing(path: str | Path) -> Path:
 
 
 def _safetensors_meta(path: Path) -> ModelMeta:
-    _check_safetensors_size(path)
+    meta = safetensors_meta(path)  # header checked and parsed without safetensors' reader
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
+        with safe_open(str(path), framework="pt"):
+            pass
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(
             f"{path.name}: not a readable safetensors file, truncated or corrupt ({exc})"
         ) from None
-    text = header.get(META_KEY)
-    if text is None:
-        raise ModelError(
-            f"{path.name} is a safetensors file without segflow metadata; create it with "
-            "segflow.models.save_model or 'segflow model create'"
-        )
-    return parse_meta(text, path.name)
-
-
-def _check_safetensors_size(path: Path) -> None:
-    """safetensors maps lazily: check that the file holds every byte its header announces."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ModelError(f"{path.name}: truncated model file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise ModelError(f"{path.name}: truncated model file (header cut short)")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ModelError(f"{path.name}: corrupt model file (unreadable header)") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    needed = 8 + n + max(ends, default=0)
-    if size < needed:
-        raise ModelError(
-            f"{path.name}: truncated model file ({size} of {needed} bytes); copy it again"
-        )
+    return meta
 
 
 def _safetensors_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from tests.corpus.cases import CASES, Case
 SEGFLOW = str(Path(sys.executable).parent / "segflow")
 
 
-def _looks_complete(store: Path) -> bool:
+def looks_complete(store: Path) -> bool:
     meta = store / "zarr.json"
     if not meta.is_file():
         return False
@@ -42,7 +42,7 @@ def test_a_mistake_is_one_line_and_leaves_nothing_complete(case: Case, tmp_path:
     assert "Traceback" not in result.stderr
     assert case.message in lines[0], lines[0]
     assert "pickle payload ran" not in result.stdout + result.stderr
-    assert not _looks_complete(tmp_path / "out.zarr")
+    assert not looks_complete(tmp_path / "out.zarr")
 
 
 def test_the_corpus_has_forty_cases() -> None:

@@ -24,7 +24,7 @@ from flows.segment import (
     segment_batch,
     segment_input,
 )
-from segflow.errors import ConfigError, OutputError, ReaderError, SegflowError
+from segflow.errors import ConfigError, OutputError, ReaderError, RegionError, SegflowError
 from segflow.options import RunOptions
 
 from .conftest import write_scene
@@ -56,6 +56,9 @@ def test_only_transient_os_errors_are_retried():
         None, None, state_of(ReaderError("truncated file"))
     )  # an OSError too
     assert not is_transient_failure(None, None, state_of(OutputError("exists")))
+    # a region that failed: on a hiccup it is tried again, on a full disk it is not
+    assert is_transient_failure(None, None, state_of(RegionError("stale", retryable=True)))
+    assert not is_transient_failure(None, None, state_of(RegionError("no space")))
     assert not is_transient_failure(None, None, state_of(ValueError("bug")))
     assert not is_transient_failure(None, None, Completed(data=1))
     assert segment_input.retries == flows_segment.TRANSIENT_RETRIES > 0

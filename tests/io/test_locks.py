@@ -66,3 +66,40 @@ def test_segment_refuses_a_store_another_run_is_writing(tmp_path):
         holder.wait()
     segment(path, threshold_model(1.0, spatial_dims=2), store, device="cpu")
     assert store.is_dir()
+
+
+CONTEND = (
+    "import os, sys, time; from pathlib import Path\n"
+    "from segflow.errors import OutputError; from segflow.io.locks import store_lock\n"
+    "store, inside = Path(sys.argv[1]), Path(sys.argv[2])\n"
+    "held = overlaps = 0; end = time.monotonic() + float(sys.argv[3])\n"
+    "while time.monotonic() < end:\n"
+    "    try:\n"
+    "        with store_lock(store):\n"
+    "            held += 1\n"
+    "            try:\n"
+    "                os.close(os.open(inside, os.O_CREAT | os.O_EXCL))\n"
+    "            except FileExistsError:\n"
+    "                overlaps += 1; continue\n"
+    "            time.sleep(0.0005); os.unlink(inside)\n"
+    "    except OutputError:\n"
+    "        pass\n"
+    "print(held, overlaps)\n"
+)
+
+
+def test_runs_that_start_and_stop_in_a_storm_never_hold_the_store_together(tmp_path):
+    """A run that opened the lock file just before its holder removed it must not lock
+    the removed file while a third run locks the new one: at most one holder, ever."""
+    store, inside = tmp_path / "o.zarr", tmp_path / "inside"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTEND, str(store), str(inside), "3"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    counts = [tuple(map(int, r.communicate(timeout=60)[0].split())) for r in racers]
+    assert sum(held for held, _ in counts) > 100  # the lock really changed hands often
+    assert sum(overlaps for _, overlaps in counts) == 0
