@@ -257,14 +257,14 @@ def _slab_pairs(
     for axis in range(ndim):
         boundaries = ([slab] if slab > 0 else []) if axis == 0 else range(1, grid[axis])
         for boundary in boundaries:
-            below = _plane(faces, grid, axis, boundary - 1, 1, slab)
-            above = _plane(faces, grid, axis, boundary, 0, slab)
+            below = face_layer(faces, grid, axis, boundary - 1, 1, slab)
+            above = face_layer(faces, grid, axis, boundary, 0, slab)
             for shift in shifts:
                 found.append(_pairs_across(below, above, shift))
     return found
 
 
-def _plane(
+def face_layer(
     faces: Faces,
     grid: Sequence[int],
     axis: int,
