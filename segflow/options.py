@@ -308,7 +308,7 @@ class RunOptions:
     keep_largest: tuple[str, ...] | None = None  # classes (names or values) to keep one of
     keep_top: int = 1  # keep this many of the largest components of those classes
     min_size: str | None = None  # smaller components become background: 100, 5mL, 0.5ha
-    sieve: str | None = None  # smaller components merge into their neighbour (2-D)
+    sieve: str | None = None  # smaller components merge into their neighbour
     fill: str = "0"  # the class removed components become
     connectivity: str = "full"  # full (8 / 26 neighbours) or face (4 / 6)
 

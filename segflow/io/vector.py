@@ -1,6 +1,6 @@
 """Vector I/O for label polygons: vectorising a block, writing features in batches.
 
-:func:`pixel_polygons` runs ``rasterio.features.shapes`` on one block of component
+:func:`pixel_shapes` runs ``rasterio.features.shapes`` on one block of component
 ids, in pixel coordinates of the whole image (integers, exact), so pieces of one
 component cut by block borders share their edges exactly and merge cleanly.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -43,24 +43,23 @@ class VectorFormat(StrEnum):
 DRIVERS = {VectorFormat.GPKG: "GPKG", VectorFormat.GEOJSON: "GeoJSON"}
 
 
-def pixel_polygons(
+def pixel_shapes(
     ids: npt.NDArray[np.integer[Any]], origin: Sequence[int]
-) -> list[tuple[Any, int]]:
-    """(shapely Polygon, id) of each 4-connected piece of ``ids > 0`` in one block.
+) -> Iterator[tuple[dict[str, Any], int]]:
+    """(GeoJSON polygon, id) of each 4-connected piece of ``ids > 0`` in one block.
 
     ``origin`` is the block's (row, col) in the whole image; coordinates are the
     image's pixel coordinates (x = column, y = row), holes included.
     """
-    import shapely.geometry
-
     if ids.size and int(ids.max()) > MAX_SHAPES_ID:
         raise OutputError(f"too many components to vectorise ({int(ids.max())} > {MAX_SHAPES_ID})")
-    block = ids.astype(np.int32)
+    block = np.asarray(ids, dtype=np.int32)
     row, col = (int(v) for v in origin)
     shapes = rasterio.features.shapes(
         block, mask=block > 0, connectivity=4, transform=Affine.translation(col, row)
     )
-    return [(shapely.geometry.shape(geom), int(value)) for geom, value in shapes]
+    for geometry, value in shapes:
+        yield geometry, int(value)
 
 
 class FeatureWriter:

@@ -174,9 +174,8 @@ def find_components(
     conn = Connectivity.parse(connectivity)
     wanted = tuple(range(sink.layout.num_classes)) if classes is None else tuple(sorted(classes))
     structure = structure_for(conn, len(sink.layout.spatial_shape))
-    first_pass = _first_pass(sink, wanted, structure)
-    pairs = _touching_pairs(first_pass, sink.chunk_grid_shape, conn)
-    to_global, table = _merge(first_pass, pairs)
+    first_pass = _first_pass(sink, wanted, structure, conn)
+    to_global, table = _merge(first_pass, first_pass.pairs)
     return Components(sink, wanted, conn, first_pass.offsets, to_global, table)
 
 
@@ -198,16 +197,25 @@ class FirstPass:
     sizes: npt.NDArray[np.int64]
     first: npt.NDArray[np.int64]
     chunk_of: npt.NDArray[np.int64]
-    faces: dict[tuple[int, int, ChunkIndex], Ids]  # (axis, 0 low | 1 high, chunk) -> pass-1 ids
+    pairs: npt.NDArray[np.int64]  # (n, 2) pass-1 ids of same-class components that touch
+
+
+Faces = dict[tuple[int, int, ChunkIndex], Ids]  # (axis, 0 low | 1 high, chunk) -> pass-1 ids
 
 
 def _first_pass(
-    sink: ZarrSink, wanted: Sequence[int], structure: npt.NDArray[np.bool_]
+    sink: ZarrSink,
+    wanted: Sequence[int],
+    structure: npt.NDArray[np.bool_],
+    connectivity: Connectivity,
 ) -> FirstPass:
+    """Label every chunk; the touching pairs are found slab by slab (chunks sharing their
+    first index), so only the faces of two slabs are held at a time."""
     grid = sink.chunk_grid_shape
     offsets = np.zeros(int(np.prod(grid)), dtype=np.int64)
     parts: dict[str, list[npt.NDArray[np.int64]]] = {"c": [], "s": [], "f": [], "o": []}
-    faces: dict[tuple[int, int, ChunkIndex], Ids] = {}
+    faces: Faces = {}
+    found: list[npt.NDArray[np.int64]] = [np.zeros((0, 2), dtype=np.int64)]
     total = 0
     for ordinal, index in enumerate(np.ndindex(*grid)):
         _, local = _label_stored_chunk(sink, index, wanted, structure)
@@ -221,62 +229,71 @@ def _first_pass(
         parts["f"].append(local.first)
         parts["o"].append(np.full(local.sizes.size, ordinal, dtype=np.int64))
         total += int(local.sizes.size)
+        if all(i == g - 1 for i, g in zip(index[1:], grid[1:], strict=True)):  # slab done
+            found.extend(_slab_pairs(faces, grid, index[0], connectivity))
+            for key in [k for k in faces if k[2][0] < index[0] or k[:2] != (0, 1)]:
+                del faces[key]  # keep only this slab's far faces, for the next slab
 
     def column(key: str, none: int) -> npt.NDArray[np.int64]:
         return np.concatenate([np.array([none], dtype=np.int64), *parts[key]])
 
-    return FirstPass(
-        offsets, column("c", -1), column("s", 0), column("f", -1), column("o", -1), faces
-    )
+    classes = column("c", -1)
+    pairs = np.concatenate(found)
+    pairs = pairs[classes[pairs[:, 0]] == classes[pairs[:, 1]]]
+    pairs = np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
+    return FirstPass(offsets, classes, column("s", 0), column("f", -1), column("o", -1), pairs)
 
 
-def _touching_pairs(
-    first: FirstPass, grid: Sequence[int], connectivity: Connectivity
-) -> npt.NDArray[np.int64]:
-    """(n, 2) pass-1 ids of same-class components that touch across a chunk boundary."""
-    found: list[npt.NDArray[np.int64]] = [np.zeros((0, 2), dtype=np.int64)]
+def _slab_pairs(
+    faces: Faces, grid: Sequence[int], slab: int, connectivity: Connectivity
+) -> list[npt.NDArray[np.int64]]:
+    """Pairs of components touching across the boundaries of one slab: the one with the
+    slab before (a whole layer of the image, so edge and corner contacts are in it) and
+    those between the slab's chunks."""
+    found = []
     ndim = len(grid)
     reach = (-1, 0, 1) if connectivity is Connectivity.FULL else (0,)
     shifts = list(itertools.product(reach, repeat=ndim - 1))
     for axis in range(ndim):
-        for boundary in range(1, grid[axis]):
-            below = _plane(first.faces, grid, axis, boundary - 1, 1)
-            above = _plane(first.faces, grid, axis, boundary, 0)
+        boundaries = ([slab] if slab > 0 else []) if axis == 0 else range(1, grid[axis])
+        for boundary in boundaries:
+            below = face_layer(faces, grid, axis, boundary - 1, 1, slab)
+            above = face_layer(faces, grid, axis, boundary, 0, slab)
             for shift in shifts:
-                found.append(_pairs_across(below, above, shift, first.classes))
-    return np.concatenate(found)
+                found.append(_pairs_across(below, above, shift))
+    return found
 
 
-def _plane(
-    faces: dict[tuple[int, int, ChunkIndex], Ids],
+def face_layer(
+    faces: Faces,
     grid: Sequence[int],
     axis: int,
     position: int,
     side: int,
+    slab: int,
 ) -> Ids:
-    """One whole layer of the image (all chunks at ``position`` along ``axis``), as pass-1 ids."""
-    others = [g for a, g in enumerate(grid) if a != axis]
+    """One layer of the image at ``position`` along ``axis``, as pass-1 ids: the whole layer
+    for axis 0, the part in slab ``slab`` for the other axes."""
+    others = [range(g) for a, g in enumerate(grid) if a != axis]
+    if axis != 0:
+        others[0] = range(slab, slab + 1)
 
     def face(rest: tuple[int, ...]) -> Ids:
         index = (*rest[:axis], position, *rest[axis:])
         return faces[(axis, side, index)]
 
     if len(others) == 1:
-        return np.concatenate([face((i,)) for i in range(others[0])])
-    return np.block([[face((i, j)) for j in range(others[1])] for i in range(others[0])])
+        return np.concatenate([face((i,)) for i in others[0]])
+    return np.block([[face((i, j)) for j in others[1]] for i in others[0]])
 
 
-def _pairs_across(
-    below: Ids, above: Ids, shift: tuple[int, ...], classes: npt.NDArray[np.int64]
-) -> npt.NDArray[np.int64]:
-    """Pairs (below[p], above[p + shift]) that are both components of the same class."""
+def _pairs_across(below: Ids, above: Ids, shift: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """Distinct pairs (below[p], above[p + shift]) that are both components."""
     src = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shift, below.shape, strict=True))
     dst = tuple(slice(max(0, s), n - max(0, -s)) for s, n in zip(shift, above.shape, strict=True))
     a, b = below[src].ravel(), above[dst].ravel()
     keep = (a > 0) & (b > 0)
-    a, b = a[keep], b[keep]
-    same = classes[a] == classes[b]
-    pairs = np.stack([a[same], b[same]], axis=1)
+    pairs = np.stack([a[keep], b[keep]], axis=1)
     return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
 
 

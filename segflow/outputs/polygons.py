@@ -25,26 +25,27 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
-import shapely.affinity
 
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, OutputError
 from segflow.io.export_common import open_exportable
 from segflow.io.source import RasterGeometry
-from segflow.io.vector import FeatureWriter, VectorFormat, pixel_polygons
+from segflow.io.vector import MAX_SHAPES_ID, FeatureWriter, VectorFormat, pixel_shapes
 from segflow.io.zarr_sink import ZarrSink
 from segflow.options import parse_choice
 from segflow.outputs.components import Components, ComponentTable, Connectivity, find_components
 from segflow.outputs.postprocess import AREA_UNITS, pixel_size_of, resolve_classes
+from segflow.outputs.stitch import Stitcher
 
 BATCH = 10_000  # features per write
+STRIP_PIXELS = 1 << 20  # pixels vectorised at a time
+BATCH_VERTICES = 100_000  # ... or fewer: a polygon that spans the image goes (nearly) alone
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def export_polygons(
         batch = _Batch(sink, geometry, table, tolerance)
         for geometry_px, gid in _component_polygons(components, keep):
             batch.add(geometry_px, gid)
-            if len(batch.geometries) >= BATCH:
+            if len(batch.geometries) >= BATCH or batch.vertices >= BATCH_VERTICES:
                 batch.flush(writer)
         batch.flush(writer, last=True)
     names = [c.name for c in sink.classes]
@@ -156,31 +157,35 @@ def export_polygons(
     return PolygonResult(target, writer.count, per_class, int((~keep[1:]).sum()))
 
 
-def _component_polygons(components: Components, keep: Any) -> Any:
-    """(polygon in pixel coordinates, global id) for every kept component, chunk by chunk."""
-    last = components.table.last_chunk
-    pending: dict[int, list[Any]] = defaultdict(list)
-    for ordinal, index in enumerate(components.chunk_indices()):
-        _, ids = components.read_chunk(index)
-        origin = [r.start for r in components.sink.chunk_region(index)]
-        touched = set()
-        for polygon, gid in pixel_polygons(np.where(keep[ids], ids, 0), origin):
-            if last[gid - 1] == ordinal and gid not in pending:
-                yield polygon, gid  # all of it is in this chunk and in one piece
-            else:
-                pending[gid].append(polygon)
-                touched.add(gid)
-        for gid in sorted(touched):
-            if last[gid - 1] == ordinal:
-                yield _merged(pending.pop(gid)), gid
-
-
-def _merged(pieces: list[Any]) -> Any:
-    # simplify(0) drops the vertices left where chunk borders cut straight edges
-    merged = shapely.simplify(shapely.union_all(pieces), 0.0, preserve_topology=True)
-    if merged.geom_type != "Polygon":  # a 4-connected set of squares is one polygon
-        raise AssertionError(f"pieces of one component merged into a {merged.geom_type}")
-    return merged
+def _component_polygons(components: Components, keep: Any) -> Iterator[tuple[Any, int]]:
+    """(polygon in pixel coordinates, global id) for every kept component, strip by strip."""
+    sink = components.sink
+    height, width = sink.layout.spatial_shape
+    if len(components.table) > MAX_SHAPES_ID:
+        raise OutputError(f"too many components to vectorise ({len(components.table)})")
+    stitcher = Stitcher(height)
+    above: Any = None
+    grid_rows, grid_cols = sink.chunk_grid_shape
+    try:
+        for i in range(grid_rows):
+            rows = sink.chunk_region((i, 0))[0]
+            band = np.zeros((rows.stop - rows.start, width), dtype=np.int32)
+            for j in range(grid_cols):
+                _, ids = components.read_chunk((i, j))
+                band[:, sink.chunk_region((i, j))[1]] = np.where(keep[ids], ids, 0)
+            # vectorised a few rows at a time: GDAL's copies stay small whatever the width
+            step = max(1, STRIP_PIXELS // width)
+            for top in range(0, band.shape[0], step):
+                strip = band[top : top + step]
+                start = rows.start + top
+                pieces = pixel_shapes(strip, (start, 0))
+                lines = slice(start, start + strip.shape[0])
+                yield from stitcher.strip(pieces, lines, above, strip[0], strip[-1])
+                above = strip[-1].copy()
+    finally:
+        stitcher.close()
+    if stitcher.open:  # every component ends in some strip
+        raise AssertionError(f"{len(stitcher.open)} components left open after the last strip")
 
 
 @dataclass
@@ -193,16 +198,24 @@ class _Batch:
     tolerance: float | None = None
     geometries: list[Any] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
+    vertices: int = 0
 
     def add(self, polygon_px: Any, gid: int) -> None:
         self.geometries.append(polygon_px)
         self.ids.append(gid)
+        self.vertices += int(shapely.get_num_coordinates(polygon_px))
 
     def flush(self, writer: FeatureWriter, *, last: bool = False) -> None:
         if not self.geometries and not (last and writer.count == 0):
             return
         a, b, c, d, e, f = self.geometry.transform
-        moved = [shapely.affinity.affine_transform(g, [a, b, d, e, c, f]) for g in self.geometries]
+        matrix = np.array([[a, d], [b, e]])
+        offset = np.array([c, f])
+        moved = list(
+            shapely.transform(
+                np.asarray(self.geometries, dtype=object), lambda xy: xy @ matrix + offset
+            )
+        )
         if self.tolerance is not None:
             moved = list(shapely.simplify(moved, self.tolerance, preserve_topology=True))
         rows = np.asarray(self.ids, dtype=np.int64) - 1
@@ -221,3 +234,4 @@ class _Batch:
         writer.write(moved, columns)
         self.geometries.clear()
         self.ids.clear()
+        self.vertices = 0

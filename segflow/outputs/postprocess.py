@@ -6,9 +6,9 @@ Operations (applied together, decided on the components of the input store):
   others become ``fill`` (class 0 unless told);
 - drop components smaller than ``min_size`` (pixels / voxels, or m², ha, km², mm³,
   mL) of every class but ``fill``: they become ``fill``;
-- ``sieve`` (rasters): components smaller than the threshold merge into their
-  largest neighbour, as GDAL's sieve (``rasterio.features.sieve``) does on the whole
-  array, see :mod:`segflow.outputs.sieve`. With keep-largest / min-size as well, the
+- ``sieve``: components smaller than the threshold merge into their largest
+  neighbour, as GDAL's sieve (``rasterio.features.sieve``) does on the whole array
+  (volumes: the same rule in 3-D), see :mod:`segflow.outputs.sieve`. With keep-largest / min-size as well, the
   sieve comes first and those are decided on the sieved components (through a
   temporary store beside the output).
 
@@ -212,9 +212,10 @@ def postprocess(
 ) -> PostprocessResult:
     """Apply the operations to a complete store and write the result as a new store.
 
-    ``sieve``: components smaller than this (pixels, or m², ha, km²) merge into their
-    largest neighbour like ``rasterio.features.sieve`` with ``connectivity`` 8 (full)
-    or 4 (face) and ``mask=labels != nodata``; 2-D stores only.
+    ``sieve``: components smaller than this (pixels, or m², ha, km²; voxels or mL for
+    volumes) merge into their largest neighbour like ``rasterio.features.sieve`` with
+    ``connectivity`` 8 (full) or 4 (face) and ``mask=labels != nodata``; volumes use
+    the same rule with 26 or 6 neighbours.
     """
     source = ZarrSink.open_finished(store, purpose="post-processing")
     ops = parse_operations(
@@ -228,8 +229,6 @@ def postprocess(
     )
     if Path(output).expanduser().resolve() == source.path.resolve():
         raise OutputError(f"{output} is the input store; write the result to a new store")
-    if ops.sieve is not None and source.kind != "raster":
-        raise ConfigError("--sieve works on raster stores (GDAL's sieve is 2-D); use --min-size")
     pixel_size = pixel_size_of(source)
     threshold = None if ops.min_size is None else ops.min_size.in_pixels(pixel_size, source.kind)
     sieve_pixels = None

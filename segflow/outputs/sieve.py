@@ -24,7 +24,12 @@ whole array.
 Nodata is rasterio's ``mask``: nodata pixels belong to no polygon, are never a
 neighbour, keep their value and count in no size.
 
-Memory: one chunk, two image rows, one chunk column and a few numbers per component.
+Volumes: the same rule in 3-D (6 or 26 neighbours), with the contacts ranked as in
+:mod:`segflow.outputs.contacts`; there is no whole-array 3-D sieve in GDAL to compare
+with, so the tests compare with that rule applied to the whole array with scipy.
+
+Memory: one chunk, two image rows, one chunk column and a few numbers per component
+(volumes: the faces of two slabs of chunks instead of the rows).
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from segflow.errors import ConfigError
 from segflow.outputs.components import Components, Connectivity
+from segflow.outputs.contacts import find_contacts
 
 Ids = npt.NDArray[np.int64]
 
@@ -66,13 +71,16 @@ class SievePlan:
 
 def plan_sieve(components: Components, threshold: float) -> SievePlan:
     """Which components below ``threshold`` pixels merge into which class."""
-    if len(components.sink.layout.spatial_shape) != 2:
-        raise ConfigError("--sieve works on raster stores (GDAL's sieve is 2-D); use --min-size")
     table = components.table
     sizes = np.concatenate(([0], table.sizes)).astype(np.int64)
     small = sizes < threshold
     small[0] = False
-    neighbour = _biggest_neighbours(components, sizes, small)
+    if len(components.sink.layout.spatial_shape) == 2:
+        neighbour = _biggest_neighbours(components, sizes, small)
+    else:  # volumes: GDAL's rule in 3-D (segflow.outputs.contacts)
+        best = _Best.empty(sizes.size)
+        find_contacts(components, small, lambda a, b, at: best.offer(a, b, sizes[b], at))
+        neighbour = best.neighbour
     final = _chain_ends(neighbour, small)
     merged = small & (final > 0) & ~small[final]
     becomes = np.full(sizes.size, -1, dtype=np.int64)

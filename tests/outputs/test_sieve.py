@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import rasterio.features
@@ -12,7 +14,7 @@ from segflow.io.zarr_sink import ZarrSink
 from segflow.outputs.components import find_components
 from segflow.outputs.postprocess import postprocess
 from segflow.outputs.sieve import plan_sieve
-from tests.outputs.label_stores import NODATA, blobs, specks, volume_geometry, write_store
+from tests.outputs.label_stores import NODATA, blobs, specks, write_store
 
 NEIGHBOURS = {"full": 8, "face": 4}
 
@@ -166,10 +168,87 @@ def test_bad_sieve_sizes(tmp_path, value, match):
     assert "\n" not in one_line(caught.value) and not (tmp_path / "o.zarr").exists()
 
 
-def test_sieve_refuses_volumes(tmp_path):
-    volume = write_store(
-        tmp_path / "v.zarr", blobs((8, 8, 8)), (8, 8, 8), geometry=volume_geometry()
-    )
-    with pytest.raises(ConfigError, match="raster stores"):
-        postprocess(volume, tmp_path / "o.zarr", sieve=3)
-    assert not (tmp_path / "o.zarr").exists()
+# --- volumes: GDAL's rule in 3-D ---------------------------------------------------------------
+
+
+def whole_array_sieve(labels: np.ndarray, size: int, connectivity: str) -> np.ndarray:
+    """GDAL's rule on the whole array, written out plainly (any dimension): components of
+    equal values; each small one's biggest neighbour is the largest, ties to the first
+    contact (later voxel in raster order, then the rank of the offset back to the earlier
+    one); a chain of biggest neighbours gives the first large component's value."""
+    rank = labels.ndim if connectivity == "full" else 1
+    structure = ndimage.generate_binary_structure(labels.ndim, rank)
+    ids = np.zeros(labels.shape, np.int64)
+    value_of = [None]
+    for value in np.unique(labels[labels != NODATA]):
+        found, n = ndimage.label(labels == value, structure)
+        ids[found > 0] = found[found > 0] + len(value_of) - 1
+        value_of += [int(value)] * n
+    sizes = np.bincount(ids.ravel(), minlength=len(value_of))
+    steps = (0, -1, 1) if connectivity == "full" else (0,)
+    offsets = [
+        (0,) * lead + (-1,) + tail
+        for lead in range(labels.ndim)
+        for tail in itertools.product(steps, repeat=labels.ndim - lead - 1)
+    ]
+    best: dict[int, tuple[int, int, int]] = {}  # small id -> (-size, contact, neighbour)
+    flat = np.arange(ids.size).reshape(ids.shape)
+    for r, d in enumerate(offsets):
+        here = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(d, ids.shape))
+        there = tuple(slice(h.start + s, h.stop + s) for h, s in zip(here, d))
+        a, b, at = ids[here].ravel(), ids[there].ravel(), flat[here].ravel()
+        for x, y, p in zip(a.tolist(), b.tolist(), at.tolist()):
+            if x and y and x != y:
+                for who, other in ((x, y), (y, x)):
+                    if sizes[who] < size:
+                        offer = (-int(sizes[other]), p * len(offsets) + r, other)
+                        best[who] = min(best.get(who, offer), offer)
+    out = labels.copy()
+    for who in best:
+        seen, step = {who}, best[who][2]
+        while sizes[step] < size and step in best and best[step][2] not in seen:
+            seen.add(step)
+            step = best[step][2]
+        if sizes[step] >= size:
+            out[ids == who] = value_of[step]
+    return out
+
+
+def test_the_plain_rule_is_gdals_in_2d():
+    labels = specks((40, 47), seed=5)
+    for connectivity in ("full", "face"):
+        for size in (3, 8):
+            expected = rasterio_sieve(labels, size, connectivity)
+            np.testing.assert_array_equal(whole_array_sieve(labels, size, connectivity), expected)
+
+
+@pytest.mark.parametrize("connectivity", ["full", "face"])
+@pytest.mark.parametrize("chunk", [(5, 6, 7), (16, 16, 16), (3, 17, 4)])
+@pytest.mark.parametrize(("size", "noise"), [(3, False), (12, False), (2, True), (4, True)])
+def test_volume_sieve_equals_the_rule_on_the_whole_array(
+    tmp_path, chunk, connectivity, size, noise
+):
+    rng = np.random.default_rng(size)
+    labels = blobs((12, 17, 15), seed=size, scale=2)  # smooth regions, specks and nodata
+    labels[rng.random(labels.shape) < 0.05] = rng.integers(0, 3)
+    if noise:  # and blocks of noise: equal sizes (ties) everywhere
+        block = (slice(2, 10), slice(3, 15), slice(1, 12))
+        labels[block] = rng.choice([0, 1, 2, 2, 2], labels[block].shape)
+    labels[rng.random(labels.shape) < 0.02] = NODATA
+    got, summary = sieved(tmp_path, labels, chunk, size, connectivity, name="v.zarr")
+    np.testing.assert_array_equal(got, whole_array_sieve(labels, size, connectivity))
+    assert summary["sieve"]["merged"] > 0
+    assert (got == NODATA).sum() == (labels == NODATA).sum()
+
+
+def test_volume_ties_go_to_the_first_offset(tmp_path):
+    """A speck between two equal neighbours in the slice before it: up-back (-1, 0, -1)
+    ranks before up-front (-1, 0, +1), as GDAL's up-left before up-right."""
+    labels = np.full((5, 5, 5), NODATA, np.uint8)
+    labels[2, 2, 2] = 1
+    labels[0:2, 2, 1] = 0
+    labels[0:2, 2, 3] = 2
+    for chunk in [(5, 5, 5), (2, 2, 2), (3, 1, 2)]:
+        got, _ = sieved(tmp_path, labels, chunk, 2, name=f"{chunk}.zarr")
+        assert got[2, 2, 2] == 0
+        np.testing.assert_array_equal(got, whole_array_sieve(labels, 2, "full"))
