@@ -84,6 +84,7 @@ def plan(
         num_classes=meta.num_classes,
         write_labels=options.labels,
         probabilities=options.probabilities,
+        zarr_format=options.zarr_format,
     )
     sink = ZarrSink.create(
         output,

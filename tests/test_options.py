@@ -70,6 +70,7 @@ def test_options_are_frozen_and_hashable():
         ({"region_size": 0}, "region size must be at least 1"),
         ({"labels": False}, "nothing to write"),
         ({"amp": "maybe"}, "amp is true or false"),
+        ({"zarr_format": "4"}, "zarr format must be 2 (GDAL, QGIS) or 3"),
     ],
 )
 def test_mistakes_are_one_line_config_errors(changes, message):
@@ -100,6 +101,13 @@ def test_to_dict_round_trips_and_is_json_friendly():
     data = json.loads(json.dumps(options.to_dict()))
     assert set(data) == set(OPTION_NAMES)
     assert RunOptions.from_mapping(data) == options
+
+
+def test_zarr_format_is_2_or_3_and_not_in_the_fingerprint():
+    assert RunOptions().zarr_format == 3
+    assert RunOptions(zarr_format="v2").zarr_format == RunOptions(zarr_format=2).zarr_format == 2
+    # the store's layout records the format; a resume names the difference itself
+    assert RunOptions(zarr_format=2).output_options() == RunOptions().output_options()
 
 
 def test_output_options_are_the_recorded_ones():

@@ -85,6 +85,13 @@ def run_command(
     probabilities: Annotated[
         str | None, typer.Option(help="Class probabilities: none, uint8 or float16.")
     ] = None,
+    zarr_format: Annotated[
+        str | None,
+        typer.Option(
+            help="3 (Zarr v3, OME-Zarr for volumes) or 2: raster stores GDAL and QGIS "
+            'open (ZARR:"out.zarr":/labels). [default: 3]'
+        ),
+    ] = None,
     bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
     nodata: Annotated[
         float | None, typer.Option(help="Nodata value (overrides the file's).")
@@ -198,6 +205,7 @@ def run_command(
             chunk_size=chunk_size,
             labels=labels,
             probabilities=probabilities,
+            zarr_format=zarr_format,
             bands=bands,
             nodata=nodata,
             volume=volume,
