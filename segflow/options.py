@@ -183,11 +183,16 @@ def parse_scheduler(value: str) -> str:
 
 
 def parse_device(value: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps."""
+    """auto, cpu, cuda, cuda:N or mps; ``gpu`` / ``gpu:N`` (nnU-Net's and TotalSegmentator's
+    word) mean cuda / cuda:N."""
     text = str(value).strip().lower()
+    if text == "gpu" or text.startswith("gpu:"):
+        text = "cuda" + text[3:]
     if not _DEVICE.match(text):
         hint = did_you_mean(text, ("auto", "cpu", "cuda", "mps"))
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{value}'{hint}")
+        raise ConfigError(
+            f"device must be auto, cpu, cuda (gpu), cuda:N or mps, got '{value}'{hint}"
+        )
     return text
 
 

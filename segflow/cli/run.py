@@ -32,9 +32,15 @@ ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
 def run_command(
     inputs: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(help="GeoTIFF/NIfTI files, folders or globs.", show_default=False),
-    ],
+    ] = None,
+    more_inputs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input", "-i", help="An input, as nnU-Net and TotalSegmentator take it (repeatable)."
+        ),
+    ] = None,
     model: Annotated[
         list[Path] | None,
         typer.Option(
@@ -70,7 +76,7 @@ def run_command(
         typer.Option(help="Patches per forward pass. [default: auto: 8 on GPUs, fewer on CPUs]"),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+        str | None, typer.Option(help="auto, cpu, cuda (or gpu), cuda:N or mps. [default: auto]")
     ] = None,
     amp: Annotated[bool | None, typer.Option(help="Mixed precision on GPUs. [default: on]")] = None,
     tta: Annotated[
@@ -225,13 +231,26 @@ def run_command(
             workers=workers,
             region_size=region_size,
         )
-        checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
-        with progress_bar(progress and sys.stderr.isatty()) as bar:
+        given = [*(inputs or []), *(more_inputs or [])]
+        checked = check_run(given, pipeline, output, resume=resume, overwrite=overwrite)
+        at_terminal = progress and sys.stderr.isatty()
+        if at_terminal:  # the model and the flow take seconds to start: say what is coming
+            err.print(start_message(checked, ensemble or model or [], flow), highlight=False)
+        with progress_bar(at_terminal) as bar:
             if ensemble:  # recorded in the store's provenance; the flows take one model file
                 results = _run_library(checked, ensemble, pipeline.options, resume, overwrite, bar)
             else:
                 results = _run(checked, pipeline, output, resume, overwrite, flow, bar)
     _report(results)
+
+
+def start_message(items: list[InputItem], models: list[Path], flow: bool) -> str:
+    """The line shown at once: what runs, into what, and what the next seconds are for."""
+    what = items[0].name if len(items) == 1 else f"{len(items)} inputs"
+    where = items[0].output if len(items) == 1 else Path(items[0].output).parent
+    model = models[0].name if len(models) == 1 else f"{len(models)} models"
+    recorded = ", recorded as a Prefect flow run" if flow else ""
+    return f"segmenting {what} -> {where} with {model}{recorded}; loading the model..."
 
 
 def _ensemble_models(models: list[Path]) -> list[Path]:
@@ -261,6 +280,8 @@ def check_run(
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
+    if not inputs:
+        raise ConfigError("no input given; pass files, folders or globs (or -i PATH)")
     pipeline.require_model()
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)

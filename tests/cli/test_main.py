@@ -70,6 +70,35 @@ def test_zarr_format_2_makes_a_store_gdal_opens_and_resumes(tmp_path, model_file
         assert v3.returncode == 1 and "zarr format differs (2 vs 3)" in v3.stderr
 
 
+def test_inputs_can_be_given_with_dash_i_as_in_nnunet(tmp_path, model_file):
+    image = textured((64, 80), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    result = run("run", "-i", path, "-m", model_file, "-o", out, "--no-flow", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    labels = zarr.open_group(out, mode="r")["labels"][...]
+    np.testing.assert_array_equal(labels, (image[0] > 100).astype(np.uint8))
+    missing = run("run", "-m", model_file, "-o", tmp_path / "p.zarr")
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "error: no input given; pass files, folders or globs (or -i PATH)"
+    )
+
+
+def test_the_first_line_at_a_terminal_says_what_runs():
+    from segflow.cli.run import start_message
+    from segflow.inputs import InputItem
+
+    one = [InputItem("scene", "/d/scene.tif", "/o/scene.zarr")]
+    assert start_message(one, [Path("m.safetensors")], True) == (
+        "segmenting scene -> /o/scene.zarr with m.safetensors, recorded as a Prefect flow run; "
+        "loading the model..."
+    )
+    two = [*one, InputItem("b", "/d/b.tif", "/o/b.zarr")]
+    assert start_message(two, [Path("a"), Path("b")], False) == (
+        "segmenting 2 inputs -> /o with 2 models; loading the model..."
+    )
+
+
 @pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
 def test_region_size_cuts_the_run_into_more_tasks(tmp_path, model_file, flow):
     image = textured((200, 150), 1)
