@@ -213,3 +213,79 @@ def test_a_worker_pointed_at_another_folder_fails_in_one_line(
         run_coro_as_sync(run_steps(_pull_steps()))
     assert "is not a segflow project folder" in str(info.value.__cause__)
     assert Path.cwd() == tmp_path
+
+
+def _prefect(*args: str, cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deployment_runs_through_a_process_worker(prefect_server, tmp_path):
+    """`prefect deploy` from prefect.yaml, a run with this machine's folders as parameters,
+    and a process worker started in another folder without SEGFLOW_PROJECT runs it."""
+    import json
+
+    scenes, maps = tmp_path / "scenes", tmp_path / "maps"
+    scenes.mkdir()
+    write_scene(scenes / "a.tif", bands=4)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("SEGFLOW_PROJECT", None)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "work-pool",
+            "create",
+            "segflow",
+            "--type",
+            "process",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )  # exists already when an earlier test made it
+    _prefect("deploy", "--name", "nightly-landcover", cwd=REPO, env=env)
+    params = {
+        "input_dir": str(scenes),
+        "output_dir": str(maps),
+        "options": {"scheduler": "threads", "device": "cpu"},
+        "report_dir": str(tmp_path / "reports"),
+    }
+    _prefect(
+        "deployment",
+        "run",
+        "landcover-mapping/nightly-landcover",
+        "--params",
+        json.dumps(params),
+        cwd=tmp_path,
+        env=env,
+    )
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    _prefect(
+        "worker",
+        "start",
+        "--pool",
+        "segflow",
+        "--type",
+        "process",
+        "--run-once",
+        cwd=worker,
+        env=env,
+        timeout=400,
+    )
+    from segflow.io.zarr_sink import store_state
+
+    assert store_state(maps / "a.zarr") == "complete"
