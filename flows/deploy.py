@@ -131,6 +131,26 @@ def cron_schedule(cron: str, timezone: str = DEFAULT_TIMEZONE) -> CronSchedule:
 
 # --- prefect.yaml -----------------------------------------------------------------------------
 
+PROJECT_ENV = "SEGFLOW_PROJECT"  # the worker's segflow checkout, when not where flows/ is imported
+
+
+def enter_project(directory: str = "") -> dict[str, str]:
+    """prefect.yaml's pull step: run the flow in the segflow project folder.
+
+    ``directory`` comes from ``{{ $SEGFLOW_PROJECT }}`` in the worker's environment; when
+    that is unset (empty), the folder ``flows`` is imported from. So a process worker
+    started from any checkout (or the image, which sets it) finds the entrypoints and
+    ``pipelines/``, and no path of one machine is baked into the deployment.
+    """
+    target = Path(directory).expanduser() if directory.strip() else PROJECT_ROOT
+    if not (target / "flows").is_dir():
+        raise ConfigError(
+            f"{target} is not a segflow project folder (no flows/ in it); set {PROJECT_ENV} "
+            "to the checkout the worker runs"
+        )
+    os.chdir(target)
+    return {"directory": str(target)}
+
 
 @dataclass(frozen=True)
 class ProjectDeployment:

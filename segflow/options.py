@@ -183,11 +183,16 @@ def parse_scheduler(value: str) -> str:
 
 
 def parse_device(value: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps."""
+    """auto, cpu, cuda, cuda:N or mps; ``gpu`` / ``gpu:N`` (nnU-Net's and TotalSegmentator's
+    word) mean cuda / cuda:N."""
     text = str(value).strip().lower()
+    if text == "gpu" or text.startswith("gpu:"):
+        text = "cuda" + text[3:]
     if not _DEVICE.match(text):
         hint = did_you_mean(text, ("auto", "cpu", "cuda", "mps"))
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{value}'{hint}")
+        raise ConfigError(
+            f"device must be auto, cpu, cuda (gpu), cuda:N or mps, got '{value}'{hint}"
+        )
     return text
 
 
@@ -266,6 +271,7 @@ OUTPUT_OPTIONS = (
 )
 # output options recorded only when set, so runs that never use them record what they did before
 RECORDED_WHEN_SET = ("spacing", "resolution", "resample", "series")
+ZARR_FORMATS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -297,6 +303,9 @@ class RunOptions:
     resolution: float | None = None  # metres per pixel: overrides the model's resolution
     resample: bool = True  # resample each region to the model's spacing/resolution
     series: str | None = None  # DICOM: the SeriesInstanceUID, where a folder holds several
+    # 2: raster stores GDAL (and so QGIS) opens; 3: Zarr v3 (OME-Zarr 0.5). Not in the
+    # fingerprint: the store's layout records it, and a resume names a different one
+    zarr_format: int = 3
 
     region_size: int | None = None  # edge of a task's region, in whole chunks
     scheduler: str = "threads"  # threads, sync, local or tcp://host:port
@@ -410,6 +419,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "resolution": _positive(o.resolution, "resolution"),
         "resample": _bool(o.resample, "resample"),
         "series": None if o.series is None else _series_uid(o.series),
+        "zarr_format": parse_zarr_format(o.zarr_format),
         "region_size": _optional_count(o.region_size, "region size", 1),
         "scheduler": parse_scheduler(o.scheduler),
         "workers": _optional_count(o.workers, "workers", 1),
@@ -427,6 +437,14 @@ def _sizes(value: Any, name: str) -> tuple[float, ...] | None:
             f"{name} takes positive numbers like 1.5 or 1.5,1.5,3, got '{_shown(value)}'"
         )
     return numbers
+
+
+def parse_zarr_format(value: Any) -> int:
+    """2 or 3 (also "v2", "v3")."""
+    text = str(value).strip().lower().removeprefix("v")
+    if text not in {str(f) for f in ZARR_FORMATS}:
+        raise ConfigError(f"zarr format must be 2 (GDAL, QGIS) or 3 (the default), got '{value}'")
+    return int(text)
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -504,4 +522,5 @@ __all__ = [
     "parse_overlap",
     "parse_scheduler",
     "parse_size",
+    "parse_zarr_format",
 ]

@@ -84,6 +84,7 @@ def plan(
         num_classes=meta.num_classes,
         write_labels=options.labels,
         probabilities=options.probabilities,
+        zarr_format=options.zarr_format,
     )
     sink = ZarrSink.create(
         output,
@@ -181,12 +182,20 @@ def check_channels(source: Source, meta: ModelMeta, options: RunOptions) -> None
             raise ModelError(
                 f"{found}; select them with --bands {_band_numbers(source, meta, options)}"
             )
-    hint = (
-        "select bands with --bands, e.g. --bands 1,2,3"
-        if source.kind == "raster"
-        else "choose --volume N or --volumes-as-channels"
+    raise ModelError(f"{found}; {_channel_hint(source, meta.in_channels)}")
+
+
+def _channel_hint(source: Source, wanted: int) -> str:
+    """The fix for a channel count: which bands to pick, or that none can be picked."""
+    if source.kind != "raster":
+        return "choose --volume N or --volumes-as-channels"
+    if source.channels > wanted:
+        bands = ",".join(str(b) for b in range(1, wanted + 1))
+        return f"select {wanted} of its bands with --bands, e.g. --bands {bands}"
+    return (
+        f"--bands cannot add bands: use an input with {wanted} bands or a model "
+        f"made for {source.channels}"
     )
-    raise ModelError(f"{found}; {hint}")
 
 
 def band_name_warnings(source: Source, meta: ModelMeta, options: RunOptions) -> list[str]:

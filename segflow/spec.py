@@ -48,6 +48,7 @@ class OutputsSpec(_Section):
     probabilities: str | None = None
     chunk_size: Size | None = None
     nifti: bool | None = None  # volumes: also export the label mask as NIfTI next to the Zarr
+    zarr_format: int | None = None  # 2: raster stores GDAL and QGIS open; 3 (default): Zarr v3
 
 
 class DaskSpec(_Section):

@@ -40,7 +40,7 @@ def test_geometry_round_trips_through_xarray_and_rioxarray(tmp_path, crs, transf
             chunk_size=64,
             device="cpu",
         )
-    ds = xr.open_zarr(tmp_path / "o.zarr")
+    ds = xr.open_zarr(tmp_path / "o.zarr", mask_and_scale=False)  # nodata is _FillValue
     labels = ds["labels"]
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels.values, (image[0] > 100).astype(np.uint8))

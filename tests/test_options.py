@@ -66,10 +66,11 @@ def test_options_are_frozen_and_hashable():
         ({"bands": "0,1"}, "bands are numbered from 1"),
         ({"slice_axis": 3}, "slice axis must be 0, 1 or 2"),
         ({"scheduler": "thread"}, "did you mean 'threads'?"),
-        ({"device": "gpu"}, "device must be auto, cpu, cuda, cuda:N or mps"),
+        ({"device": "tpu"}, "device must be auto, cpu, cuda (gpu), cuda:N or mps"),
         ({"region_size": 0}, "region size must be at least 1"),
         ({"labels": False}, "nothing to write"),
         ({"amp": "maybe"}, "amp is true or false"),
+        ({"zarr_format": "4"}, "zarr format must be 2 (GDAL, QGIS) or 3"),
     ],
 )
 def test_mistakes_are_one_line_config_errors(changes, message):
@@ -100,6 +101,18 @@ def test_to_dict_round_trips_and_is_json_friendly():
     data = json.loads(json.dumps(options.to_dict()))
     assert set(data) == set(OPTION_NAMES)
     assert RunOptions.from_mapping(data) == options
+
+
+def test_gpu_is_cuda():
+    assert RunOptions(device="GPU").device == "cuda"
+    assert RunOptions(device="gpu:1").device == "cuda:1"
+
+
+def test_zarr_format_is_2_or_3_and_not_in_the_fingerprint():
+    assert RunOptions().zarr_format == 3
+    assert RunOptions(zarr_format="v2").zarr_format == RunOptions(zarr_format=2).zarr_format == 2
+    # the store's layout records the format; a resume names the difference itself
+    assert RunOptions(zarr_format=2).output_options() == RunOptions().output_options()
 
 
 def test_output_options_are_the_recorded_ones():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,8 +111,24 @@ def test_missing_bands_are_named_with_the_fix():
         fit(FakeSource(band_names=RGB), meta_of(in_channels=4, band_names=BGRN))
     assert str(error.value) == (
         "in.tif has 3 channel(s) but the model expects 4 (blue, green, red, nir; missing nir); "
-        "select bands with --bands, e.g. --bands 1,2,3"
+        "--bands cannot add bands: use an input with 4 bands or a model made for 3"
     )
+
+
+@pytest.mark.parametrize(
+    ("channels", "hint"),
+    [
+        (
+            1,
+            "model expects 3; --bands cannot add bands: use an input with 3 bands or a model made for 1",
+        ),
+        (5, "model expects 3; select 3 of its bands with --bands, e.g. --bands 1,2,3"),
+    ],
+)
+def test_the_band_hint_fits_the_file(channels, hint):
+    with pytest.raises(ModelError, match=re.escape(hint) + "$"):
+        names = tuple(f"band_{b}" for b in range(1, channels + 1))
+        fit(FakeSource(band_names=names), meta_of(in_channels=3))
 
 
 def test_extra_bands_say_which_to_select():

@@ -34,7 +34,7 @@ model: models/m.safetensors
 device: cpu
 tta: true
 tiling: {patch_size: [96, 96, 64], overlap: 16, blend: Hann, sigma: 0.2, batch_size: 2}
-outputs: {probabilities: float16, chunk_size: 64, nifti: true}
+outputs: {probabilities: float16, chunk_size: 64, nifti: true, zarr_format: 2}
 input: {bands: [3, 2, 1], nodata: 0, slice_axis: 1}
 dask: {scheduler: tcp://10.0.0.5:8786}
 """,
@@ -48,6 +48,7 @@ dask: {scheduler: tcp://10.0.0.5:8786}
     assert options.probabilities == "float16" and options.chunk_size == 64
     assert options.bands == (3, 2, 1) and options.nodata == 0 and options.slice_axis == 1
     assert options.nifti and options.scheduler == "tcp://10.0.0.5:8786"
+    assert options.zarr_format == 2
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ class ExportFormat(StrEnum):
     PARQUET = "parquet"
     GEOJSON = "geojson"
     DICOM_SEG = "dicom-seg"
+    OME_ZARR = "ome-zarr"
 
 
 POLYGON_FORMATS = (ExportFormat.GPKG, ExportFormat.PARQUET, ExportFormat.GEOJSON)
@@ -40,6 +41,7 @@ SUFFIXES = {
     ExportFormat.PARQUET: "_polygons.parquet",
     ExportFormat.GEOJSON: "_polygons.geojson",
     ExportFormat.DICOM_SEG: "_seg.dcm",
+    ExportFormat.OME_ZARR: "_ome.zarr",
 }
 
 
@@ -65,7 +67,9 @@ def export_command(
     to: Annotated[
         ExportFormat,
         typer.Option(
-            "--to", help="cog, nifti, png, dicom-seg, or polygons: gpkg, parquet, geojson."
+            "--to",
+            help="cog, nifti, png, dicom-seg, ome-zarr (image + labels for OME viewers), "
+            "or polygons: gpkg, parquet, geojson.",
         ),
     ],
     output: Annotated[
@@ -86,7 +90,12 @@ def export_command(
         int | None, typer.Option(help="NIfTI: write nodata voxels as this label (e.g. 0).")
     ] = None,
     input: Annotated[
-        Path | None, typer.Option("--input", help="PNG: the image to draw the mask over.")
+        Path | None,
+        typer.Option(
+            "--input",
+            help="PNG: the image to draw the mask over; ome-zarr: the parent image "
+            "(default: the recorded input).",
+        ),
     ] = None,
     classes: Annotated[
         str | None, typer.Option(help="Polygons: only these classes (names or values, a,b).")
@@ -117,7 +126,7 @@ def export_command(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
-    """Export a store as a COG, a NIfTI mask, a DICOM SEG, a PNG quicklook or polygons."""
+    """Export a store as a COG, a NIfTI mask, a DICOM SEG, OME-Zarr, a PNG quicklook or polygons."""
     with one_line_errors():
         if to is ExportFormat.COG:
             from segflow.io.cog import export_cog
@@ -167,6 +176,11 @@ def export_command(
             out.print(f"[green]wrote[/] {result.path}", highlight=False)
             for path in result.sidecars.values():
                 out.print(f"[green]wrote[/] {path}", highlight=False)
+        elif to is ExportFormat.OME_ZARR:
+            from segflow.io.ome_export import export_ome_zarr
+
+            written = export_ome_zarr(store, target, image=input, overwrite=overwrite)
+            out.print(f"[green]wrote[/] {written}", highlight=False)
         elif to is ExportFormat.DICOM_SEG:
             from segflow.cli.dicom import export_dicom_seg_command
 

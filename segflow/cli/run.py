@@ -34,12 +34,18 @@ ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
 def run_command(
     inputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="GeoTIFF/NIfTI files, folders or globs; s3:// (gs://, az://, https://) URIs too.",
             show_default=False,
         ),
-    ],
+    ] = None,
+    more_inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="An input, as nnU-Net and TotalSegmentator take it (repeatable)."
+        ),
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -78,7 +84,7 @@ def run_command(
         typer.Option(help="Patches per forward pass. [default: auto: 8 on GPUs, fewer on CPUs]"),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+        str | None, typer.Option(help="auto, cpu, cuda (or gpu), cuda:N or mps. [default: auto]")
     ] = None,
     amp: Annotated[bool | None, typer.Option(help="Mixed precision on GPUs. [default: on]")] = None,
     tta: Annotated[
@@ -92,6 +98,13 @@ def run_command(
     ] = None,
     probabilities: Annotated[
         str | None, typer.Option(help="Class probabilities: none, uint8 or float16.")
+    ] = None,
+    zarr_format: Annotated[
+        str | None,
+        typer.Option(
+            help="3 (Zarr v3, OME-Zarr for volumes) or 2: raster stores GDAL and QGIS "
+            'open (ZARR:"out.zarr":/labels). [default: 3]'
+        ),
     ] = None,
     bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
     nodata: Annotated[
@@ -206,6 +219,7 @@ def run_command(
             chunk_size=chunk_size,
             labels=labels,
             probabilities=probabilities,
+            zarr_format=zarr_format,
             bands=bands,
             nodata=nodata,
             volume=volume,
@@ -225,13 +239,29 @@ def run_command(
             workers=workers,
             region_size=region_size,
         )
-        checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
+        given = [*(inputs or []), *(more_inputs or [])]
+        checked = check_run(given, pipeline, output, resume=resume, overwrite=overwrite)
         check_model_files(ensemble or [pipeline.require_model()])
-        with progress_bar(progress and sys.stderr.isatty()) as bar:
+        at_terminal = progress and sys.stderr.isatty()
+        if at_terminal:  # the model and the flow take seconds to start: say what is coming
+            err.print(
+                start_message(checked, ensemble or [pipeline.require_model()], flow),
+                highlight=False,
+            )
+        with progress_bar(at_terminal) as bar:
             # an ensemble's members are recorded in each store's provenance
             models = ensemble or pipeline.require_model()
             results = _run(checked, models, pipeline.options, output, resume, overwrite, flow, bar)
     _report(results)
+
+
+def start_message(items: list[InputItem], models: list[Path], flow: bool) -> str:
+    """The line shown at once: what runs, into what, and what the next seconds are for."""
+    what = items[0].name if len(items) == 1 else f"{len(items)} inputs"
+    where = items[0].output if len(items) == 1 else Path(items[0].output).parent
+    model = models[0].name if len(models) == 1 else f"{len(models)} models"
+    recorded = ", recorded as a Prefect flow run" if flow else ""
+    return f"segmenting {what} -> {where} with {model}{recorded}; loading the model..."
 
 
 def _ensemble_models(models: list[Path]) -> list[Path]:
@@ -270,6 +300,8 @@ def check_run(
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
+    if not inputs:
+        raise ConfigError("no input given; pass files, folders or globs (or -i PATH)")
     pipeline.require_model()
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs(list(inputs)), as_location(output))

@@ -9,6 +9,9 @@ few windows plus GDAL's cache (``GDAL_CACHEMAX``, set here).
 The COG keeps the store's CRS (its WKT, unchanged) and transform, the label nodata,
 a colour table (class colours; nodata transparent), the band description and the
 class names as tags (``CLASS_<value>`` on the band, ``SEGFLOW_CLASSES`` as JSON).
+Beside it go the class names GIS show (:mod:`segflow.io.gis_styles`): GDAL category
+names and a raster attribute table in ``<name>.tif.aux.xml``, and a QGIS style
+``<name>.qml`` with each class's colour and name.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from rasterio.windows import Window
 from segflow.errors import ConfigError, OutputError
 from segflow.io.classes import ClassInfo, default_colors
 from segflow.io.export_common import open_exportable, prepare_target
+from segflow.io.gis_styles import style_paths, write_styles
 from segflow.io.source import RasterGeometry
 from segflow.io.staged import export_to_object
 from segflow.io.uris import ObjectPath, as_location
@@ -109,9 +113,13 @@ def export_cog(
                 BIGTIFF="IF_SAFER",
                 NUM_THREADS=str(threads),
             )
+        colors = display_colors(sink.classes)
+        write_styles(target, sink.classes, colors, sink.label_nodata)
         os.replace(part, target)
     except (RasterioError, OSError) as exc:
         part.unlink(missing_ok=True)
+        for style in style_paths(target) if not target.exists() else ():
+            style.unlink(missing_ok=True)
         raise OutputError(f"cannot write {target}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,10 +17,11 @@ from segflow.errors import ConfigError
 from segflow.io import zarr_meta as meta
 from segflow.io.classes import ClassInfo
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
-from segflow.options import ProbabilityMode
+from segflow.options import ProbabilityMode, parse_zarr_format
 
 DONE_PATH = "_segflow/done"  # per-chunk completion record
 CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}
+CHUNK_KEY_ENCODING_V2: dict[str, Any] = {"name": "v2", "separator": "/"}  # GDAL reads both
 PROBABILITY_CHUNK_BYTES = 8 * 2**20  # target raw size of one probabilities object
 COORD_CHUNK = 2**20
 ZSTD_LEVEL = 3
@@ -37,6 +38,7 @@ class OutputLayout:
     num_classes: int
     write_labels: bool = True
     probabilities: ProbabilityMode = ProbabilityMode.NONE
+    zarr_format: int = 3  # 2 for raster stores that GDAL 3.10 (and so QGIS) opens
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spatial_shape", tuple(int(s) for s in self.spatial_shape))
@@ -55,6 +57,7 @@ class OutputLayout:
             raise ConfigError(f"num_classes must be 1..65535, got {self.num_classes}")
         if not self.write_labels and self.probabilities is ProbabilityMode.NONE:
             raise ConfigError("nothing to write: enable labels or probabilities")
+        object.__setattr__(self, "zarr_format", parse_zarr_format(self.zarr_format))
 
     @property
     def chunk_grid_shape(self) -> tuple[int, ...]:
@@ -84,6 +87,7 @@ class OutputLayout:
             num_classes=int(attrs["num_classes"]),
             write_labels=bool(attrs["write_labels"]),
             probabilities=ProbabilityMode.parse(attrs["probabilities"]),
+            zarr_format=int(attrs.get("zarr_format", 3)),  # stores before the choice: v3
         )
 
 
@@ -142,6 +146,11 @@ def build_info(
     ndim = 2 if kind == "raster" else 3
     if len(layout.spatial_shape) != ndim:
         raise ConfigError(f"a {kind} output needs {ndim} spatial axes, got {layout.spatial_shape}")
+    if kind == "volume" and layout.zarr_format != 3:
+        raise ConfigError(
+            "volumes are written as OME-Zarr 0.5, which is Zarr v3; --zarr-format 2 is for "
+            "rasters (GDAL, QGIS): leave it out for volumes"
+        )
     if len(classes) != layout.num_classes:
         raise ConfigError(f"{len(classes)} class names given for {layout.num_classes} classes")
     arrays = array_paths(layout, kind)

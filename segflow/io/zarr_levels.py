@@ -167,7 +167,7 @@ def create_level(
         write_grid_coordinates(group, dims, shape, geometry.crs_wkt, transform)
         attrs = meta.cf_label_attrs(sink.classes, nodata)
         return create_array(group, "labels", shape, chunks, dtype, nodata, dims, attrs)
-    attrs = {"long_name": "class label", "nodata": nodata}
+    attrs = meta.volume_label_attrs(nodata)
     return create_array(root, str(level), shape, chunks, dtype, nodata, meta.VOLUME_AXES, attrs)
 
 

@@ -303,8 +303,11 @@ def pixel_center_coordinates(
 def cf_label_attrs(classes: Sequence[ClassInfo], nodata: int) -> dict[str, JSON]:
     """CF attributes of the raster ``labels`` variable.
 
-    Nodata is carried as ``nodata`` (read by rioxarray), deliberately not ``_FillValue``
-    or ``missing_value``: xarray would mask with them and turn uint8 labels into floats.
+    Nodata is the CF ``_FillValue``, as for probabilities and as GDAL reads it: xarray
+    masks it (NaN in floats; ``mask_and_scale=False`` keeps the stored integers) and
+    rioxarray reports it as ``encoded_nodata``. Stores written before carried it as
+    ``nodata``; segflow itself reads nodata from the store's ``segflow`` layout, so
+    those stay readable as they are.
     """
     return {
         "long_name": "class label",
@@ -313,8 +316,13 @@ def cf_label_attrs(classes: Sequence[ClassInfo], nodata: int) -> dict[str, JSON]
         "flag_values": list(range(len(classes))),
         "flag_meanings": flag_meanings(classes),
         "class_colors": [[int(v) for v in c.color] for c in classes],
-        "nodata": int(nodata),
+        "_FillValue": int(nodata),
     }
+
+
+def volume_label_attrs(nodata: int) -> dict[str, JSON]:
+    """Attributes of a volume's label array (any level): nodata as ``_FillValue``, as rasters."""
+    return {"long_name": "class label", "_FillValue": int(nodata)}
 
 
 def cf_probability_attrs(mode: str) -> dict[str, JSON]:

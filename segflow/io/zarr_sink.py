@@ -190,7 +190,7 @@ class ZarrSink:
             group = open_group(target)
         except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
             raise OutputError(
-                f"{target} is not a zarr v3 store ({exc}); pass --overwrite to replace it "
+                f"{target} is not a zarr store ({exc}); pass --overwrite to replace it "
                 "or choose another output"
             ) from exc
         info = group.attrs.get("segflow")
@@ -425,8 +425,11 @@ class ZarrSink:
             ("kind", have.get("kind"), wanted["kind"]),
             ("fingerprint", have.get("fingerprint"), wanted["fingerprint"]),
         ]
-        for key in ("spatial_shape", "chunk_shape", "num_classes", "write_labels", "probabilities"):
+        keys = ("spatial_shape", "chunk_shape", "num_classes", "write_labels", "probabilities")
+        for key in keys:
             checks.append((key.replace("_", " "), have["layout"].get(key), wanted["layout"][key]))
+        fmt = self.layout.zarr_format, int(wanted["layout"].get("zarr_format", 3))
+        checks.append(("zarr format", *fmt))
         checks.append(("classes", have.get("classes"), wanted["classes"]))
         checks.append(("geometry", have.get("geometry"), wanted["geometry"]))
         for what, old, new in checks:

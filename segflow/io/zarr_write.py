@@ -4,6 +4,12 @@ Also the few typed doors into zarr that the rest of segflow goes through
 (:func:`open_group`, :func:`open_array`, :func:`create_array`), so no other module
 imports zarr, and :func:`write_grid_coordinates`, the one writer of the CF x/y
 coordinates and grid mapping (level 0 and every overview level use it).
+
+Stores are Zarr v3 unless a raster run asks for v2 (``--zarr-format 2``): GDAL 3.10,
+and so QGIS and rasterio, reads v2 arrays but not zarr-python 3's v3 codecs. A v2 array
+gets the same data, chunks and attributes, its dimension names as ``_ARRAY_DIMENSIONS``
+(xarray's and GDAL's convention), Zstandard through numcodecs, and "/"-separated chunk
+keys; the format is read from the store, so every reader and a resume take either.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -27,6 +34,7 @@ from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
 from segflow.io.stores import StorePath, store_like
 from segflow.io.zarr_layout import (
     CHUNK_KEY_ENCODING,
+    CHUNK_KEY_ENCODING_V2,
     COORD_CHUNK,
     DONE_PATH,
     ZSTD_LEVEL,
@@ -48,13 +56,13 @@ def open_group(path: StorePath, mode: Mode = "r", *, consolidated: bool = True) 
     """The store's root group; ``consolidated=False`` while arrays are added or removed
     (the consolidated copy is stale then)."""
     use: bool | None = None if consolidated else False
-    return zarr.open_group(store_like(path), mode=mode, zarr_format=3, use_consolidated=use)
+    return zarr.open_group(store_like(path), mode=mode, use_consolidated=use)
 
 
 def open_array(path: StorePath, name: str, mode: Mode = "r") -> StoreArray:
     """One array of the store; OutputError when it is missing or damaged."""
     try:
-        opened = zarr.open_array(store_like(path), path=name, mode=mode, zarr_format=3)
+        opened = zarr.open_array(store_like(path), path=name, mode=mode)
     except (OSError, ValueError) as exc:  # missing (FileNotFoundError) or bad JSON
         raise OutputError(f"cannot open {path}/{name}: {exc}") from exc
     if not isinstance(opened, zarr.Array):
@@ -74,7 +82,20 @@ def create_array(
     *,
     compress: bool = True,
 ) -> StoreArray:
-    """An array with segflow's codecs and chunk key encoding."""
+    """An array with segflow's codecs and chunk key encoding, in the group's Zarr format."""
+    if group.metadata.zarr_format == 2:
+        # v2 has no dimension names, and the fill value is the array's _FillValue
+        v2_attrs = {k: v for k, v in attrs.items() if k != "_FillValue"}
+        return group.create_array(
+            path,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            compressors=numcodecs.Zstd(level=ZSTD_LEVEL) if compress else None,
+            attributes={**v2_attrs, "_ARRAY_DIMENSIONS": list(dims)},
+            chunk_key_encoding=CHUNK_KEY_ENCODING_V2,
+        )
     return group.create_array(
         path,
         shape=shape,
@@ -101,16 +122,16 @@ def consolidate_store(target: StorePath) -> None:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(store_like(target), zarr_format=3)
+        zarr.consolidate_metadata(store_like(target))
 
 
 def chunk_keys(path: Path, name: str, ndim: int) -> list[tuple[int, ...]]:
     """Indices of the chunk objects of array ``name`` present on disk (one folder walk).
 
-    Segflow stores are local folders with the v3 default chunk key encoding
-    (``c/<i>/<j>``), so the chunk objects are files at those paths.
+    Segflow stores are local folders with "/"-separated chunk keys (``c/<i>/<j>`` in
+    v3, ``<i>/<j>`` in v2), so the chunk objects are files at those paths.
     """
-    root = path / name / "c"
+    root = path / name / "c" if (path / name / "zarr.json").is_file() else path / name
     found: list[tuple[int, ...]] = []
     for folder, _, files in os.walk(root):
         parts = Path(folder).relative_to(root).parts
@@ -188,7 +209,8 @@ def write_new_store(
         )
     existed = target.is_dir() and any(target.iterdir())  # the caller made it empty, or not at all
     try:
-        root = zarr.create_group(store_like(target), zarr_format=3, attributes=attrs)
+        fmt: Literal[2, 3] = 2 if layout.zarr_format == 2 else 3
+        root = zarr.create_group(store_like(target), zarr_format=fmt, attributes=attrs)
         dims = ("y", "x") if isinstance(geometry, RasterGeometry) else meta.VOLUME_AXES
         done_attrs = {"description": "1 where that output chunk is written"}
         grid = layout.chunk_grid_shape
@@ -234,7 +256,8 @@ def write_grid_coordinates(
         coord = create_array(group, name, values.shape, chunk, np.float64, np.nan, [name], attrs)
         coord[:] = values
     grid_mapping = meta.cf_grid_mapping_attrs(crs_wkt, transform)
-    create_array(group, meta.GRID_MAPPING, (), (), np.int64, 0, [], grid_mapping, compress=False)
+    # fill None: the v3 default (0), and no _FillValue in v2 that xarray would mask with
+    create_array(group, meta.GRID_MAPPING, (), (), np.int64, None, [], grid_mapping, compress=False)
 
 
 def _create_raster_arrays(
@@ -259,7 +282,7 @@ def _create_raster_arrays(
         )
         k = layout.num_classes
         class_attrs = {"long_name": "class index", "flag_meanings": meta.flag_meanings(classes)}
-        index = create_array(root, "class", (k,), (k,), np.uint16, 0, ("class",), class_attrs)
+        index = create_array(root, "class", (k,), (k,), np.uint16, None, ("class",), class_attrs)
         index[:] = np.arange(k)
 
 
@@ -271,7 +294,7 @@ def _create_volume_arrays(
     encoding: Mapping[str, Any] | None,
 ) -> None:
     if layout.write_labels:
-        attrs = {"long_name": "class label", "nodata": layout.label_nodata}
+        attrs = meta.volume_label_attrs(layout.label_nodata)
         shape, chunks, nodata = layout.spatial_shape, layout.clipped_chunks, layout.label_nodata
         create_array(root, "0", shape, chunks, layout.label_dtype, nodata, meta.VOLUME_AXES, attrs)
     if layout.probabilities is not ProbabilityMode.NONE:

@@ -25,9 +25,9 @@ XFORM_CODES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "talairach", 4: "mni
 
 
 def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A store (a folder with zarr.json) or an input image, described."""
+    """A store (a folder with zarr.json, or .zgroup in v2) or an input image, described."""
     target = Path(path).expanduser()
-    if target.is_dir() and (target / "zarr.json").is_file():
+    if target.is_dir() and any((target / m).is_file() for m in ("zarr.json", ".zgroup")):
         return describe_store(target)
     return describe_input(target)
 
@@ -46,6 +46,7 @@ def describe_store(store: str | os.PathLike[str] | ZarrSink) -> dict[str, Any]:
         "complete": sink.is_complete,
         "shape": list(layout.spatial_shape),
         "chunk_shape": list(layout.chunk_shape),
+        "zarr_format": layout.zarr_format,
         "chunks": {
             "done": done,
             "total": total,

@@ -360,7 +360,10 @@ def _create_target(
     source: ZarrSink, output: str | os.PathLike[str], ops: Operations, overwrite: bool
 ) -> ZarrSink:
     layout = OutputLayout(
-        source.layout.spatial_shape, source.layout.chunk_shape, source.layout.num_classes
+        source.layout.spatial_shape,
+        source.layout.chunk_shape,
+        source.layout.num_classes,
+        zarr_format=source.layout.zarr_format,  # a cleaned store opens where its source did
     )
     steps = ops.describe()
     provenance = {

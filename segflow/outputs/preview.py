@@ -44,6 +44,7 @@ GAP = 8
 TITLE_HEIGHT = 30  # above the panels: the title line
 CAPTIONED_TITLE_HEIGHT = 50  # the title line and the panel captions
 LEGEND_ROW = 20
+LEGEND_LINE = 16  # a wrapped legend entry's further lines
 
 Region = tuple[slice, ...]
 
@@ -385,7 +386,8 @@ def compose(
     width = sum(p.width for p in panels) + GAP * (len(panels) + 1) + LEGEND_WIDTH
     rows = max(1, min(MAX_LEGEND_ROWS, (max_size - 40) // LEGEND_ROW - 1))
     entries = _legend_entries(classes, labels, rows)
-    legend_h = 40 + LEGEND_ROW * len(entries)
+    wrapped = _legend_text(entries, clear, small)
+    legend_h = 40 + sum(LEGEND_ROW + LEGEND_LINE * (len(w) - 1) for w in wrapped)
     height = max(max(p.height for p in panels) + top + GAP, legend_h)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -399,16 +401,49 @@ def compose(
     lx = x + 4
     draw.text((lx, 6), "classes", fill=TEXT, font=font)
     y = 34
-    for value, name in entries:
+    for (value, _), lines in zip(entries, wrapped, strict=True):
         if value is not None:
             fill = None if value in clear else tuple(colors[value])
             draw.rectangle((lx, y + 1, lx + 14, y + 15), fill=fill, outline=TEXT)
-            text = f"{value}  {name}" + ("  (not tinted)" if value in clear else "")
-        else:
-            text = name
-        draw.text((lx + 22, y), _fit(text, LEGEND_WIDTH - 40), fill=TEXT, font=small)
-        y += LEGEND_ROW
+        for line in lines:
+            draw.text((lx + 22, y), line, fill=TEXT, font=small)
+            y += LEGEND_LINE
+        y += LEGEND_ROW - LEGEND_LINE
     return canvas
+
+
+def _legend_text(
+    entries: Sequence[tuple[int | None, str]], clear: Sequence[int], font: Any
+) -> list[list[str]]:
+    """Each legend entry in lines that fit the legend (wrapped at words, never cut short)."""
+    texts = [
+        (f"{v}  {name}" + ("  (not tinted)" if v in clear else "")) if v is not None else name
+        for v, name in entries
+    ]
+    return [_wrap(text, font, LEGEND_WIDTH - 30) for text in texts]
+
+
+def _wrap(text: str, font: Any, width_px: int, max_lines: int = 3) -> list[str]:
+    """``text`` in lines of at most ``width_px`` as drawn in ``font``; a word longer than a
+    line is split, and only what exceeds ``max_lines`` lines ends in an ellipsis."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in text.split(" "):
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and measure(candidate, font=font) <= width_px:
+            lines[-1] = candidate
+            continue
+        while measure(word, font=font) > width_px and len(word) > 1:
+            fits = (
+                n for n in range(len(word) - 1, 0, -1) if measure(word[:n], font=font) <= width_px
+            )
+            cut = next(fits, 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], _fit(" ".join(lines[max_lines - 1 :]), width_px)]
+    return lines
 
 
 def _legend_entries(

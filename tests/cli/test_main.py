@@ -51,6 +51,55 @@ def test_run_writes_a_complete_store(tmp_path, model_file):
 
 
 @pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_zarr_format_2_makes_a_store_gdal_opens_and_resumes(tmp_path, model_file, flow):
+    import rasterio
+
+    image = textured((200, 150), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    args = ["--patch-size", "64", "--chunk-size", "64", "--zarr-format", "2", flow]
+    result = run("run", path, "-m", model_file, "-o", out, *args)
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(path) as src, rasterio.open(f'ZARR:"{out}":/labels') as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        np.testing.assert_array_equal(ds.read(1), (image[0] > 100).astype(np.uint8))
+    again = run("run", path, "-m", model_file, "-o", out, *args, "--resume")
+    assert again.returncode == 0, again.stderr
+    if flow == "--no-flow":  # the flow skips a finished store before opening it
+        v3 = run("run", path, "-m", model_file, "-o", out, *args[:4], flow, "--resume")
+        assert v3.returncode == 1 and "zarr format differs (2 vs 3)" in v3.stderr
+
+
+def test_inputs_can_be_given_with_dash_i_as_in_nnunet(tmp_path, model_file):
+    image = textured((64, 80), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    result = run("run", "-i", path, "-m", model_file, "-o", out, "--no-flow", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    labels = zarr.open_group(out, mode="r")["labels"][...]
+    np.testing.assert_array_equal(labels, (image[0] > 100).astype(np.uint8))
+    missing = run("run", "-m", model_file, "-o", tmp_path / "p.zarr")
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "error: no input given; pass files, folders or globs (or -i PATH)"
+    )
+
+
+def test_the_first_line_at_a_terminal_says_what_runs():
+    from segflow.cli.run import start_message
+    from segflow.inputs import InputItem
+
+    one = [InputItem("scene", "/d/scene.tif", "/o/scene.zarr")]
+    assert start_message(one, [Path("m.safetensors")], True) == (
+        "segmenting scene -> /o/scene.zarr with m.safetensors, recorded as a Prefect flow run; "
+        "loading the model..."
+    )
+    two = [*one, InputItem("b", "/d/b.tif", "/o/b.zarr")]
+    assert start_message(two, [Path("a"), Path("b")], False) == (
+        "segmenting 2 inputs -> /o with 2 models; loading the model..."
+    )
+
+
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
 def test_region_size_cuts_the_run_into_more_tasks(tmp_path, model_file, flow):
     image = textured((200, 150), 1)
     path = write_tif(tmp_path / "in.tif", image, tile=None)
@@ -220,6 +269,7 @@ def test_a_folder_is_the_same_batch_with_and_without_a_flow(tmp_path, model_file
         (["--blend", "gausian"], "did you mean 'gaussian'?"),
         (["--scheduler", "thread"], "did you mean 'threads'?"),
         (["--resume", "--overwrite"], "exclude each other"),
+        (["--zarr-format", "4"], "zarr format must be 2 (GDAL, QGIS) or 3"),
     ],
 )
 def test_option_mistakes_fail_in_one_line_before_any_work(tmp_path, model_file, args, message):

@@ -76,6 +76,24 @@ def test_export_nifti_with_sidecars(app, volume_store, tmp_path):
     assert int(np.asarray(mask.dataobj).sum()) == 6 * 6 * 5
 
 
+def test_export_ome_zarr_with_the_input_as_parent(app, volume_store):
+    import zarr
+
+    image, store = volume_store
+    result = runner.invoke(app, ["export", str(store), "--to", "ome-zarr"])
+    assert result.exit_code == 0, result.output
+    target = store.with_name("scan_ome.zarr")
+    root = zarr.open_group(target, mode="r")
+    (ms,) = root.attrs["ome"]["multiscales"]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    # the file's first axis runs right to left: stored flipped, every scale positive
+    assert root.attrs["segflow"]["axes_from_file"]["x"] == {"voxel_axis": 0, "flipped": True}
+    labels = np.asarray(root["labels/labels/0"][...])
+    assert int((labels == 1).sum()) == 6 * 6 * 5
+    src = np.asarray(nib.load(image).dataobj)
+    np.testing.assert_array_equal(np.asarray(root["0"][...]), src[::-1].transpose(2, 1, 0))
+
+
 def test_export_png_and_preview(app, raster_store, tmp_path):
     _, store = raster_store
     png = tmp_path / "mask.png"

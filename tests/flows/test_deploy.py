@@ -162,3 +162,130 @@ def test_segflow_serve_starts_runs_once_and_stops(prefect_server, models, tmp_pa
             proc.wait()
             pytest.fail("segflow serve did not stop on SIGTERM")
     assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+
+
+def _pull_steps() -> list[dict]:
+    """prefect.yaml's pull steps as `prefect deploy` reads them (Prefect's own loader)."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
+    from rich.console import Console
+
+    configs, actions = _load_deploy_configs_and_actions(PROJECT_FILE, console=Console())
+    assert {c["name"] for c in configs} == {"nightly-landcover", "hospital-batch"}
+    return actions["pull"]
+
+
+@pytest.mark.parametrize("env", ["unset", "set"])
+def test_a_deployed_run_works_in_the_project_from_any_folder(
+    prefect_server, tmp_path, monkeypatch, env
+):
+    """The worker's side of a deployment: pull steps (templated from its environment, as
+    Prefect does), then the entrypoint and the spec parameter relative to that folder."""
+    from prefect.deployments.steps.core import run_steps
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.deploy import PROJECT_ENV
+    from segflow.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)  # a process worker starts runs in a folder of its own
+    if env == "set":
+        monkeypatch.setenv(PROJECT_ENV, str(REPO))
+    else:
+        monkeypatch.delenv(PROJECT_ENV, raising=False)
+    output = run_coro_as_sync(run_steps(_pull_steps()))
+    assert Path.cwd() == REPO and output["directory"] == str(REPO)
+    configs = {d.name: d for d in validate_project_file(PROJECT_FILE)}
+    for deployment in configs.values():
+        flow = load_flow_from_entrypoint(deployment.entrypoint, use_placeholder_flow=False)
+        assert flow.name == deployment.flow.name
+        assert load_spec(deployment.parameters["spec"]).model is not None
+
+
+def test_a_worker_pointed_at_another_folder_fails_in_one_line(
+    prefect_server, tmp_path, monkeypatch
+):
+    from prefect.deployments.steps.core import StepExecutionError, run_steps
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEGFLOW_PROJECT", str(tmp_path))
+    with pytest.raises(StepExecutionError) as info:
+        run_coro_as_sync(run_steps(_pull_steps()))
+    assert "is not a segflow project folder" in str(info.value.__cause__)
+    assert Path.cwd() == tmp_path
+
+
+def _prefect(*args: str, cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deployment_runs_through_a_process_worker(prefect_server, tmp_path):
+    """`prefect deploy` from prefect.yaml, a run with this machine's folders as parameters,
+    and a process worker started in another folder without SEGFLOW_PROJECT runs it."""
+    import json
+
+    scenes, maps = tmp_path / "scenes", tmp_path / "maps"
+    scenes.mkdir()
+    write_scene(scenes / "a.tif", bands=4)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("SEGFLOW_PROJECT", None)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "work-pool",
+            "create",
+            "segflow",
+            "--type",
+            "process",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )  # exists already when an earlier test made it
+    _prefect("deploy", "--name", "nightly-landcover", cwd=REPO, env=env)
+    params = {
+        "input_dir": str(scenes),
+        "output_dir": str(maps),
+        "options": {"scheduler": "threads", "device": "cpu"},
+        "report_dir": str(tmp_path / "reports"),
+    }
+    _prefect(
+        "deployment",
+        "run",
+        "landcover-mapping/nightly-landcover",
+        "--params",
+        json.dumps(params),
+        cwd=tmp_path,
+        env=env,
+    )
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    _prefect(
+        "worker",
+        "start",
+        "--pool",
+        "segflow",
+        "--type",
+        "process",
+        "--run-once",
+        cwd=worker,
+        env=env,
+        timeout=400,
+    )
+    from segflow.io.zarr_sink import store_state
+
+    assert store_state(maps / "a.zarr") == "complete"

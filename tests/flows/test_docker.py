@@ -85,13 +85,13 @@ def test_compose_agrees_with_prefect_yaml(compose, project):
         assert (
             deployment["parameters"]["options"]["scheduler"] == f"tcp://dask-scheduler:{scheduler}"
         )
-        assert deployment["parameters"]["spec"].startswith("/opt/segflow/pipelines/")
-        spec = REPO / deployment["parameters"]["spec"].removeprefix("/opt/segflow/")
-        assert spec.is_file()
+        assert deployment["parameters"]["spec"].startswith("pipelines/")
+        assert (REPO / deployment["parameters"]["spec"]).is_file()  # relative to the project
     assert f"--pool {pool}" in command(services["prefect-worker"])
     assert f"create {pool}" in command(services["prefect-deploy"])
-    pull = project["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
-    assert pull == "/opt/segflow"
+    pull = project["pull"][0]["flows.deploy.enter_project"]["directory"]
+    assert pull == "{{ $SEGFLOW_PROJECT }}"
+    assert compose["x-segflow"]["environment"]["SEGFLOW_PROJECT"] == "/opt/segflow"
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.cuda"])
@@ -112,7 +112,7 @@ def test_dockerfiles(name):
             for source in ln.split()[1:-1]:
                 assert (REPO / source).exists(), f"{name}: COPY source {source} missing"
     assert "uv sync --frozen --no-dev" in text  # the locked set, no dev tools
-    assert "WORKDIR /opt/segflow" in text  # where prefect.yaml's pull step points
+    assert "WORKDIR /opt/segflow" in text  # SEGFLOW_PROJECT in the compose file
     assert re.search(r"^USER (?!root)\w+", text, flags=re.M)
     assert (DOCKER / f"{name}.dockerignore").is_file()
 

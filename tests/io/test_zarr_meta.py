@@ -154,10 +154,10 @@ def test_pixel_centres_give_the_origin_back(transform: tuple[float, ...]) -> Non
     assert y[0] - e / 2.0 == f
 
 
-def test_label_attrs_never_trigger_xarray_masking() -> None:
+def test_label_attrs_carry_nodata_as_cf_fill_value() -> None:
     attrs = meta.cf_label_attrs(CLASSES, 255)
-    assert "_FillValue" not in attrs and "missing_value" not in attrs
-    assert attrs["nodata"] == 255
+    assert attrs["_FillValue"] == 255 and "nodata" not in attrs
+    assert meta.volume_label_attrs(65535)["_FillValue"] == 65535
     assert attrs["grid_mapping"] == attrs["coordinates"] == "spatial_ref"
     assert attrs["flag_values"] == [0, 1]
 

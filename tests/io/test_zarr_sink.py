@@ -79,11 +79,12 @@ def make_sink(
     write_labels: bool = True,
     probabilities: Any = "none",
     fingerprint: str = "fp-1",
+    zarr_format: int = 3,
     **flags: bool,
 ) -> ZarrSink:
     if geometry is None:
         geometry = raster_geometry(CRS.from_epsg(32618), UTM_TRANSFORM) if len(shape) == 2 else LIA
-    layout = OutputLayout(shape, chunk, num_classes, write_labels, probabilities)
+    layout = OutputLayout(shape, chunk, num_classes, write_labels, probabilities, zarr_format)
     return ZarrSink.create(
         path, layout, geometry, classes(num_classes), PROVENANCE, fingerprint, **flags
     )
@@ -154,11 +155,12 @@ def node_json(store: Path, node: str = "") -> dict[str, Any]:
     ],
     ids=["epsg32618", "epsg4326", "no-crs"],
 )
+@pytest.mark.parametrize("zarr_format", [3, 2], ids=["v3", "v2"])
 def test_raster_geometry_survives_plain_open_zarr(
-    tmp_path: Path, crs: CRS | None, transform: Affine
+    tmp_path: Path, crs: CRS | None, transform: Affine, zarr_format: int
 ) -> None:
     geometry = raster_geometry(crs, transform)
-    sink = make_sink(tmp_path / "out.zarr", geometry)
+    sink = make_sink(tmp_path / "out.zarr", geometry, zarr_format=zarr_format)
     labels = expected_labels((37, 53), 3, sink.label_nodata)
     write_chunks(sink, labels, None)
     sink.finalize({})
@@ -166,12 +168,15 @@ def test_raster_geometry_survives_plain_open_zarr(
     ds = xr.open_zarr(tmp_path / "out.zarr")
     assert "spatial_ref" in ds.coords
     assert ds.labels.dims == ("y", "x")
-    assert ds.labels.dtype == np.uint8
     assert ds.labels.rio.crs == crs
     assert ds.labels.rio.transform() == transform
     assert ds.rio.transform() == transform
-    assert ds.labels.rio.nodata == 255
-    np.testing.assert_array_equal(ds.labels.values, labels)
+    # nodata is the CF _FillValue: xarray masks it, rioxarray knows the stored value
+    assert ds.labels.rio.encoded_nodata == 255
+    np.testing.assert_array_equal(ds.labels.values, np.where(labels == 255, np.nan, labels))
+    raw = xr.open_zarr(tmp_path / "out.zarr", mask_and_scale=False)
+    assert raw.labels.dtype == np.uint8 and raw.labels.rio.nodata == 255
+    np.testing.assert_array_equal(raw.labels.values, labels)
     assert read_geometry(ZarrSink.open(tmp_path / "out.zarr")) == geometry
 
 
@@ -310,7 +315,7 @@ def test_uint16_labels_for_300_classes(tmp_path: Path) -> None:
     labels = expected_labels((37, 53), 300, 65535)
     assert labels.max() == 65535 and (labels[labels != 65535] >= 255).any()
     write_chunks(sink, labels, None)
-    ds = xr.open_zarr(tmp_path / "out.zarr")
+    ds = xr.open_zarr(tmp_path / "out.zarr", mask_and_scale=False)
     assert ds.labels.dtype == np.uint16
     assert ds.labels.rio.nodata == 65535
     np.testing.assert_array_equal(ds.labels.values, labels)
@@ -599,7 +604,7 @@ def test_resume_refuses_what_is_not_a_segflow_store(tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="not a zarr v3 store"):
+    with pytest.raises(OutputError, match="not a zarr store"):
         make_sink(folder, resume=True)
     with pytest.raises(OutputError, match="missing"):
         ZarrSink.open(tmp_path / "nothing.zarr")

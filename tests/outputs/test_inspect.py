@@ -27,14 +27,14 @@ GEOMETRY = RasterGeometry(
 PROVENANCE = {"input": {"path": "/data/scene.tif"}, "model": {"arch": "unet", "sha256": "ab" * 32}}
 
 
-def make_sink(tmp_path, chunks_written=None) -> ZarrSink:
+def make_sink(tmp_path, chunks_written=None, zarr_format=3) -> ZarrSink:
     classes = [
         ClassInfo(name="water", color=(0, 0, 255)),
         ClassInfo(name="forest", color=(0, 128, 0)),
     ]
     sink = ZarrSink.create(
         tmp_path / "out.zarr",
-        OutputLayout((300, 500), (128, 128), 2),
+        OutputLayout((300, 500), (128, 128), 2, zarr_format=zarr_format),
         GEOMETRY,
         classes,
         PROVENANCE,
@@ -56,6 +56,13 @@ def test_incomplete_store_reports_its_progress(tmp_path):
     assert info["complete"] is False
     assert info["chunks"] == {"done": 5, "total": 12, "grid": [3, 4], "fraction": 5 / 12}
     assert info["summary"] is None
+
+
+def test_a_zarr_v2_store_is_described_as_a_store(tmp_path):
+    make_sink(tmp_path, chunks_written=5, zarr_format=2)
+    info = inspect_path(tmp_path / "out.zarr")
+    assert info["type"] == "store" and info["zarr_format"] == 2
+    assert info["chunks"]["done"] == 5
 
 
 def test_complete_store_description(tmp_path):

@@ -20,8 +20,11 @@ from segflow.io.nifti import NiftiSource
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
 from segflow.outputs.preview import (
+    LEGEND_WIDTH,
     PLANES,
     _centre_slice,
+    _font,
+    _legend_text,
     background_classes,
     choose_bands,
     decimated_labels,
@@ -288,3 +291,17 @@ def test_real_scene_and_scan(tmp_path, shared_data):
     sink = make_store(tmp_path / "ct.zarr", seg, NiftiSource(scan).geometry, classes, (64, 64, 16))
     png = preview(sink, tmp_path / "ct.png", input=scan)
     assert max(Image.open(png).size) <= 1024
+
+
+def test_legend_entries_wrap_instead_of_being_cut():
+    from PIL import ImageDraw
+
+    font = _font(13)
+    long_name = "deciduous broadleaf forest with understorey shrubs"
+    entries = [(0, "background"), (1, long_name), (None, "... and 3 more")]
+    wrapped = _legend_text(entries, [0], font)
+    assert " ".join(wrapped[0]) == "0  background  (not tinted)"  # once cut to "(not t..."
+    assert " ".join(wrapped[1]) == f"1  {long_name}" and len(wrapped[1]) > 1
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    assert all(measure(line, font=font) <= LEGEND_WIDTH - 30 for lines in wrapped for line in lines)
+    assert not any("…" in line for lines in wrapped for line in lines)

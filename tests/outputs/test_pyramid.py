@@ -177,7 +177,7 @@ def test_raster_pyramid_levels_open_with_xarray_and_rioxarray(tmp_path):
     expected = labels
     for lv in levels:
         expected = downsample_labels(expected, 2, 255)  # each level from the one before
-        ds = xr.open_zarr(store, group=f"overviews/{lv.level}")
+        ds = xr.open_zarr(store, group=f"overviews/{lv.level}", mask_and_scale=False)
         np.testing.assert_array_equal(ds["labels"].values, expected)
         np.testing.assert_array_equal(open_level(store, lv.level)[...], expected)
         assert ds["labels"].rio.crs == CRS.from_epsg(32618)
