@@ -331,7 +331,7 @@ _PERMANENT_ERRNOS = {
 
 @contextmanager
 def failures_named(
-    input_path: Path, work: RegionWork, step: str = "a region task"
+    input_path: StorePath, work: RegionWork, step: str = "a region task"
 ) -> Iterator[None]:
     """Anything that breaks a run mid-way (a full disk, a CUDA error, a bug) ends in one
     RegionError naming the input, the region and the cause; the store stays incomplete,

@@ -269,7 +269,7 @@ def read_concepts(path: Path) -> dict[str, Any]:
 
 def with_concepts(meta: ModelMeta, data: Any, where: str) -> ModelMeta:
     """``meta`` carrying the coded concepts ``data``, validated with it (one line if wrong)."""
-    from segflow.models.exported import parse_meta
+    from segflow.models.header import parse_meta
 
     return parse_meta({**meta.model_dump(), "concepts": data}, where)
 

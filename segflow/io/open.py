@@ -124,6 +124,8 @@ def _open_remote(
     if kind == "volume":
         if bands is not None:
             raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
+        from segflow.io.nifti import NiftiSource
+
         return NiftiSource(
             path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
         )

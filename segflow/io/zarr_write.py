@@ -207,7 +207,8 @@ def write_new_store(
         attrs["ome"] = meta.ome_label_image_attrs(
             target.stem, geometry, classes, layout.label_nodata
         )
-    existed = target.is_dir() and any(target.iterdir())  # the caller made it empty, or not at all
+    # the caller made it empty, or not at all (stores in object storage are made locally first)
+    existed = isinstance(target, Path) and target.is_dir() and any(target.iterdir())
     try:
         fmt: Literal[2, 3] = 2 if layout.zarr_format == 2 else 3
         root = zarr.create_group(store_like(target), zarr_format=fmt, attributes=attrs)
@@ -232,7 +233,9 @@ def write_new_store(
             _create_volume_arrays(root, layout, geometry, target.stem, info["probabilities"])
         consolidate_store(target)
     except OSError as exc:
-        if not existed:  # half a store would pass for an interrupted run: leave none
+        if not existed and isinstance(
+            target, Path
+        ):  # half a store would pass for an interrupted run
             shutil.rmtree(target, ignore_errors=True)
         fix = "free some space" if exc.errno == errno.ENOSPC else "check its permissions"
         raise OutputError(
