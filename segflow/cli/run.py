@@ -22,6 +22,7 @@ from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, o
 from segflow.errors import ConfigError, OutputError
 from segflow.inputs import InputItem, collect_inputs, plan_items
 from segflow.io.files import check_readable
+from segflow.io.stac_names import is_stac_input, split_fragment
 from segflow.io.uris import as_location, is_uri
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
@@ -305,7 +306,7 @@ def check_run(
     pipeline.require_model()
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs(list(inputs)), as_location(output))
-    first = as_location(items[0].input)
+    first = as_location(split_fragment(items[0].input)[0])  # a STAC item: its JSON file
     single = len(items) == 1 and not (isinstance(first, Path) and first.is_dir())  # a DICOM series
     if single:
         check_readable(first)
@@ -317,7 +318,7 @@ def check_run(
                 raise OutputError(
                     f"{target} exists; pass --resume to continue it or --overwrite to replace it"
                 )
-    if single and isinstance(first, Path):
+    if single and isinstance(first, Path) and not is_stac_input(items[0].input):
         _check_header(first, pipeline.options)
     return items
 

@@ -13,10 +13,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -43,7 +43,6 @@ __all__ = [
     "upload_tree",
 ]
 
-T = TypeVar("T")
 _DENIED = (
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -286,9 +285,3 @@ def _atomic_download(location: ObjectPath, target: Path) -> None:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-
-
-def call(location: ObjectPath, action: Callable[[], T], error: type[SegflowError]) -> T:
-    """``action()`` with storage exceptions turned into one-line ``error`` texts."""
-    with storage_errors(location, error):
-        return action()

@@ -121,3 +121,35 @@ def test_bands_must_be_named_and_offered(tmp_path):
     (tmp_path / "other.json").write_text('{"type": "Topology"}')
     with pytest.raises(ReaderError, match="not a STAC Item"):
         collect_inputs(str(tmp_path / "other.json"))
+
+
+def test_the_command_takes_an_item_collection_and_one_item_of_it(tmp_path):
+    import subprocess
+    import sys
+
+    from segflow.models.files import save_model
+
+    collection, _ = write_item_collection(tmp_path)
+    loaded = _model()
+    save_model(loaded.module, loaded.meta, tmp_path / "m.safetensors")
+    segflow = str(Path(sys.executable).parent / "segflow")
+    common = ["-m", str(tmp_path / "m.safetensors"), "--device", "cpu", "--no-flow"]
+    batch = subprocess.run(
+        [segflow, "run", str(collection), "-o", str(tmp_path / "maps"), *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert batch.returncode == 0, batch.stderr
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.zarr")) == [
+        "scene-0.zarr",
+        "scene-1.zarr",
+    ]
+    one = subprocess.run(
+        [segflow, "run", f"{collection}#scene-1", "-o", str(tmp_path / "one.zarr"), *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr
+    assert (tmp_path / "one.item.json").is_file()
