@@ -20,6 +20,8 @@ boundary rather than with the pieces of the image above:
   next strip. A component is done when it has no open chain left; its rings then lose
   their collinear vertices and become one shell and its holes.
 
+Vertices are int32 (images up to 2^31 pixels a side).
+
 Memory: the ends of the open chains of components still open; their middles (past a
 few thousand vertices) and their closed rings wait in a temporary file (8 bytes a
 vertex) until the component is done, which then is the only one read back.
@@ -39,7 +41,7 @@ import numpy.typing as npt
 import shapely
 import shapely.geometry
 
-Coords = npt.NDArray[np.int64]  # (n, 2): x (column), y (row) of pixel corners
+Coords = npt.NDArray[np.int32]  # (n, 2): x (column), y (row) of pixel corners
 Pixel = tuple[int, int]  # (row, column)
 
 
@@ -97,8 +99,8 @@ def _left_pixel(a: Coords, b: Coords) -> Pixel:
 
 
 def oriented(ring: Any, exterior: bool) -> Coords:
-    """A GeoJSON ring (closed) as (n, 2) int64 vertices, not closed, component on the left."""
-    closed = np.rint(np.asarray(ring, dtype=np.float64)[:, :2]).astype(np.int64)
+    """A GeoJSON ring (closed) as (n, 2) int32 vertices, not closed, component on the left."""
+    closed = np.rint(np.asarray(ring, dtype=np.float64)[:, :2]).astype(np.int32)
     x, y = closed[:, 0], closed[:, 1]
     twice_area = int(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
     coords = closed[:-1]
@@ -107,11 +109,11 @@ def oriented(ring: Any, exterior: bool) -> Coords:
 
 def shoelace(coords: Coords) -> int:
     """Twice the signed area of an open ring (positive: counter-clockwise, x right, y up)."""
-    x, y = coords[:, 0], coords[:, 1]
+    x, y = coords[:, 0].astype(np.int64), coords[:, 1].astype(np.int64)
     return int(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
 
 
-def _rolled(a: Coords, shift: int) -> Coords:
+def _rolled(a: Any, shift: int) -> Any:
     """``np.roll(a, shift, axis=0)`` for shift -1 or 1, without its overhead on small rings."""
     return np.concatenate((a[1:], a[:1])) if shift == -1 else np.concatenate((a[-1:], a[:-1]))
 
@@ -150,7 +152,7 @@ def runs(
             gid = int(row[a])
             if gid:
                 xs = (b, a) if backwards else (a, b)
-                run = np.array([[xs[0], y], [xs[1], y]], dtype=np.int64)
+                run = np.array([[xs[0], y], [xs[1], y]], dtype=np.int32)
                 chains.append(Chain(gid, (run,)))
     return chains
 
@@ -202,10 +204,9 @@ def _distinct(ring: Coords) -> Coords:
 def without_collinear(ring: Coords) -> Coords:
     """The ring without repeated vertices and without vertices where it goes straight on."""
     ring = _distinct(ring)
-    before = ring - _rolled(ring, 1)
-    after = _rolled(ring, -1) - ring
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    kept: Coords = ring[cross != 0]
+    flat_before = ring[:, 1] == _rolled(ring[:, 1], 1)  # every segment is axis-aligned
+    flat_after = _rolled(flat_before, -1)
+    kept: Coords = ring[flat_before != flat_after]
     return kept
 
 
@@ -229,10 +230,10 @@ class Spill:
         self._file.seek(at)
         data = self._file.read(count * 8)
         self._file.seek(self._end)
-        return np.frombuffer(data, dtype=np.int32).reshape(count, 2).astype(np.int64)
+        return np.frombuffer(data, dtype=np.int32).reshape(count, 2)
 
     def get(self, places: array[int]) -> Iterator[Coords]:
-        """The rings noted in ``places`` (offset, vertices, offset, ...), as (n, 2) int64."""
+        """The rings noted in ``places`` (offset, vertices, offset, ...), as (n, 2) int32."""
         for at, count in zip(places[::2], places[1::2], strict=True):
             yield self.read((at, count))
 
@@ -374,7 +375,11 @@ def apart(ring: Coords) -> list[Coords]:
     joined through another strip their rings can meet at that corner, and the loop between
     two visits of it is a ring of its own (a hole touching the shell, or the shell).
     """
-    keys = ring[:, 0] * (1 << 32) + ring[:, 1]
+    keys = ring[:, 0].astype(np.int64) * (1 << 32) + ring[:, 1]
+    ordered = np.sort(keys)
+    if not (ordered[1:] == ordered[:-1]).any():
+        return [ring]
+    del ordered
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     if counts.max(initial=0) < 2:
         return [ring]
