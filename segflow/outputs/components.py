@@ -13,8 +13,8 @@ Global ids are numbered by each component's first pixel in raster order, so they
 not depend on the chunking, and within one class they equal ``scipy.ndimage.label``
 of that class on the whole array.
 
-Memory: one chunk at a time plus the border layers and one row per component,
-never the image.
+Memory: one chunk at a time plus the faces of two slabs of chunks (the touching pairs
+are found as each slab is done) and one row per component, never the image.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 The components come from :mod:`segflow.outputs.components` (face connectivity, the
 connectivity of ``rasterio.features.shapes``), so a component cut by chunk borders
-keeps one id. Each chunk is vectorised on its own in the image's pixel coordinates;
-a component that lies in one chunk is written at once, the pieces of one that
-crosses chunks wait until its last chunk is done and are merged with
-``shapely.union_all`` (exact: pixel corners are integers). Geometries are then
-moved to the store's CRS with its affine transform. Holes are kept.
+keeps one id. The image is vectorised in strips of whole rows (about
+``STRIP_PIXELS`` pixels each, cut from one chunk row at a time) in its pixel
+coordinates; a component inside one strip is written at once, the pieces of one that
+crosses strips are joined exactly by :mod:`segflow.outputs.stitch` (pixel corners are
+integers) and written when its last strip is done. Geometries are then moved to the
+store's CRS with its affine transform. Holes are kept.
 
 Options: ``min_area`` drops the polygons of components smaller than an area (CRS
 units², pixels, or m² / ha / km² in a projected CRS), decided on the component's
@@ -16,8 +17,10 @@ each polygon stays valid with its holes, but it is simplified on its own, so the
 shared edge of two neighbours may no longer match exactly. The ``pixels`` and
 ``area`` attributes stay those of the component.
 
-Memory: one chunk, the pending pieces of components still open, one batch of
-features; never the whole raster.
+Memory: one chunk row of ids (int32), one strip in GDAL, the open boundary of the
+components still open (see :mod:`segflow.outputs.stitch`) and one batch of features
+(at most ``BATCH`` features or about ``BATCH_VERTICES`` vertices, so a polygon that
+spans the image is written nearly alone); never the whole raster.
 """
 
 from __future__ import annotations

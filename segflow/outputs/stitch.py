@@ -20,8 +20,11 @@ boundary rather than with the pieces of the image above:
   next strip. A component is done when it has no open chain left; its rings then lose
   their collinear vertices and become one shell and its holes.
 
-Memory: the open chains of components still open (16 bytes a vertex); their closed
-rings wait in a temporary file (8 bytes a vertex) until the component is done.
+Vertices are int32 (images up to 2^31 pixels a side).
+
+Memory: the ends of the open chains of components still open; their middles (past a
+few thousand vertices) and their closed rings wait in a temporary file (8 bytes a
+vertex) until the component is done, which then is the only one read back.
 """
 
 from __future__ import annotations
@@ -38,31 +41,52 @@ import numpy.typing as npt
 import shapely
 import shapely.geometry
 
-Coords = npt.NDArray[np.int64]  # (n, 2): x (column), y (row) of pixel corners
+Coords = npt.NDArray[np.int32]  # (n, 2): x (column), y (row) of pixel corners
 Pixel = tuple[int, int]  # (row, column)
+
+
+Place = tuple[int, int]  # (byte offset, vertices) of a run of vertices in the spill file
+Part = Coords | Place
+SPILL_AT = 4096  # vertices of one open chain kept in memory before its middle is spilled
 
 
 @dataclass(frozen=True)
 class Chain:
-    """A directed boundary path of one component, with the component on its left."""
+    """A directed boundary path of one component, with the component on its left: parts in
+    order, the first and the last in memory with two vertices or more (the ends decide
+    how chains join), the others in memory or in the spill file."""
 
     gid: int
-    coords: Coords
+    parts: tuple[Part, ...]
+
+    @property
+    def head(self) -> Coords:
+        return _in_memory(self.parts[0])
+
+    @property
+    def tail(self) -> Coords:
+        return _in_memory(self.parts[-1])
 
     @property
     def start(self) -> tuple[int, int]:
-        return int(self.coords[0, 0]), int(self.coords[0, 1])
+        return int(self.head[0, 0]), int(self.head[0, 1])
 
     @property
     def end(self) -> tuple[int, int]:
-        return int(self.coords[-1, 0]), int(self.coords[-1, 1])
+        return int(self.tail[-1, 0]), int(self.tail[-1, 1])
 
     def start_pixel(self) -> Pixel:
-        return _left_pixel(self.coords[0], self.coords[1])
+        return _left_pixel(self.head[0], self.head[1])
 
     def end_pixel(self) -> Pixel:
-        step = np.sign(self.coords[-1] - self.coords[-2])
-        return _left_pixel(self.coords[-1] - step, self.coords[-1])
+        step = np.sign(self.tail[-1] - self.tail[-2])
+        return _left_pixel(self.tail[-1] - step, self.tail[-1])
+
+
+def _in_memory(part: Part) -> Coords:
+    if isinstance(part, tuple):
+        raise AssertionError("the ends of a chain are kept in memory")
+    return part
 
 
 def _left_pixel(a: Coords, b: Coords) -> Pixel:
@@ -75,8 +99,8 @@ def _left_pixel(a: Coords, b: Coords) -> Pixel:
 
 
 def oriented(ring: Any, exterior: bool) -> Coords:
-    """A GeoJSON ring (closed) as (n, 2) int64 vertices, not closed, component on the left."""
-    closed = np.rint(np.asarray(ring, dtype=np.float64)[:, :2]).astype(np.int64)
+    """A GeoJSON ring (closed) as (n, 2) int32 vertices, not closed, component on the left."""
+    closed = np.rint(np.asarray(ring, dtype=np.float64)[:, :2]).astype(np.int32)
     x, y = closed[:, 0], closed[:, 1]
     twice_area = int(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
     coords = closed[:-1]
@@ -85,11 +109,11 @@ def oriented(ring: Any, exterior: bool) -> Coords:
 
 def shoelace(coords: Coords) -> int:
     """Twice the signed area of an open ring (positive: counter-clockwise, x right, y up)."""
-    x, y = coords[:, 0], coords[:, 1]
+    x, y = coords[:, 0].astype(np.int64), coords[:, 1].astype(np.int64)
     return int(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
 
 
-def _rolled(a: Coords, shift: int) -> Coords:
+def _rolled(a: Any, shift: int) -> Any:
     """``np.roll(a, shift, axis=0)`` for shift -1 or 1, without its overhead on small rings."""
     return np.concatenate((a[1:], a[:1])) if shift == -1 else np.concatenate((a[-1:], a[:-1]))
 
@@ -128,12 +152,14 @@ def runs(
             gid = int(row[a])
             if gid:
                 xs = (b, a) if backwards else (a, b)
-                chains.append(Chain(gid, np.array([[xs[0], y], [xs[1], y]], dtype=np.int64)))
+                run = np.array([[xs[0], y], [xs[1], y]], dtype=np.int32)
+                chains.append(Chain(gid, (run,)))
     return chains
 
 
-def link(chains: Sequence[Chain], y: int) -> tuple[list[Chain], list[Coords]]:
-    """Join the chains of one component at their ends on ``y``: (open paths, closed rings)."""
+def link(chains: Sequence[Chain], y: int) -> tuple[list[list[Part]], list[list[Part]]]:
+    """Join the chains of one component at their ends on ``y``: the parts of the open
+    paths and of the closed rings (the vertex where two chains meet comes twice)."""
     outs: dict[int, list[int]] = defaultdict(list)
     for i, chain in enumerate(chains):
         if chain.start[1] == y:
@@ -148,18 +174,15 @@ def link(chains: Sequence[Chain], y: int) -> tuple[list[Chain], list[Coords]]:
         else:  # two of its pixels touch diagonally: go on along the other one
             pixel = chain.end_pixel()
             (after[i],) = [j for j in ways if chains[j].start_pixel() != pixel]
-    gid = chains[0].gid
-    paths: list[Chain] = []
+    paths: list[list[Part]] = []
     seen: set[int] = set()
     for i, chain in enumerate(chains):
         if chain.start[1] != y:  # a path from the next line to the next line
-            members = _follow(i, after, seen)
-            paths.append(Chain(gid, _joined([chains[j].coords for j in members])))
+            paths.append([p for j in _follow(i, after, seen) for p in chains[j].parts])
     rings = []
     for i in range(len(chains)):
         if i not in seen:
-            members = _follow(i, after, seen)
-            rings.append(_joined([chains[j].coords for j in members])[:-1])
+            rings.append([p for j in _follow(i, after, seen) for p in chains[j].parts])
     return paths, rings
 
 
@@ -172,17 +195,18 @@ def _follow(i: int, after: dict[int, int], seen: set[int]) -> list[int]:
     return members
 
 
-def _joined(parts: list[Coords]) -> Coords:
-    return np.concatenate([parts[0], *(p[1:] for p in parts[1:])])
+def _distinct(ring: Coords) -> Coords:
+    """The ring without a vertex that repeats the one before it (where chains met)."""
+    kept: Coords = ring[(ring != _rolled(ring, 1)).any(axis=1)]
+    return kept
 
 
 def without_collinear(ring: Coords) -> Coords:
     """The ring without repeated vertices and without vertices where it goes straight on."""
-    ring = ring[(ring != _rolled(ring, 1)).any(axis=1)]
-    before = ring - _rolled(ring, 1)
-    after = _rolled(ring, -1) - ring
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    kept: Coords = ring[cross != 0]
+    ring = _distinct(ring)
+    flat_before = ring[:, 1] == _rolled(ring[:, 1], 1)  # every segment is axis-aligned
+    flat_after = _rolled(flat_before, -1)
+    kept: Coords = ring[flat_before != flat_after]
     return kept
 
 
@@ -193,20 +217,52 @@ class Spill:
         self._file = tempfile.TemporaryFile(prefix="segflow-rings-")  # noqa: SIM115 (closed by close)
         self._end = 0
 
-    def put(self, ring: Any, places: array[int]) -> None:
-        """Append a ring (int32 x, y) and note its place (offset, vertices) in ``places``."""
-        data = np.ascontiguousarray(ring, dtype=np.int32)
+    def put(self, coords: Any) -> Place:
+        """Append vertices (stored as int32 x, y); their place."""
+        data = np.ascontiguousarray(coords, dtype=np.int32)
         self._file.write(data.tobytes())
-        places.extend((self._end, data.shape[0]))
+        place = (self._end, int(data.shape[0]))
         self._end += data.nbytes
+        return place
+
+    def read(self, place: Place) -> Coords:
+        at, count = place
+        self._file.seek(at)
+        data = self._file.read(count * 8)
+        self._file.seek(self._end)
+        return np.frombuffer(data, dtype=np.int32).reshape(count, 2)
 
     def get(self, places: array[int]) -> Iterator[Coords]:
-        """The rings noted in ``places``, as (n, 2) int64."""
+        """The rings noted in ``places`` (offset, vertices, offset, ...), as (n, 2) int32."""
         for at, count in zip(places[::2], places[1::2], strict=True):
-            self._file.seek(at)
-            data = self._file.read(count * 8)
-            yield np.frombuffer(data, dtype=np.int32).reshape(count, 2).astype(np.int64)
-        self._file.seek(self._end)
+            yield self.read((at, count))
+
+    def joined(self, parts: Sequence[Part]) -> Coords:
+        """The vertices of parts in order, each part read back where it was spilled."""
+        return np.concatenate([self.read(p) if isinstance(p, tuple) else p for p in parts])
+
+    def compact(self, gid: int, parts: list[Part]) -> Chain:
+        """A chain of these parts; past SPILL_AT vertices in memory, all but its two first
+        and two last vertices go to the file (runs of parts in memory written as one)."""
+        if sum(len(p) for p in parts if not isinstance(p, tuple)) <= SPILL_AT:
+            return Chain(gid, tuple(parts))
+        head, tail = _in_memory(parts[0]), _in_memory(parts[-1])
+        if len(parts) == 1:
+            middle: list[Part] = [head[2:-2]]
+        else:
+            middle = [head[2:], *parts[1:-1], tail[:-2]]
+        spilled: list[Part] = []
+        pending: list[Coords] = []
+        for part in [*middle, ()]:  # () ends the last run
+            if isinstance(part, tuple):
+                if pending:
+                    spilled.append(self.put(np.concatenate(pending)))
+                    pending = []
+                if part:
+                    spilled.append(part)
+            elif len(part):
+                pending.append(part)
+        return Chain(gid, (head[:2], *spilled, tail[-2:]))
 
     def close(self) -> None:
         self._file.close()
@@ -278,9 +334,9 @@ class Stitcher:
         if chains is None:
             raise AssertionError(f"a piece of component {gid} on a cut line does not reach it")
         state = self.open.setdefault(gid, Open())
-        state.chains.extend(Chain(gid, c) for c in chains)
+        state.chains.extend(Chain(gid, (c,)) for c in chains)
         for hole in rings[1:]:  # final: GDAL's rings, valid and without collinear vertices
-            self.spill.put(np.rint(np.asarray(hole, dtype=np.float64)[:, :2]), state.holes)
+            state.holes.extend(self.spill.put(np.rint(np.asarray(hole, dtype=np.float64)[:, :2])))
 
     def _stitch(self, y: int, along: list[Chain]) -> set[int]:
         """Join every open component's chains at ``y``; the components involved."""
@@ -291,9 +347,10 @@ class Stitcher:
         for gid in involved:
             state = self.open.setdefault(gid, Open())
             chains = [*state.chains, *extra.get(gid, [])]
-            state.chains, rings = link(chains, y)
-            for ring in rings:
-                self.spill.put(ring, state.rings)
+            paths, rings = link(chains, y)
+            state.chains = [self.spill.compact(gid, parts) for parts in paths]
+            for parts in rings:
+                state.rings.extend(self.spill.put(self.spill.joined(parts)))
         return involved
 
 
@@ -303,7 +360,7 @@ def polygon_of(rings: list[Coords], holes: Sequence[Any] = ()) -> Any:
     shells: list[Coords] = []
     inner: list[Any] = list(holes)
     for whole in rings:
-        for ring in apart(whole):
+        for ring in apart(_distinct(whole)):
             clean = without_collinear(ring)
             (shells if shoelace(clean) > 0 else inner).append(clean)
     if len(shells) != 1:  # a 4-connected set of squares has one outer ring
@@ -318,7 +375,11 @@ def apart(ring: Coords) -> list[Coords]:
     joined through another strip their rings can meet at that corner, and the loop between
     two visits of it is a ring of its own (a hole touching the shell, or the shell).
     """
-    keys = ring[:, 0] * (1 << 32) + ring[:, 1]
+    keys = ring[:, 0].astype(np.int64) * (1 << 32) + ring[:, 1]
+    ordered = np.sort(keys)
+    if not (ordered[1:] == ordered[:-1]).any():
+        return [ring]
+    del ordered
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     if counts.max(initial=0) < 2:
         return [ring]

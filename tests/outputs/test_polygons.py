@@ -181,11 +181,14 @@ def test_simplify_keeps_each_polygon_valid_with_its_holes(tmp_path):
 
 @pytest.mark.parametrize(("chunk", "strip_pixels"), [((7, 9), 1), ((16, 41), 80), ((5, 64), 200)])
 def test_stitched_strips_equal_whole_array_shapes(tmp_path, monkeypatch, chunk, strip_pixels):
-    """Strips of 1 to 5 rows, cut inside chunk rows too: pieces that touch only diagonally,
-    holes closed across strips and rings that meet themselves come out as GDAL's."""
+    """Strips of 1 to 5 rows, cut inside chunk rows too, and open chains spilled as soon as
+    they grow: pieces that touch only diagonally, holes closed across strips and rings
+    that meet themselves come out as GDAL's."""
     import segflow.outputs.polygons as polygons
+    import segflow.outputs.stitch as stitch
 
     monkeypatch.setattr(polygons, "STRIP_PIXELS", strip_pixels)
+    monkeypatch.setattr(stitch, "SPILL_AT", 4)
     labels = specks((45, 41), seed=3)
     labels[20:30, 10:30] = 1  # a ring across strips with specks in its hole
     labels[22:28, 12:28] = 0

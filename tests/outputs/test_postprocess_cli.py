@@ -102,3 +102,16 @@ def test_bad_sieve_and_min_area_are_one_line(app, tmp_path):
     result = runner.invoke(app, ["export", str(store), "--to", "gpkg", "--min-area", "big"])
     assert result.exit_code == 1 and "--min-area takes an area" in result.output
     assert "Traceback" not in result.output
+
+
+def test_sieve_of_a_volume_in_millilitres(app, tmp_path):
+    labels = blobs((10, 12, 14), scale=2)
+    store = write_store(tmp_path / "ct.zarr", labels, (4, 8, 8)).path  # 0.8 x 0.8 x 2 mm
+    result = runner.invoke(
+        app, ["postprocess", str(store), "-o", str(tmp_path / "o.zarr"), "--sieve", "0.01mL"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "merged" in result.output
+    sink = ZarrSink.open_finished(tmp_path / "o.zarr")
+    assert sink.attrs["postprocess"]["sieve"] == {"value": 0.01, "unit": "ml"}
+    assert (sink.read_labels() == 255).sum() == (labels == 255).sum()
