@@ -319,7 +319,7 @@ def scratch_folder(store: Path) -> Iterator[Path]:
     A folder left by a killed run is cleared first: the store's lock says no
     other run uses it.
     """
-    folder = Path(store) / SCRATCH_FOLDER
+    folder = Path(store).absolute() / SCRATCH_FOLDER  # the same path for cluster workers
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     try:
