@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import dask.local
@@ -131,9 +132,10 @@ def _handoff(
     """``work`` with planned owners of the shared patches (and the plan), or unchanged.
 
     Cluster workers are other processes: each shared patch is predicted by its
-    owner, which runs before the tasks that take it.
+    owner, which runs before the tasks that take it. Workers share no folder with a
+    store in object storage, so there every task predicts what it touches.
     """
-    if not HAND_ON_PATCHES or len(tasks) < 2:
+    if not HAND_ON_PATCHES or len(tasks) < 2 or not isinstance(work.sink.path, Path):
         yield work, None
         return
     regions = [task_grid_region(work, t) for t in tasks]  # the regions patches are blended on

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 from collections import defaultdict
@@ -313,15 +314,19 @@ def plan_handoff(
 
 
 @contextmanager
-def scratch_folder(store: Path) -> Iterator[Path]:
+def scratch_folder(store: object) -> Iterator[Path]:
     """An empty scratch folder in ``store`` for one run, removed when the run ends.
 
     A folder left by a killed run is cleared first: the store's lock says no
-    other run uses it.
+    other run uses it. A store in object storage gets a local temporary folder
+    instead (its parts are read back by this process's tasks only).
     """
-    folder = Path(store) / SCRATCH_FOLDER
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if isinstance(store, Path):
+        folder = store.absolute() / SCRATCH_FOLDER  # the same path for cluster workers
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="segflow-handoff-"))
     try:
         yield folder
     finally:

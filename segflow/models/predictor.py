@@ -155,7 +155,15 @@ class Predictor:
         return total / (len(spatial_dims) + 1)
 
     def _forward_fitting(self, batch: torch.Tensor) -> torch.Tensor:
-        """The forward in parts of at most ``max_batch`` patches, halved on CUDA out-of-memory."""
+        """The forward in parts of at most ``max_batch`` patches, halved on CUDA out-of-memory.
+
+        A single patch goes through as a pair (itself twice): many kernels take
+        another path for a batch of one, which rounds differently, and a patch's
+        logits must not depend on the batch it fell into (a resumed run, or a
+        task that predicts a neighbour's patch, batches patches differently).
+        """
+        if len(batch) == 1 and self.max_batch != 1:
+            return self._forward_fitting(torch.cat([batch, batch]))[:1]
         while True:
             limit = self.max_batch or len(batch)
             try:

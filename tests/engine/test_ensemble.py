@@ -149,7 +149,10 @@ def test_an_ensemble_is_exactly_the_mean_of_its_members_softmax(
     assert regions > 1
     assert [s.reads for s in counted] == [regions]
     predicted = result.stats["patches_predicted"]
-    assert [_patches(m) for m in models] == [predicted] * 3
+    seen = [_patches(m) for m in models]
+    # a task's last batch of a single patch goes through as a pair (see the predictor)
+    assert seen == [seen[0]] * 3
+    assert predicted <= seen[0] <= predicted + regions
 
     mean = reference_mean(image, models, list(weights or (1.0, 1.0, 1.0)))
     sink = ZarrSink.open(tmp_path / "o.zarr")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from segflow.models.pixel import PixelClassifier
 from segflow.models.predictor import Predictor
 
 
@@ -58,3 +59,12 @@ def test_logits_stay_on_the_gpu_when_asked():
     on_cpu = predictor(batch)
     assert on_cpu.device.type == "cpu"
     torch.testing.assert_close(predictor(batch, on_device=True).cpu(), on_cpu)
+
+
+def test_a_patch_alone_gets_the_logits_it_gets_in_a_batch():
+    torch.manual_seed(0)
+    predictor = Predictor(PixelClassifier(3, 6, spatial_dims=2).eval(), num_classes=6, device="cpu")
+    batch = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    together = predictor(batch)
+    for n in range(4):
+        assert torch.equal(predictor(batch[n : n + 1])[0], together[n])
