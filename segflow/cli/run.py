@@ -8,6 +8,7 @@ a second and one line.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,11 +23,14 @@ from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, o
 from segflow.errors import ConfigError, OutputError
 from segflow.inputs import InputItem, collect_inputs, plan_items
 from segflow.io.files import check_readable
+from segflow.models.compat import check_shape_fit
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
 
 if TYPE_CHECKING:
     from segflow.api import RunResult
+    from segflow.io.source import Source
+    from segflow.models.meta import ModelMeta
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
@@ -218,8 +222,9 @@ def run_command(
             workers=workers,
             region_size=region_size,
         )
-        checked = check_run(inputs, pipeline, output, resume=resume, overwrite=overwrite)
-        check_model_files(ensemble or [pipeline.require_model()])
+        checked = check_run(
+            inputs, pipeline, output, resume=resume, overwrite=overwrite, models=ensemble
+        )
         with progress_bar(progress and sys.stderr.isatty()) as bar:
             if ensemble:  # recorded in the store's provenance; the flows take one model file
                 results = _run_library(checked, ensemble, pipeline.options, resume, overwrite, bar)
@@ -246,16 +251,23 @@ def _ensemble_models(models: list[Path]) -> list[Path]:
 
 
 def check_run(
-    inputs: list[Path], pipeline: Pipeline, output: Path, *, resume: bool, overwrite: bool
+    inputs: list[Path],
+    pipeline: Pipeline,
+    output: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    models: list[Path] | None = None,
 ) -> list[InputItem]:
     """The planned inputs, once inputs, model and output are known to be usable.
 
-    A single input must be readable; in a batch an unreadable input fails alone
-    (with its reason) while the others run.
+    A single input must be readable, and fit the model (``models`` for an ensemble);
+    in a batch an unreadable input fails alone (with its reason) while the others run.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
-    pipeline.require_model()
+    metas = model_metas(models or [pipeline.require_model()])
+    _refuse_urls(inputs)
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)
     single = len(items) == 1 and not Path(items[0].input).is_dir()  # a folder: a DICOM series
@@ -269,18 +281,35 @@ def check_run(
                 f"{target} exists; pass --resume to continue it or --overwrite to replace it"
             )
     if single:
-        _check_header(Path(items[0].input), pipeline.options)
+        source = _check_header(Path(items[0].input), pipeline.options)
+        for meta in metas:
+            check_shape_fit(source, meta, pipeline.options)
     return items
 
 
-def _check_header(path: Path, options: RunOptions) -> None:
+# "s3://b/k" as a Path is "s3:/b/k": a scheme of two letters or more (C:/ is a drive)
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$")
+
+
+def _refuse_urls(inputs: list[Path]) -> None:
+    """A URL is not a missing file: say that inputs are local files for now."""
+    for path in inputs:
+        match = _URL.match(str(path))
+        if match and not path.exists():
+            url = f"{match[1]}://{match[2]}"
+            raise ConfigError(
+                f"{url}: a URL; segflow reads local files and folders: copy or mount it locally"
+            )
+
+
+def _check_header(path: Path, options: RunOptions) -> Source:
     """Open the input as the run will (its header, not its data): a damaged or
     meaningless file fails before torch is imported. Its warnings come with the run."""
     from segflow.io.open import open_source
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        open_source(
+        return open_source(
             path,
             bands=options.bands,
             nodata=options.nodata,
@@ -290,14 +319,12 @@ def _check_header(path: Path, options: RunOptions) -> None:
         )
 
 
-def check_model_files(models: list[Path]) -> None:
+def model_metas(models: list[Path]) -> list[ModelMeta]:
     """The metadata of each safetensors model file, read without torch (exported models
     are checked when they load: their sidecar is checked against a one-patch probe)."""
     from segflow.models.header import looks_like_safetensors, safetensors_meta
 
-    for path in models:
-        if looks_like_safetensors(path):
-            safetensors_meta(path)
+    return [safetensors_meta(path) for path in models if looks_like_safetensors(path)]
 
 
 def _check_clean_sizes(options: RunOptions) -> None:
