@@ -267,6 +267,7 @@ def check_run(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     metas = model_metas(models or [pipeline.require_model()])
+    _check_clean_classes(pipeline.options, metas[0])
     _refuse_urls(inputs)
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs([str(p) for p in inputs]), output)
@@ -320,11 +321,11 @@ def _check_header(path: Path, options: RunOptions) -> Source:
 
 
 def model_metas(models: list[Path]) -> list[ModelMeta]:
-    """The metadata of each safetensors model file, read without torch (exported models
-    are checked when they load: their sidecar is checked against a one-patch probe)."""
-    from segflow.models.header import looks_like_safetensors, safetensors_meta
+    """The metadata of each model file (its header or sidecar), read without torch; an
+    exported module is checked against its sidecar when it loads, by a one-patch probe."""
+    from segflow.models.header import header_meta
 
-    return [safetensors_meta(path) for path in models if looks_like_safetensors(path)]
+    return [header_meta(path) for path in models]
 
 
 def _check_clean_sizes(options: RunOptions) -> None:
@@ -335,6 +336,16 @@ def _check_clean_sizes(options: RunOptions) -> None:
 
     parse_min_size(options.min_size)
     parse_min_size(options.sieve, "--sieve")
+
+
+def _check_clean_classes(options: RunOptions, meta: ModelMeta) -> None:
+    """Class names in the post-processing options, against the model's classes."""
+    asked = options.postprocess_options()
+    if asked is None:
+        return
+    from segflow.outputs.postprocess import parse_operations
+
+    parse_operations(list(meta.classes), **asked)
 
 
 def _check_output(output: Path, items: list[InputItem]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from segflow.errors import ModelError
+from segflow.errors import ConfigError, ModelError
 from segflow.io.source import Source
 from segflow.models.meta import ModelMeta
 from segflow.options import RunOptions
@@ -53,6 +53,12 @@ def check_shape_fit(source: Source, meta: ModelMeta, options: RunOptions) -> Non
     """Dimensions and channels: the checks that need only the header and the metadata."""
     check_channels(source, meta, options)  # in the order plan.check_fit checks them
     squeeze_axis(source, meta, options)
+    patch = options.patch_size
+    if patch is not None and not isinstance(patch, int) and len(patch) != meta.spatial_dims:
+        # as the planned grid says it (engine.grid.coerce_shape), before torch is imported
+        raise ConfigError(
+            f"patch size needs {meta.spatial_dims} values, got {len(patch)}: {tuple(patch)}"
+        )
 
 
 def named_bands(source: Source) -> tuple[str, ...] | None:

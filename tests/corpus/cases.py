@@ -271,19 +271,21 @@ def _model_folder(root: Path) -> list[str]:
     return _run(_scene(root), root / "models", root)
 
 
-def _exported(sidecar: str | None, *, in_channels: int = 1, module_ok: bool = True) -> Make:
+def _exported(sidecar: str | None, *, classes: int = 2, module_ok: bool = True) -> Make:
     """A TorchScript model file with the sidecar text given (or the right one, or none)."""
 
     def make(root: Path) -> list[str]:
         import torch
 
         from segflow.models.exported import write_sidecar
+        from segflow.models.meta import ClassInfo
 
         model = root / "m.pt"
         loaded = threshold_model(100.0, spatial_dims=2)
         torch.jit.trace(loaded.module, torch.zeros(1, 1, 8, 8)).save(str(model))
         if sidecar is None and module_ok:
-            meta = loaded.meta.model_copy(update={"in_channels": in_channels})
+            named = tuple(ClassInfo(name=f"class{i}") for i in range(classes))
+            meta = loaded.meta.model_copy(update={"classes": named})
             write_sidecar(meta, root / "m.yaml")
         elif sidecar is not None:
             (root / "m.yaml").write_text(sidecar)
@@ -427,7 +429,7 @@ CASES = [
     # more model files
     Case("model folder without models", _model_folder, "no model files"),
     Case("torchscript without sidecar", _exported(None, module_ok=False), "sidecar"),
-    Case("sidecar disagrees with module", _exported(None, in_channels=3), "in_channels"),
+    Case("sidecar disagrees with module", _exported(None, classes=3), "declares 3 classes"),
     Case("sidecar is a folder", _sidecar_is_a_folder, "needs a metadata sidecar"),
     Case("sidecar is binary", _exported("\x00\xff\xfe garbage \x00"), "m.yaml"),
     Case("sidecar alias bomb", _exported(SIDECAR_BOMB), "anchors and aliases"),
