@@ -235,8 +235,8 @@ def run_command(
 
 def _ensemble_models(models: list[Path]) -> list[Path]:
     """The model files of an ensemble (several -m, or a folder), or [] for one model file."""
-    if len(models) == 1 and not models[0].is_dir():
-        return []
+    if not models or (len(models) == 1 and not models[0].is_dir()):
+        return []  # no -m (the spec's model) or one model file: no ensemble, no torch yet
     from segflow.engine.ensemble import model_files
 
     files: list[Path] = []
