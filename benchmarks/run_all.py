@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench_resample",
     "bench_training",
     "bench_soak",
+    "bench_corpus",
 ]
 
 

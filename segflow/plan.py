@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,10 @@ from segflow.io.source import Source, VolumeGeometry
 from segflow.io.stores import StorePath
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models import LoadedModel
+from segflow.models.compat import band_numbers as _band_numbers
+from segflow.models.compat import check_channels
+from segflow.models.compat import named_bands as _named
+from segflow.models.compat import squeeze_axis as _squeeze_axis
 from segflow.models.meta import ModelMeta
 from segflow.models.predictor import resolve_device
 from segflow.options import RunOptions
@@ -152,50 +155,9 @@ def check_fit(source: Source, meta: ModelMeta, options: RunOptions) -> Fit:
     return Fit(squeeze_axis, order, space, tuple(notes))
 
 
-def _squeeze_axis(source: Source, meta: ModelMeta, options: RunOptions) -> int | None:
-    ndim = len(source.spatial_shape)
-    if meta.spatial_dims == 3 and ndim == 2:
-        raise ModelError(f"the model is 3-D but {source.path} is a 2-D raster; use a 2-D model")
-    if meta.spatial_dims == 2 and ndim == 3:
-        return 2 if options.slice_axis is None else options.slice_axis
-    return None
-
-
-_DEFAULT_NAME = re.compile(r"^(band|volume)_\d+$")  # what readers call unnamed bands
 MAX_RESAMPLING = 20.0  # beyond this spacing ratio the units, not the scans, differ
 VALUE_SAMPLE_2D = 256  # edge of the window sampled at the centre for the value check
 VALUE_SAMPLE_3D = 48
-
-
-def check_channels(source: Source, meta: ModelMeta, options: RunOptions) -> None:
-    """A one-line ModelError when the channel count differs, naming missing bands."""
-    if source.channels == meta.in_channels:
-        return
-    found = (
-        f"{source.path} has {source.channels} channel(s) but the model expects {meta.in_channels}"
-    )
-    expected, given = meta.band_names, _named(source)
-    if expected is not None and given is not None:
-        missing = [name for name in expected if name not in given]
-        found += f" ({', '.join(expected)}; missing {', '.join(missing) or 'none'})"
-        if not missing:
-            raise ModelError(
-                f"{found}; select them with --bands {_band_numbers(source, meta, options)}"
-            )
-    raise ModelError(f"{found}; {_channel_hint(source, meta.in_channels)}")
-
-
-def _channel_hint(source: Source, wanted: int) -> str:
-    """The fix for a channel count: which bands to pick, or that none can be picked."""
-    if source.kind != "raster":
-        return "choose --volume N or --volumes-as-channels"
-    if source.channels > wanted:
-        bands = ",".join(str(b) for b in range(1, wanted + 1))
-        return f"select {wanted} of its bands with --bands, e.g. --bands {bands}"
-    return (
-        f"--bands cannot add bands: use an input with {wanted} bands or a model "
-        f"made for {source.channels}"
-    )
 
 
 def band_name_warnings(source: Source, meta: ModelMeta, options: RunOptions) -> list[str]:
@@ -213,22 +175,6 @@ def band_name_warnings(source: Source, meta: ModelMeta, options: RunOptions) -> 
         f"{source.path} has bands {', '.join(given)} but the model expects "
         f"{', '.join(expected)}; reorder with --bands {_band_numbers(source, meta, options)}"
     ]
-
-
-def _named(source: Source) -> tuple[str, ...] | None:
-    """The input's band names, or None where the reader only numbered them."""
-    names = tuple(source.band_names)
-    if not names or all(_DEFAULT_NAME.match(n) for n in names):
-        return None
-    return names
-
-
-def _band_numbers(source: Source, meta: ModelMeta, options: RunOptions) -> str:
-    """The --bands value that reads the model's bands in its order from this input."""
-    assert meta.band_names is not None
-    given = list(source.band_names)
-    read = options.bands or tuple(range(1, len(given) + 1))
-    return ",".join(str(read[given.index(name)]) for name in meta.band_names)
 
 
 def fit_resolution(

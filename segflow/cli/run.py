@@ -24,11 +24,14 @@ from segflow.inputs import InputItem, collect_inputs, plan_items
 from segflow.io.files import check_readable
 from segflow.io.stac_names import is_stac_input, split_fragment
 from segflow.io.uris import as_location, is_uri
+from segflow.models.compat import check_shape_fit
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
 
 if TYPE_CHECKING:
     from segflow.api import RunResult
+    from segflow.io.source import Source
+    from segflow.models.meta import ModelMeta
 
 ProgressFactory = Callable[[str], Callable[[int, int], None]]
 
@@ -241,8 +244,9 @@ def run_command(
             region_size=region_size,
         )
         given = [*(inputs or []), *(more_inputs or [])]
-        checked = check_run(given, pipeline, output, resume=resume, overwrite=overwrite)
-        check_model_files(ensemble or [pipeline.require_model()])
+        checked = check_run(
+            given, pipeline, output, resume=resume, overwrite=overwrite, models=ensemble
+        )
         at_terminal = progress and sys.stderr.isatty()
         if at_terminal:  # the model and the flow take seconds to start: say what is coming
             err.print(
@@ -267,8 +271,8 @@ def start_message(items: list[InputItem], models: list[Path], flow: bool) -> str
 
 def _ensemble_models(models: list[Path]) -> list[Path]:
     """The model files of an ensemble (several -m, or a folder), or [] for one model file."""
-    if len(models) == 1 and not models[0].is_dir():
-        return []
+    if not models or (len(models) == 1 and not models[0].is_dir()):
+        return []  # no -m (the spec's model) or one model file: no ensemble, no torch yet
     from segflow.engine.ensemble import model_files
 
     files: list[Path] = []
@@ -292,18 +296,25 @@ def model_paths(models: list[str]) -> list[Path]:
 
 
 def check_run(
-    inputs: list[str], pipeline: Pipeline, output: str, *, resume: bool, overwrite: bool
+    inputs: list[str],
+    pipeline: Pipeline,
+    output: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    models: list[Path] | None = None,
 ) -> list[InputItem]:
     """The planned inputs, once inputs, model and output are known to be usable.
 
-    A single input must be readable; in a batch an unreadable input fails alone
-    (with its reason) while the others run.
+    A single input must be readable, and fit the model (``models`` for an ensemble);
+    in a batch an unreadable input fails alone (with its reason) while the others run.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     if not inputs:
         raise ConfigError("no input given; pass files, folders or globs (or -i PATH)")
-    pipeline.require_model()
+    metas = model_metas(models or [pipeline.require_model()])
+    _check_clean_classes(pipeline.options, metas[0])
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs(list(inputs)), as_location(output))
     first = as_location(split_fragment(items[0].input)[0])  # a STAC item: its JSON file
@@ -319,18 +330,23 @@ def check_run(
                     f"{target} exists; pass --resume to continue it or --overwrite to replace it"
                 )
     if single and isinstance(first, Path) and not is_stac_input(items[0].input):
-        _check_header(first, pipeline.options)
+        source = _check_header(first, pipeline.options)
+        for meta in metas:
+            check_shape_fit(source, meta, pipeline.options)
     return items
 
 
-def _check_header(path: Path, options: RunOptions) -> None:
+# "s3://b/k" as a Path is "s3:/b/k": a scheme of two letters or more (C:/ is a drive)
+
+
+def _check_header(path: Path, options: RunOptions) -> Source:
     """Open the input as the run will (its header, not its data): a damaged or
     meaningless file fails before torch is imported. Its warnings come with the run."""
     from segflow.io.open import open_source
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        open_source(
+        return open_source(
             path,
             bands=options.bands,
             nodata=options.nodata,
@@ -340,14 +356,12 @@ def _check_header(path: Path, options: RunOptions) -> None:
         )
 
 
-def check_model_files(models: list[Path]) -> None:
-    """The metadata of each safetensors model file, read without torch (exported models
-    are checked when they load: their sidecar is checked against a one-patch probe)."""
-    from segflow.models.header import looks_like_safetensors, safetensors_meta
+def model_metas(models: list[Path]) -> list[ModelMeta]:
+    """The metadata of each model file (its header or sidecar), read without torch; an
+    exported module is checked against its sidecar when it loads, by a one-patch probe."""
+    from segflow.models.header import header_meta
 
-    for path in models:
-        if looks_like_safetensors(path):
-            safetensors_meta(path)
+    return [header_meta(path) for path in models]
 
 
 def _check_clean_sizes(options: RunOptions) -> None:
@@ -358,6 +372,16 @@ def _check_clean_sizes(options: RunOptions) -> None:
 
     parse_min_size(options.min_size)
     parse_min_size(options.sieve, "--sieve")
+
+
+def _check_clean_classes(options: RunOptions, meta: ModelMeta) -> None:
+    """Class names in the post-processing options, against the model's classes."""
+    asked = options.postprocess_options()
+    if asked is None:
+        return
+    from segflow.outputs.postprocess import parse_operations
+
+    parse_operations(list(meta.classes), **asked)
 
 
 def _check_output(items: list[InputItem]) -> None:

@@ -23,26 +23,18 @@ import yaml
 from torch import nn
 
 from segflow.errors import ModelError
-from segflow.io.documents import DocumentError, read_document
-from segflow.models.header import parse_meta
+from segflow.models.header import (  # noqa: F401  (their home before the torch-free header)
+    SIDECAR_SUFFIXES,
+    find_sidecar,
+    parse_meta,
+    read_sidecar,
+    sidecar_candidates,
+)
 from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
-SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
-
 # torch.jit.load has no annotations; typed once here rather than ignored at each use
 _jit_load = cast(Callable[..., torch.jit.ScriptModule], torch.jit.load)
-
-
-def sidecar_candidates(model_path: Path) -> list[Path]:
-    model_path = Path(model_path)
-    full = [model_path.with_name(model_path.name + s) for s in SIDECAR_SUFFIXES]
-    stem = [model_path.with_suffix(s) for s in SIDECAR_SUFFIXES]
-    return full + [p for p in stem if p != model_path]
-
-
-def find_sidecar(model_path: Path) -> Path | None:
-    return next((p for p in sidecar_candidates(model_path) if p.is_file()), None)
 
 
 def default_sidecar_path(model_path: Path, fmt: str = "yaml") -> Path:
@@ -50,17 +42,6 @@ def default_sidecar_path(model_path: Path, fmt: str = "yaml") -> Path:
     if suffix is None:
         raise ModelError(f"sidecar format must be yaml or json, got {fmt!r}")
     return Path(model_path).with_name(Path(model_path).name + suffix)
-
-
-def read_sidecar(path: Path) -> ModelMeta:
-    path = Path(path)
-    try:
-        data = read_document(path)
-    except (OSError, DocumentError) as exc:
-        raise ModelError(f"cannot read metadata sidecar {path.name}: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"metadata sidecar {path.name} must hold a mapping of ModelMeta fields")
-    return parse_meta(data, path.name)
 
 
 def write_sidecar(meta: ModelMeta, path: Path) -> Path:

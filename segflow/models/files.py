@@ -25,12 +25,9 @@ from segflow.io.files import sha256_file
 from segflow.models import legacy
 from segflow.models.exported import (
     OnnxModule,
-    find_sidecar,
     load_torchscript,
-    read_sidecar,
-    sidecar_candidates,
 )
-from segflow.models.header import META_KEY, safetensors_meta
+from segflow.models.header import META_KEY, safetensors_meta, sidecar_meta
 from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 from segflow.models.registry import build_model, output_stride_of
@@ -237,14 +234,7 @@ def _safetensors_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _sidecar_meta(path: Path, sidecar: str | Path | None) -> ModelMeta:
-    found = Path(sidecar) if sidecar is not None else find_sidecar(path)
-    if found is None or not found.is_file():
-        names = ", ".join(p.name for p in sidecar_candidates(path)[:2])
-        raise ModelError(
-            f"{path.name} needs a metadata sidecar ({names}) describing classes, channels and "
-            "normalization; write one with segflow.models.exported.write_sidecar"
-        )
-    return read_sidecar(found)
+    return sidecar_meta(path, sidecar)
 
 
 def _built_with_weights(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> nn.Module:

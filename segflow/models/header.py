@@ -14,10 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from segflow.errors import ModelError
+from segflow.io.documents import DocumentError, read_document
+from segflow.models.messages import first_line
 from segflow.models.meta import ModelMeta
 
 META_KEY = "segflow_meta"
 SAFETENSORS_HEADER_LIMIT = 100 * 2**20  # safetensors' own limit on its JSON header
+SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def parse_meta(data: dict[str, Any] | str, where: str) -> ModelMeta:
@@ -85,3 +88,43 @@ def looks_like_safetensors(path: Path) -> bool:
     if len(head) == 9 and head[8:9] == b"{" and path.suffix != ".onnx":
         return True
     return path.suffix == ".safetensors"
+
+
+def sidecar_candidates(model_path: Path) -> list[Path]:
+    model_path = Path(model_path)
+    full = [model_path.with_name(model_path.name + s) for s in SIDECAR_SUFFIXES]
+    stem = [model_path.with_suffix(s) for s in SIDECAR_SUFFIXES]
+    return full + [p for p in stem if p != model_path]
+
+
+def find_sidecar(model_path: Path) -> Path | None:
+    return next((p for p in sidecar_candidates(model_path) if p.is_file()), None)
+
+
+def read_sidecar(path: Path) -> ModelMeta:
+    path = Path(path)
+    try:
+        data = read_document(path)
+    except (OSError, DocumentError) as exc:
+        raise ModelError(f"cannot read metadata sidecar {path.name}: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"metadata sidecar {path.name} must hold a mapping of ModelMeta fields")
+    return parse_meta(data, path.name)
+
+
+def sidecar_meta(path: Path, sidecar: str | Path | None = None) -> ModelMeta:
+    """The metadata of an exported model (TorchScript, ONNX, a legacy state dict) from
+    the sidecar beside it, or the one given."""
+    found = Path(sidecar) if sidecar is not None else find_sidecar(path)
+    if found is None or not found.is_file():
+        names = ", ".join(p.name for p in sidecar_candidates(path)[:2])
+        raise ModelError(
+            f"{path.name} needs a metadata sidecar ({names}) describing classes, channels and "
+            "normalization; write one with segflow.models.exported.write_sidecar"
+        )
+    return read_sidecar(found)
+
+
+def header_meta(path: Path) -> ModelMeta:
+    """Any model file's metadata, without torch: its safetensors header, or its sidecar."""
+    return safetensors_meta(path) if looks_like_safetensors(path) else sidecar_meta(path)

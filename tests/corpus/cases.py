@@ -25,6 +25,7 @@ class Case:
     name: str
     make: Make
     message: str  # what the one stderr line must say
+    needs_non_root: bool = False  # a permission that root (who may write anywhere) ignores
 
 
 def _model(root: Path) -> Path:
@@ -207,6 +208,127 @@ def _empty_folder(root: Path) -> list[str]:
     return _run(root / "empty", _model(root), root)
 
 
+def _symlink_loop(root: Path) -> list[str]:
+    (root / "a.tif").symlink_to(root / "b.tif")
+    (root / "b.tif").symlink_to(root / "a.tif")
+    return _run(root / "a.tif", _model(root), root)
+
+
+def _dangling_symlink(root: Path) -> list[str]:
+    (root / "gone.tif").symlink_to(root / "moved-away.tif")
+    return _run(root / "gone.tif", _model(root), root)
+
+
+def _folder_of_non_images(root: Path) -> list[str]:
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not an image\n")
+    return _run(root / "notes", _model(root), root)
+
+
+def _empty_manifest(root: Path) -> list[str]:
+    (root / "list.txt").write_text("")
+    return _run(root / "list.txt", _model(root), root)
+
+
+def _newline_in_name(root: Path) -> list[str]:
+    return _run(root / "scene.tif\nother.tif", _model(root), root)
+
+
+def _remote(url: str) -> Make:
+    def make(root: Path) -> list[str]:
+        args = _run(_scene(root), _model(root), root)
+        return [url, *args[1:]]
+
+    return make
+
+
+def _output(name: Callable[[Path], Path]) -> Make:
+    return lambda root: [
+        str(_scene(root)),
+        "-m",
+        str(_model(root)),
+        "-o",
+        str(name(root)),
+        "--no-flow",
+    ]
+
+
+def _output_is_a_file_named_zarr(root: Path) -> Path:
+    (root / "out.zarr").write_text("a file, not a store")
+    return root / "out.zarr"
+
+
+def _read_only_folder(root: Path) -> Path:
+    folder = root / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder / "o.zarr"
+
+
+def _model_folder(root: Path) -> list[str]:
+    (root / "models").mkdir()
+    (root / "models" / "notes.txt").write_text("no model here")
+    return _run(_scene(root), root / "models", root)
+
+
+def _exported(sidecar: str | None, *, classes: int = 2, module_ok: bool = True) -> Make:
+    """A TorchScript model file with the sidecar text given (or the right one, or none)."""
+
+    def make(root: Path) -> list[str]:
+        import torch
+
+        from segflow.models.exported import write_sidecar
+        from segflow.models.meta import ClassInfo
+
+        model = root / "m.pt"
+        loaded = threshold_model(100.0, spatial_dims=2)
+        torch.jit.trace(loaded.module, torch.zeros(1, 1, 8, 8)).save(str(model))
+        if sidecar is None and module_ok:
+            named = tuple(ClassInfo(name=f"class{i}") for i in range(classes))
+            meta = loaded.meta.model_copy(update={"classes": named})
+            write_sidecar(meta, root / "m.yaml")
+        elif sidecar is not None:
+            (root / "m.yaml").write_text(sidecar)
+        return _run(_scene(root), model, root)
+
+    return make
+
+
+def _sidecar_is_a_folder(root: Path) -> list[str]:
+    args = _exported(None)(root)
+    (root / "m.yaml").unlink()
+    (root / "m.yaml").mkdir()
+    return args
+
+
+def _safetensors_without_segflow_meta(root: Path) -> list[str]:
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    model = root / "plain.safetensors"
+    model.write_bytes(struct.pack("<Q", len(header)) + header)
+    return _run(_scene(root), model, root)
+
+
+def _spec_with_missing_model(root: Path) -> list[str]:
+    spec = root / "spec.yaml"
+    spec.write_text("model: nowhere.safetensors\n")
+    return [str(_scene(root)), "--spec", str(spec), "-o", str(root / "out.zarr"), "--no-flow"]
+
+
+def _nifti_with(*extra: str) -> Make:
+    def make(root: Path) -> list[str]:
+        data = np.arange(8 * 8 * 8, dtype=np.int16).reshape(8, 8, 8)
+        path = write_nifti(root / "vol.nii.gz", data, np.eye(4))
+        return _run(path, _model3d(root), root, *extra)
+
+    return make
+
+
+SIDECAR_BOMB = (
+    "arch: pixel\nin_channels: 1\nclasses: [{name: a}, {name: b}]\nprovenance:\n"
+    + "\n".join("  " + line for line in BOMB.splitlines())
+)
+
+
 CASES = [
     # inputs
     Case("missing input", lambda r: _run(r / "none.tif", _model(r), r), "file not found"),
@@ -271,4 +393,45 @@ CASES = [
     Case("output inside a file", _output_inside_a_file, "file"),
     Case("output is the input", _output_is_the_input, "is a file"),
     Case("existing foreign output", _existing_output, "out.zarr"),
+    Case("output is a file named .zarr", _output(_output_is_a_file_named_zarr), "not a store"),
+    Case("output is the model file", _output(lambda r: _model(r)), "is a file"),
+    Case(
+        "output in a read-only folder",
+        _output(_read_only_folder),
+        "not writable",
+        needs_non_root=True,
+    ),
+    # more inputs
+    Case("symlink loop", _symlink_loop, "a.tif"),
+    Case("dangling symlink", _dangling_symlink, "gone.tif"),
+    Case("folder of non-images", _folder_of_non_images, "notes"),
+    Case("empty manifest", _empty_manifest, "list.txt"),
+    Case("newline in the name", _newline_in_name, "not found"),
+    Case(
+        "unsupported URI scheme",
+        _remote("ftp://example.com/a.tif"),
+        "ftp:// is not a storage segflow reads",
+    ),
+    Case("nodata the dtype cannot hold", _with_scene("--nodata", "300"), "nodata=300"),
+    Case("volume index on a 3-D nifti", _nifti_with("--volume", "1"), "volume 1 does not exist"),
+    Case("bands on a nifti", _nifti_with("--bands", "1"), "bands"),
+    # more options
+    Case("chunk size 0", _with_scene("--chunk-size", "0"), "chunk size"),
+    Case("sigma nan", _with_scene("--sigma", "nan"), "sigma"),
+    Case("patch size 4-D", _with_scene("--patch-size", "8,8,8,8"), "patch size"),
+    Case("workers 0", _with_scene("--workers", "0"), "workers"),
+    Case("spacing 0", _with_scene("--spacing", "0"), "spacing"),
+    Case("resolution nan", _with_scene("--resolution", "nan"), "resolution"),
+    Case("min size letters", _with_scene("--min-size", "abc"), "min-size"),
+    Case("connectivity typo", _with_scene("--connectivity", "diag"), "connectivity"),
+    Case("keep-largest unknown class", _with_scene("--keep-largest", "roads"), "roads"),
+    # more model files
+    Case("model folder without models", _model_folder, "no model files"),
+    Case("torchscript without sidecar", _exported(None, module_ok=False), "sidecar"),
+    Case("sidecar disagrees with module", _exported(None, classes=3), "declares 3 classes"),
+    Case("sidecar is a folder", _sidecar_is_a_folder, "needs a metadata sidecar"),
+    Case("sidecar is binary", _exported("\x00\xff\xfe garbage \x00"), "m.yaml"),
+    Case("sidecar alias bomb", _exported(SIDECAR_BOMB), "anchors and aliases"),
+    Case("safetensors without segflow metadata", _safetensors_without_segflow_meta, "segflow"),
+    Case("spec with a missing model", _spec_with_missing_model, "nowhere.safetensors"),
 ]

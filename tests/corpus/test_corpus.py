@@ -31,6 +31,8 @@ def looks_complete(store: Path) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_a_mistake_is_one_line_and_leaves_nothing_complete(case: Case, tmp_path: Path) -> None:
+    if case.needs_non_root and os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder; run the corpus as a user")
     args = case.make(tmp_path)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     result = subprocess.run(
@@ -45,6 +47,6 @@ def test_a_mistake_is_one_line_and_leaves_nothing_complete(case: Case, tmp_path:
     assert not looks_complete(tmp_path / "out.zarr")
 
 
-def test_the_corpus_has_forty_cases() -> None:
-    assert len(CASES) >= 40
+def test_the_corpus_has_sixty_cases() -> None:
+    assert len(CASES) >= 60
     assert len({c.name for c in CASES}) == len(CASES)
