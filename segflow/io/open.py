@@ -61,17 +61,8 @@ def open_source(
         return open_stac_item(str(path), band_names, nodata)
     path = as_location(path)
     kind = source_kind(path)
-    if isinstance(path, ObjectPath):
-        return _open_remote(
-            path,
-            kind,
-            bands=bands,
-            nodata=nodata,
-            series=series,
-            volume=volume,
-            volumes_as_channels=volumes_as_channels,
-        )
-    if kind is None and is_dicom_input(path):
+    remote = isinstance(path, ObjectPath)
+    if not remote and kind is None and is_dicom_input(path):
         from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
 
         return open_dicom(
@@ -83,7 +74,8 @@ def open_source(
             volumes_as_channels=volumes_as_channels,
         )
     if series is not None:
-        raise ConfigError(f"series= applies to DICOM inputs; {path.name} is not one")
+        where = "an object in storage" if remote else "not one"
+        raise ConfigError(f"series= applies to DICOM inputs; {path.name} is {where}")
     if kind == "volume":
         if bands is not None:
             raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
@@ -98,44 +90,11 @@ def open_source(
         )
     if kind == "raster":
         return GeoTiffSource(path, bands=bands, nodata=nodata)
-    check_input_file(path)  # a missing file says so, not "unknown format"
+    if not remote:
+        check_input_file(path)  # a missing file says so, not "unknown format"
     try:
         return GeoTiffSource(path, bands=bands, nodata=nodata)
     except NotARasterError:
         raise ReaderError(
             f"{path}: is not a GeoTIFF or NIfTI file; segflow reads .tif/.tiff/.nii/.nii.gz"
-        ) from None
-
-
-def _open_remote(
-    path: ObjectPath,
-    kind: str | None,
-    *,
-    bands: Sequence[int] | None,
-    nodata: float | None,
-    series: str | None,
-    volume: int | None,
-    volumes_as_channels: bool,
-) -> Source:
-    """An object in storage: a raster through GDAL's /vsi readers, a NIfTI volume through
-    an fsspec file object; DICOM series stay local."""
-    if series is not None:
-        raise ConfigError(f"series= applies to DICOM folders; {path} is an object in storage")
-    if kind == "volume":
-        if bands is not None:
-            raise ConfigError(f"bands= applies to rasters; {path.name} is a NIfTI volume")
-        from segflow.io.nifti import NiftiSource
-
-        return NiftiSource(
-            path, volume=volume, volumes_as_channels=volumes_as_channels, nodata=nodata
-        )
-    if volume is not None or volumes_as_channels:
-        raise ConfigError(
-            f"volume= / volumes_as_channels= apply to NIfTI volumes; {path} is not one"
-        )
-    try:
-        return GeoTiffSource(path, bands=bands, nodata=nodata)
-    except NotARasterError:
-        raise ReaderError(
-            f"{path}: is not a raster GDAL can read; segflow reads GeoTIFF/COG objects"
         ) from None
