@@ -130,13 +130,8 @@ class ZarrSink:
             )
         if target.exists() or target.is_symlink():
             if resume:
-                sink = cls.open(target)
-                sink._check_matches(info)
-                return sink
-            if not overwrite:
-                raise OutputError(
-                    f"{target} exists; pass --resume to continue it or --overwrite to replace it"
-                )
+                return cls._resumed(target, info)
+            _refuse_existing(target, overwrite)
             check_can_create(target)
             remove_store(target)
         else:
@@ -144,6 +139,13 @@ class ZarrSink:
         make_dir(target)
         write_new_store(target, info, layout, geometry, classes)
         return cls(target, info)
+
+    @classmethod
+    def _resumed(cls, target: StorePath, info: dict[str, Any]) -> ZarrSink:
+        """The existing store, once it is known to be the same run's."""
+        sink = cls.open(target)
+        sink._check_matches(info)
+        return sink
 
     @classmethod
     def _create_remote(
@@ -159,13 +161,8 @@ class ZarrSink:
         check_can_create_remote(target)  # a missing bucket or wrong credentials: one line
         if target.is_dir():
             if resume:
-                sink = cls.open(target)
-                sink._check_matches(info)
-                return sink
-            if not overwrite:
-                raise OutputError(
-                    f"{target} exists; pass --resume to continue it or --overwrite to replace it"
-                )
+                return cls._resumed(target, info)
+            _refuse_existing(target, overwrite)
             remove_remote_store(target)
         from segflow.io import remote  # fsspec only for stores in object storage
 
@@ -501,3 +498,11 @@ def _holds_store(target: StorePath) -> bool:
 
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _refuse_existing(target: StorePath, overwrite: bool) -> None:
+    """An existing store is replaced only when asked to be."""
+    if not overwrite:
+        raise OutputError(
+            f"{target} exists; pass --resume to continue it or --overwrite to replace it"
+        )
