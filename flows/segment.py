@@ -142,9 +142,9 @@ def _progress(logger: Any, name: str) -> ProgressFn:
         if hook is not None:
             hook(done, total)
         now = time.monotonic()
-        if done in (1, total) or now - last[0] >= PROGRESS_LOG_SECONDS:
+        if done == total or now - last[0] >= PROGRESS_LOG_SECONDS:
             last[0] = now
-            logger.info("%s: %d/%d regions written", name, done, total)
+            logger.info("%s: %d %% done", name, 100 * done // max(total, 1))
 
     return update
 

@@ -196,9 +196,8 @@ def test_region_size_changes_the_tasks_never_the_output(tmp_path):
     model = conv_model()
     runs = {}
     for region in (64, 150, None):  # 150 rounds down to two 64-pixel chunks
-        totals = []
         out = tmp_path / f"r{region}.zarr"
-        segment(
+        result = segment(
             path,
             model,
             out,
@@ -208,10 +207,10 @@ def test_region_size_changes_the_tasks_never_the_output(tmp_path):
             region_size=region,
             probabilities="float16",
             device="cpu",
-            progress=lambda done, total, seen=totals: seen.append(total),
         )
         group = zarr.open_group(out, mode="r")
-        runs[region] = (totals[-1], group["labels"][...], group["probabilities"][...])
+        tasks = result.stats["region_tasks"]
+        runs[region] = (tasks, group["labels"][...], group["probabilities"][...])
     assert [runs[r][0] for r in (64, 150, None)] == [6 * 5, 3 * 3, 1]
     for region in (64, 150):
         np.testing.assert_array_equal(runs[region][1], runs[None][1])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, out
 from segflow.errors import ConfigError, OutputError
@@ -486,8 +486,7 @@ def progress_bar(enabled: bool) -> Iterator[ProgressFactory]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("regions"),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:

@@ -29,7 +29,8 @@ from segflow.engine.region import (
 from segflow.engine.sharing import HandoffPlan, plan_handoff, scratch_folder, sharing
 from segflow.errors import ConfigError
 
-ProgressFn = Callable[[int, int], None]  # (tasks done, tasks total)
+# (done, total): patches under the local schedulers, region tasks on a cluster
+ProgressFn = Callable[[int, int], None]
 TASK_PREFIX = "segflow-region"
 # the accumulators of the region tasks in flight
 REGION_MEMORY_BYTES = 256 * 2**20
@@ -39,20 +40,41 @@ HAND_ON_PATCHES = True
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", None)
 
 
-class _TaskProgress(Callback):
-    """Counts finished region tasks under the local schedulers."""
+class _PatchProgress(Callback):
+    """Counts blended patches under the local schedulers, topped up as each task ends.
+
+    Patches, not region tasks: a small input is one or two regions, whose bar
+    would otherwise sit at 0 until the end. A task's patches that were never
+    blended (all nodata) count once the task ends.
+    """
 
     # Callback.__init__ only stores hooks passed as arguments; this one is a method
-    def __init__(self, total: int, report: ProgressFn) -> None:
-        self.total = total
+    def __init__(self, work: RegionWork, tasks: list[Index], report: ProgressFn) -> None:
+        self.expected = {
+            task_key(t): len(work.grid.touching(task_grid_region(work, t))) for t in tasks
+        }
+        self.counted = dict.fromkeys(self.expected, 0)
+        self.total = sum(self.expected.values())
         self.done = 0
         self.report = report
+        self._lock = threading.Lock()
+
+    def patches(self, task: Index, count: int) -> None:
+        key = task_key(task)
+        with self._lock:
+            # never past the task's own share: its end tops it up exactly
+            count = min(count, self.expected[key] - self.counted[key])
+            self.counted[key] += count
+            self.done += count
+            self.report(self.done, self.total)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith(TASK_PREFIX):
-            self.done += 1
-            self.report(self.done, self.total)
+        if isinstance(name, str) and name in self.expected:
+            with self._lock:
+                self.done += self.expected[name] - self.counted[name]
+                self.counted[name] = self.expected[name]
+                self.report(self.done, self.total)
 
 
 def task_key(task: Index) -> str:
@@ -172,8 +194,9 @@ def _run_local(
     # the scheduler's function itself: named ones make dask import distributed
     # (half a second) to look for a default client first
     get = dask.local.get_sync if sync else dask.threaded.get
-    graph = build_tasks(local, tasks)
-    with _TaskProgress(len(tasks), report):
+    counter = _PatchProgress(work, tasks, report)
+    graph = build_tasks(dataclasses.replace(local, on_patches=counter.patches), tasks)
+    with counter:
         results = compute(*graph, scheduler=get, num_workers=in_flight)  # type: ignore[no-untyped-call]
     return list(results)
 

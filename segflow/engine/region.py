@@ -138,6 +138,9 @@ class RegionWork:
     task_threads: int = 1
     handoff: Handoff | None = None
     sharing_key: str | None = None
+    # set by execute() under the local schedulers: told (task, patches) as each batch is
+    # blended, so the progress of an input of one or two regions moves as it runs
+    on_patches: Callable[[Index, int], None] | None = None
 
 
 @dataclass
@@ -280,6 +283,8 @@ def _predict_region(
         buffers = BatchBuffers(shape, pinned=device.type == "cuda")
         exchange = task_exchange(work.handoff, work.sharing_key, task, grid_region)
         blender = _Blender(work, exchange, cut, predictor, accumulator, stats)
+        if work.on_patches is not None:
+            blender.on_blended = functools.partial(work.on_patches, task)
         try:
             _predict_and_blend(work, blender, buffers, todo)
         finally:
@@ -440,6 +445,8 @@ def _predict_and_blend(
         items, predicted, batch, copied = done
         for index, extent, here in items:
             blender.blend(index, extent, predicted.pop(index) if here else None)
+        if blender.on_blended is not None:
+            blender.on_blended(len(items))
         if batch is not None:  # blended: the logits may have been views of it
             if copied is not None:  # a pinned batch is copied to the GPU asynchronously
                 copied.synchronize()
@@ -480,6 +487,7 @@ class _Blender:
         self._device = accumulator.device
         self._on_device = accumulator.device.type != "cpu"  # blend where the logits are
         self._stats = stats
+        self.on_blended: Callable[[int], None] | None = None  # progress, in patches
 
     def predicts_here(self, index: Index) -> bool:
         """Whether this task predicts ``index``: nobody else touches it, or this task owns it."""

@@ -62,7 +62,7 @@ def open_source(
     path = as_location(path)
     kind = source_kind(path)
     remote = isinstance(path, ObjectPath)
-    if not remote and kind is None and is_dicom_input(path):
+    if isinstance(path, Path) and kind is None and is_dicom_input(path):
         from segflow.io.dicom import open_dicom  # pydicom only when DICOM is read
 
         return open_dicom(
