@@ -168,7 +168,9 @@ def create_level(
         attrs = meta.cf_label_attrs(sink.classes, nodata)
         return create_array(group, "labels", shape, chunks, dtype, nodata, dims, attrs)
     attrs = meta.volume_label_attrs(nodata)
-    return create_array(root, str(level), shape, chunks, dtype, nodata, meta.VOLUME_AXES, attrs)
+    ome = group_attrs(root).get("ome")  # level 0's axis names, those of old stores included
+    axes = meta.VOLUME_AXES if ome is None else meta.stored_volume_axes(ome)
+    return create_array(root, str(level), shape, chunks, dtype, nodata, axes, attrs)
 
 
 def record_levels(sink: ZarrSink, levels: Sequence[PyramidLevel], resampling: str) -> None:

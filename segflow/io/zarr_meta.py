@@ -27,7 +27,11 @@ STORE_FORMAT = "segflow.zarr"
 STORE_FORMAT_VERSION = 1
 OME_VERSION = "0.5"
 GRID_MAPPING = "spatial_ref"  # name of the CF grid-mapping variable (rioxarray's default)
-VOLUME_AXES = ("i", "j", "k")
+# A volume's array axes 0, 1, 2 are the input file's voxel axes i, j, k. OME-only tools look
+# for spatial axes named z, y, x, so the store names them so (OME orders space slowest first);
+# the names are labels of the voxel axes, not world directions (see volume_scale_translation).
+VOLUME_AXES = ("z", "y", "x")
+LEGACY_VOLUME_AXES = ("i", "j", "k")  # stores written before carry these names
 PROBABILITY_SCALE = 1.0 / 254.0  # uint8 probabilities: p = q / 254, 255 = nodata
 
 JSON = Any  # JSON-compatible value (dict / list / str / int / float / bool / None)
@@ -348,8 +352,26 @@ def cf_probability_attrs(mode: str) -> dict[str, JSON]:
 # --- OME-Zarr 0.5 (volumes) ------------------------------------------------------------------
 
 
-def ome_space_axes(unit: str = "millimeter") -> list[dict[str, JSON]]:
-    return [{"name": name, "type": "space", "unit": unit} for name in VOLUME_AXES]
+def ome_space_axes(
+    names: Sequence[str] = VOLUME_AXES, unit: str = "millimeter"
+) -> list[dict[str, JSON]]:
+    return [{"name": name, "type": "space", "unit": unit} for name in names]
+
+
+def stored_volume_axes(ome_attrs: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Names of the spatial axes in a volume store's ``ome`` block.
+
+    ``z, y, x`` for current stores, ``i, j, k`` for stores written before; arrays added
+    to a store (pyramid levels) take the names its level 0 already has.
+    """
+    try:
+        axes = ome_attrs["multiscales"][0]["axes"]
+        names = tuple(str(a["name"]) for a in axes if a.get("type") == "space")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"the store's OME axes are unreadable: {exc!r}") from exc
+    if names not in (VOLUME_AXES, LEGACY_VOLUME_AXES):
+        raise ValueError(f"unexpected OME space axes {list(names)}; segflow writes z, y, x")
+    return names[0], names[1], names[2]
 
 
 def ome_channel_axis(name: str = "c") -> dict[str, JSON]:
@@ -374,10 +396,13 @@ def ome_multiscale(
 
 
 def volume_scale_translation(geometry: VolumeGeometry) -> tuple[list[float], list[float]]:
-    """OME scale (voxel sizes) and translation (affine origin) of a volume.
+    """OME scale (voxel sizes) and translation (affine origin) of a volume, per array axis.
 
-    These only describe axis-aligned, unflipped grids; the exact affine lives in the
-    segflow geometry attributes.
+    Array axis n (OME ``z``, ``y``, ``x`` for n = 0, 1, 2) is voxel axis i, j, k of the
+    input file. Scales stay positive and there is no rotation, so these describe the
+    world only for grids whose voxel axes run along +x, +y, +z; flips, axis swaps and
+    rotation live in the exact affine of the segflow geometry attributes (which segflow's
+    readers and the NIfTI export use) and in ``segflow export --to ome-zarr``.
     """
     return [float(z) for z in geometry.zooms], [float(row[3]) for row in geometry.affine[:3]]
 
@@ -396,7 +421,7 @@ def ome_image_label(classes: Sequence[ClassInfo], nodata: int) -> dict[str, JSON
 def ome_label_image_attrs(
     name: str, geometry: VolumeGeometry, classes: Sequence[ClassInfo], nodata: int, path: str = "0"
 ) -> dict[str, JSON]:
-    """``ome`` attributes of a label image whose level-0 array is ``path`` (i, j, k)."""
+    """``ome`` attributes of a label image whose level-0 array is ``path`` (z, y, x = i, j, k)."""
     scale, translation = volume_scale_translation(geometry)
     multiscale = ome_multiscale(name, ome_space_axes(), [ome_dataset(path, scale, translation)])
     return {
@@ -409,7 +434,7 @@ def ome_label_image_attrs(
 def ome_probability_image_attrs(
     name: str, geometry: VolumeGeometry, path: str = "0"
 ) -> dict[str, JSON]:
-    """``ome`` attributes of the probabilities image whose level-0 array is ``path`` (c, i, j, k)."""
+    """``ome`` attributes of the probabilities image at ``path`` (c, z, y, x = c, i, j, k)."""
     scale, translation = volume_scale_translation(geometry)
     axes = [ome_channel_axis(), *ome_space_axes()]
     dataset = ome_dataset(path, [1.0, *scale], [0.0, *translation])

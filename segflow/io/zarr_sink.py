@@ -10,9 +10,12 @@ Layout (rasters, readable with ``xarray.open_zarr`` + rioxarray)::
 
 Layout (volumes, OME-Zarr 0.5 label image)::
 
-    0                   (i, j, k) labels in the file's voxel order
-    probabilities/0     (c, i, j, k) optional, an OME image group
+    0                   (z, y, x) labels in the file's voxel order (i, j, k)
+    probabilities/0     (c, z, y, x) optional, an OME image group
     _segflow/done
+
+The OME axis names are labels of the voxel axes (stores written before name them
+i, j, k); the exact affine is in the ``segflow`` geometry attributes.
 
 The root attribute ``segflow`` holds the store's own description (layout, classes,
 exact geometry, provenance, completion). Each output chunk is written whole by one

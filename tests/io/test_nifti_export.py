@@ -19,6 +19,7 @@ from segflow.io.source import RasterGeometry, VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
 from tests.conftest import threshold_model
+from tests.io.ome import as_written_before_zyx
 
 SHAPE = (23, 19, 14)
 THRESHOLD = 100.0
@@ -91,6 +92,18 @@ def test_mask_overlays_the_input_exactly(tmp_path, name, sform, qform):
     result = export_nifti(out, tmp_path / "mask.nii.gz")
     mask, image = assert_overlays(result.path, path)
     assert mask.get_data_dtype() == np.uint8
+    expected = (np.asarray(image.dataobj) > THRESHOLD).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
+
+
+@pytest.mark.parametrize("name", ["LPS", "oblique"])
+def test_stores_with_axes_i_j_k_export_exactly(tmp_path, name):
+    data = volume_data()
+    path = write_input(tmp_path / "in.nii.gz", data, AFFINES[name], 2, 1)
+    out = tmp_path / "o.zarr"
+    segment(path, threshold_model(THRESHOLD), out, device="cpu", patch_size=16, chunk_size=8)
+    as_written_before_zyx(out)  # as written before the axes were named z, y, x
+    mask, image = assert_overlays(export_nifti(out, tmp_path / "mask.nii.gz").path, path)
     expected = (np.asarray(image.dataobj) > THRESHOLD).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(mask.dataobj), expected)
 

@@ -19,7 +19,7 @@ from segflow.io.source import VolumeGeometry
 from segflow.io.zarr_sink import OutputLayout, ZarrSink
 from segflow.models.meta import ClassInfo
 from tests.conftest import write_nifti
-from tests.io.ome import valid_image_group, valid_label_group
+from tests.io.ome import as_written_before_zyx, valid_image_group, valid_label_group
 
 SHAPE = (6, 7, 8)
 ZOOMS = (1.0, 1.5, 2.0)
@@ -169,3 +169,32 @@ def test_mistakes_are_one_line(tmp_path: Path) -> None:
         export_ome_zarr(store, tmp_path / "v3.zarr")
     assert not (tmp_path / "v2.zarr").exists() and not (tmp_path / "v3.zarr").exists()
     json.dumps(zarr.open_group(store, mode="r").attrs["segflow"])  # the store is untouched
+
+
+@pytest.mark.parametrize(("codes", "placed"), [("RAS", True), ("LPS", False), ("LIA", False)])
+def test_the_stores_own_ome_block_places_voxels_only_for_ras_grids(
+    tmp_path: Path, codes: str, placed: bool
+) -> None:
+    """What the README says OME-only viewers see in the store itself: its z, y, x are the
+    voxel axes i, j, k with positive scales, so only a grid along +x, +y, +z lands right."""
+    affine = axis_aligned(codes)
+    store, _, labels = make_pair(tmp_path, affine)
+    valid_label_group(store)
+    ome = zarr.open_group(store, mode="r").attrs["ome"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["z", "y", "x"]
+    viewer = ome_world(ome, labels.shape)  # per voxel, in the store's (file's) voxel order
+    nibabel = nib.affines.apply_affine(affine, np.indices(labels.shape).reshape(3, -1).T)
+    assert np.allclose(viewer, nibabel) is placed
+
+
+def test_stores_with_axes_i_j_k_export_for_viewers(tmp_path: Path) -> None:
+    store, _, _ = make_pair(tmp_path, axis_aligned("LPS"))
+    fresh = export_ome_zarr(store, tmp_path / "fresh.zarr")
+    as_written_before_zyx(store)
+    old = export_ome_zarr(store, tmp_path / "old.zarr")
+    valid_image_group(old)
+    valid_label_group(old, "labels/labels")
+    a, b = zarr.open_group(fresh, mode="r"), zarr.open_group(old, mode="r")
+    np.testing.assert_array_equal(a["labels/labels/0"][...], b["labels/labels/0"][...])
+    (ms_a,), (ms_b,) = (g["labels/labels"].attrs["ome"]["multiscales"] for g in (a, b))
+    assert (ms_a["axes"], ms_a["datasets"]) == (ms_b["axes"], ms_b["datasets"])

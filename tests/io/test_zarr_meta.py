@@ -169,7 +169,8 @@ def test_ome_label_image_structure() -> None:
     assert ome["version"] == "0.5"
     (ms,) = ome["multiscales"]
     assert ms["name"] == "scan"
-    assert ms["axes"] == [{"name": n, "type": "space", "unit": "millimeter"} for n in "ijk"]
+    # array axes 0, 1, 2 (the file's voxel axes i, j, k) under the names OME-only tools expect
+    assert ms["axes"] == [{"name": n, "type": "space", "unit": "millimeter"} for n in "zyx"]
     (ds,) = ms["datasets"]
     assert ds == {
         "path": "0",
@@ -198,7 +199,7 @@ def test_ome_probability_image_has_channel_axis_first() -> None:
     ome = meta.ome_probability_image_attrs("scan probabilities", OBLIQUE_LIA)
     valid_image_attrs(ome)
     (ms,) = ome["multiscales"]
-    assert [a["name"] for a in ms["axes"]] == ["c", "i", "j", "k"]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
     assert ms["axes"][0] == {"name": "c", "type": "channel"}
     scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [1.0, *OBLIQUE_LIA.zooms]
@@ -225,7 +226,7 @@ def _broken(change: str) -> dict:
     elif change == "axis-order":
         ms["axes"] = [*ms["axes"], {"name": "c", "type": "channel"}]
     elif change == "axis-names":
-        ms["axes"][1]["name"] = "i"
+        ms["axes"][1]["name"] = ms["axes"][0]["name"]  # a duplicate
     elif change == "translation-first":
         ms["datasets"][0]["coordinateTransformations"].reverse()
     elif change == "scale-length":
@@ -252,3 +253,27 @@ def _broken(change: str) -> dict:
 def test_broken_ome_metadata_is_rejected(change: str) -> None:
     with pytest.raises(ValidationError):
         valid_label_attrs(_broken(change))
+
+
+def test_stored_axis_names_are_read_for_current_and_older_stores() -> None:
+    ome = meta.ome_label_image_attrs("scan", OBLIQUE_LIA, CLASSES, 255)
+    assert meta.stored_volume_axes(ome) == ("z", "y", "x")
+    older = copy.deepcopy(ome)  # stores written before named the voxel axes i, j, k
+    older["multiscales"][0]["axes"] = meta.ome_space_axes(meta.LEGACY_VOLUME_AXES)
+    valid_label_attrs(older)
+    assert meta.stored_volume_axes(older) == ("i", "j", "k")
+    probabilities = meta.ome_probability_image_attrs("scan probabilities", OBLIQUE_LIA)
+    assert meta.stored_volume_axes(probabilities) == ("z", "y", "x")  # the channel is skipped
+
+
+@pytest.mark.parametrize(
+    "ome",
+    [
+        {},
+        {"multiscales": []},
+        {"multiscales": [{"axes": meta.ome_space_axes(("x", "y", "z"))}]},
+    ],
+)
+def test_unexpected_stored_axis_names_are_a_clear_error(ome: dict) -> None:
+    with pytest.raises(ValueError, match="OME"):
+        meta.stored_volume_axes(ome)

@@ -33,7 +33,7 @@ from segflow.io.zarr_sink import (
     read_geometry,
 )
 from segflow.models.meta import ClassInfo, default_colors
-from tests.io.ome import valid_image_group, valid_label_group
+from tests.io.ome import as_written_before_zyx, valid_image_group, valid_label_group
 
 UTM_TRANSFORM = Affine(300.0379266750948, 0.0, 101985.0, 0.0, -300.041782729805, 2826915.0)
 GEO_TRANSFORM = Affine(0.000269494585236, 0.0, -74.0042, 0.0, -0.000269494585236, 40.7549)
@@ -257,9 +257,9 @@ def test_volume_store_is_an_ome_label_image(tmp_path: Path) -> None:
     (ms,) = ome["multiscales"]
     assert ms["name"] == "scan"
     assert [(a["name"], a["type"], a["unit"]) for a in ms["axes"]] == [
-        ("i", "space", "millimeter"),
-        ("j", "space", "millimeter"),
-        ("k", "space", "millimeter"),
+        ("z", "space", "millimeter"),  # the file's voxel axes i, j, k, as OME tools name them
+        ("y", "space", "millimeter"),
+        ("x", "space", "millimeter"),
     ]
     (ds,) = ms["datasets"]
     assert ds["path"] == "0"
@@ -272,13 +272,13 @@ def test_volume_store_is_an_ome_label_image(tmp_path: Path) -> None:
     assert label["colors"][1]["rgba"] == [*default_colors(3)[1], 255]
     assert [p["name"] for p in label["properties"][:3]] == ["class 0", "class 1", "class 2"]
 
-    assert node_json(store, "0")["dimension_names"] == ["i", "j", "k"]
+    assert node_json(store, "0")["dimension_names"] == ["z", "y", "x"]  # as the OME axes
     np.testing.assert_array_equal(sink.read_labels(), labels)
 
     prob_ome = node_json(store, "probabilities")["attributes"]["ome"]
     valid_image_group(store, "probabilities")
-    assert [a["name"] for a in prob_ome["multiscales"][0]["axes"]] == ["c", "i", "j", "k"]
-    assert node_json(store, "probabilities/0")["dimension_names"] == ["c", "i", "j", "k"]
+    assert [a["name"] for a in prob_ome["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
+    assert node_json(store, "probabilities/0")["dimension_names"] == ["c", "z", "y", "x"]
     stored = sink.read_probabilities(decode=False)
     np.testing.assert_array_equal(stored, quantize_probabilities(probs, "uint8"))
 
@@ -288,6 +288,44 @@ def test_volume_store_is_an_ome_label_image(tmp_path: Path) -> None:
     assert info["geometry"]["orientation"] == ["L", "I", "A"]
     assert info["complete"] is True and info["summary"] == {"voxels": 1320}
     assert read_geometry(sink) == LIA
+
+
+def test_volume_dims_in_xarray_are_the_ome_axis_names(tmp_path: Path) -> None:
+    shape = (6, 7, 8)
+    sink = make_sink(
+        tmp_path / "scan.zarr", LIA, shape=shape, chunk=(4, 4, 4), probabilities="uint8"
+    )
+    labels = expected_labels(shape, 3, sink.label_nodata)
+    write_chunks(sink, labels, expected_probabilities(shape, 3))
+    sink.finalize({})
+    ds = xr.open_zarr(tmp_path / "scan.zarr", mask_and_scale=False)
+    assert ds["0"].dims == ("z", "y", "x")  # axis 0 is still the file's voxel axis i
+    np.testing.assert_array_equal(ds["0"].values, labels)
+    probs = xr.open_zarr(tmp_path / "scan.zarr", group="probabilities")
+    assert probs["0"].dims == ("c", "z", "y", "x")
+
+
+def test_stores_written_with_axes_i_j_k_still_open_and_resume(tmp_path: Path) -> None:
+    shape, path = (9, 10, 11), tmp_path / "old.zarr"
+    sink = make_sink(path, LIA, shape=shape, chunk=(4, 4, 4), probabilities="uint8")
+    labels = expected_labels(shape, 3, sink.label_nodata)
+    probs = expected_probabilities(shape, 3)
+    first = set(list(np.ndindex(*sink.chunk_grid_shape))[:5])
+    write_chunks(sink, labels, probs, only=first)
+    as_written_before_zyx(path)
+    assert node_json(path, "0")["dimension_names"] == ["i", "j", "k"]
+    valid_label_group(path)  # the old names are valid OME too
+
+    resumed = make_sink(path, LIA, shape=shape, chunk=(4, 4, 4), probabilities="uint8", resume=True)
+    assert resumed.done_chunks() == first
+    write_chunks(resumed, labels, probs, only=all_chunks(resumed) - first)
+    resumed.finalize({})
+    reopened = ZarrSink.open(path)
+    assert read_geometry(reopened) == LIA
+    np.testing.assert_array_equal(reopened.read_labels(), labels)
+    stored = reopened.read_probabilities(decode=False)
+    np.testing.assert_array_equal(stored, quantize_probabilities(probs, "uint8"))
+    assert xr.open_zarr(path, mask_and_scale=False)["0"].dims == ("i", "j", "k")
 
 
 def test_every_array_is_zarr_v3_zstd_with_dimension_names(tmp_path: Path) -> None:

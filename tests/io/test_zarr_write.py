@@ -146,3 +146,6 @@ def test_rotated_grids_keep_their_transform_for_segflow(tmp_path: Path) -> None:
     geometry = raster_geometry(CRS.from_epsg(32618), transform)
     make_sink(tmp_path / "out.zarr", geometry, zarr_format=2)
     assert xr.open_zarr(tmp_path / "out.zarr").labels.rio.transform() == transform
+    # GDAL takes the grid from the x/y coordinates: the README says it opens north-up there
+    with rasterio.open(gdal_path(tmp_path / "out.zarr", "labels")) as ds:
+        assert (ds.transform.b, ds.transform.d) == (0.0, 0.0)

@@ -28,7 +28,7 @@ from segflow.outputs.pyramid import (
     raster_level_transform,
     volume_level_affine,
 )
-from tests.io.ome import valid_label_group
+from tests.io.ome import as_written_before_zyx, valid_label_group
 
 UTM = RasterGeometry(
     crs_wkt=CRS.from_epsg(32618).to_wkt(),
@@ -224,6 +224,22 @@ def test_volume_levels_are_ome_multiscale_datasets(tmp_path):
         assert root[lv.path].dtype == np.uint8
     recorded = root.attrs["segflow"]["pyramid"]["levels"]
     np.testing.assert_allclose(recorded[1]["affine"], volume_level_affine(OBLIQUE, (4, 4, 4)))
+
+
+def test_levels_take_the_axis_names_of_level_0(tmp_path):
+    labels = blobs((40, 36, 20), seed=5)
+    new, old = tmp_path / "new.zarr", tmp_path / "old.zarr"
+    make_store(new, labels, VOLUME, (16, 16, 8))
+    make_store(old, labels, VOLUME, (16, 16, 8))
+    as_written_before_zyx(old)  # a store written when the axes were named i, j, k
+    for store, names in ((new, ["z", "y", "x"]), (old, ["i", "j", "k"])):
+        levels = build_pyramid(store, levels=2, min_size=1)
+        valid_label_group(store)  # every level's dimension_names match the OME axes
+        root = zarr.open_group(store, mode="r")
+        assert [a["name"] for a in root.attrs["ome"]["multiscales"][0]["axes"]] == names
+        for lv in levels:
+            assert list(root[lv.path].metadata.dimension_names) == names
+        np.testing.assert_array_equal(root["1"][...], open_level(new, 1)[...])
 
 
 def test_rebuild_needs_overwrite_and_replaces_the_levels(tmp_path):
