@@ -9,7 +9,8 @@ line that names the key, where it is, and the closest valid key::
 The values themselves are checked once, by :class:`~segflow.options.RunOptions`
 (the one place every option is parsed), and a mistake names its key in the file.
 Relative model paths are relative to the spec file, so a folder holding a spec and
-its model can be moved as a whole. Command-line options are applied with
+its model can be moved as a whole; a model URI (``s3://...``) stays a URI until
+:meth:`Pipeline.require_model` copies it once into the local cache, as ``-m`` does. Command-line options are applied with
 :meth:`Pipeline.with_overrides`, which takes the flat option names of ``segflow run``.
 """
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segflow.errors import ConfigError, one_line
 from segflow.io.documents import DocumentError, read_document
+from segflow.io.uris import ObjectPath, as_location
 from segflow.options import RunOptions, did_you_mean
 
 Size = int | tuple[int, ...]
@@ -89,7 +91,7 @@ class PipelineSpec(_Section):
 
     name: str | None = None
     description: str | None = None
-    model: Path | None = None
+    model: str | None = None  # a path (relative to the spec) or a URI
     device: str | None = None
     amp: bool | None = None
     tta: bool | None = None
@@ -114,7 +116,7 @@ class Pipeline:
     """A spec read and checked: the model file and the options of its runs."""
 
     options: RunOptions = field(default_factory=RunOptions)
-    model: Path | None = None
+    model: Path | ObjectPath | None = None
     name: str | None = None
     description: str | None = None
 
@@ -124,15 +126,19 @@ class Pipeline:
         """A copy with command-line values applied; ``None`` means "not given"."""
         return Pipeline(
             options=self.options.replace(**options),
-            model=Path(model) if model is not None else self.model,
+            model=as_location(model) if model is not None else self.model,
             name=self.name,
             description=self.description,
         )
 
     def require_model(self) -> Path:
-        """The model file, which must exist."""
+        """The model file, which must exist; a URI's local copy (made once, then reused)."""
         if self.model is None:
             raise ConfigError("no model given: pass --model FILE or set 'model:' in the spec")
+        if isinstance(self.model, ObjectPath):
+            from segflow.io.remote import local_copy
+
+            return local_copy(str(self.model))
         if not self.model.is_file():
             raise ConfigError(f"model file {self.model} not found; check the path")
         return self.model
@@ -142,7 +148,7 @@ def load_spec(path: str | os.PathLike[str]) -> Pipeline:
     """Read and check a pipeline YAML; relative model paths resolve against its folder."""
     file = Path(path).expanduser()
     pipeline = parse_spec(_read_yaml(file), source=str(file))
-    if pipeline.model is not None and not pipeline.model.is_absolute():
+    if isinstance(pipeline.model, Path) and not pipeline.model.is_absolute():
         pipeline = Pipeline(
             pipeline.options,
             (file.parent / pipeline.model).resolve(),
@@ -164,7 +170,8 @@ def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> Pipeli
             options = options.replace(**{key.rpartition(".")[2]: value})
         except ConfigError as exc:
             raise ConfigError(f"{source}: {key}: {one_line(exc)}") from None
-    return Pipeline(options, spec.model, spec.name, spec.description)
+    model = as_location(spec.model) if spec.model is not None else None
+    return Pipeline(options, model, spec.name, spec.description)
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

@@ -154,3 +154,13 @@ def test_a_spec_can_ask_for_post_processing(tmp_path):
     assert asked["sieve"] == "10" and asked["connectivity"] == "full"
     with pytest.raises(ConfigError, match=r"postprocess\.connectivity: .*did you mean 'face'"):
         parse_spec({"postprocess": {"connectivity": "fase"}})
+
+
+def test_a_model_uri_stays_a_uri(tmp_path):
+    from segflow.io.uris import ObjectPath
+
+    spec = load_spec(write(tmp_path, "model: s3://models/lc.safetensors\n"))
+    assert spec.model == ObjectPath("s3://models/lc.safetensors")  # not made relative to the file
+    assert parse_spec({"model": "gs://m/a.onnx"}).model == ObjectPath("gs://m/a.onnx")
+    override = Pipeline().with_overrides(model="s3://models/other.safetensors")
+    assert override.model == ObjectPath("s3://models/other.safetensors")

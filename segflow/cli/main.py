@@ -28,6 +28,7 @@ COMMANDS = (
     "segflow.cli.dicom",
     "segflow.cli.flows",
     "segflow.cli.train",
+    "segflow.cli.stac",
 )
 
 

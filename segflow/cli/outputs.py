@@ -7,9 +7,10 @@ the library; a SegflowError prints one line and exits 1, like ``segflow run``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,6 +19,9 @@ from segflow.cli.common import err, one_line_errors, out
 from segflow.errors import ConfigError, OutputError
 from segflow.io.uris import ObjectPath, as_location, is_uri
 from segflow.options import parse_ints
+
+if TYPE_CHECKING:
+    from segflow.io.zarr_sink import ZarrSink
 
 
 class ExportFormat(StrEnum):
@@ -74,9 +78,7 @@ def export_command(
     ],
     output: Annotated[
         str | None,
-        typer.Option(
-            "--output", "-o", help="Target file (default: beside the store); COG: a URI too."
-        ),
+        typer.Option("--output", "-o", help="Target file or URI (default: beside the store)."),
     ] = None,
     resampling: Annotated[str, typer.Option(help="COG overviews: mode or nearest.")] = "mode",
     compress: Annotated[
@@ -128,70 +130,112 @@ def export_command(
 ) -> None:
     """Export a store as a COG, a NIfTI mask, a DICOM SEG, OME-Zarr, a PNG quicklook or polygons."""
     with one_line_errors():
+        local_only = (ExportFormat.DICOM_SEG, ExportFormat.OME_ZARR)
+        if to in local_only and (is_uri(store) or (output and is_uri(output))):
+            raise ConfigError(f"--to {to.value} writes local files; give local paths")
+        location = as_location(store)
+        target = as_location(output) if output else default_output(location, to)
         if to is ExportFormat.COG:
             from segflow.io.cog import export_cog
 
-            location = as_location(store)
-            written = export_cog(
-                location,
-                as_location(output) if output else default_output(location, to),
-                resampling=resampling,
-                compress=compress,
-                overwrite=overwrite,
+            cog = export_cog(
+                location, target, resampling=resampling, compress=compress, overwrite=overwrite
             )
-            out.print(f"[green]wrote[/] {written}", highlight=False)
+            out.print(f"[green]wrote[/] {cog}", highlight=False)
             return
-        if is_uri(store) or (output and is_uri(output)):
-            raise ConfigError(f"--to {to.value} writes local files; give local paths (or --to cog)")
-        store_path = Path(store)
-        target = Path(output or str(default_output(store_path, to)))
-        if to in POLYGON_FORMATS:
-            from segflow.outputs.polygons import export_polygons
+        # a store in object storage is opened once here (one-line errors for a missing
+        # bucket or store); the exporters read it through zarr's fsspec store
+        source_store = location if isinstance(location, Path) else _open_store(location)
+        options = ExportOptions(
+            reference, nodata_value, input, classes, min_area, simplify, source, series, fractional
+        )
 
-            polygons = export_polygons(
-                store_path,
-                target,
-                to=to.value,
-                classes=classes,
-                min_area=min_area,
-                simplify=simplify,
-                overwrite=overwrite,
-            )
-            counts = ", ".join(f"{name} {n:,}" for name, n in polygons.per_class.items())
-            dropped = f"; {polygons.dropped:,} below --min-area" if polygons.dropped else ""
-            out.print(
-                f"[green]wrote[/] {polygons.path}: {polygons.features:,} polygons ({counts}){dropped}",
-                highlight=False,
-            )
-        elif to is ExportFormat.NIFTI:
-            from segflow.io.nifti_export import export_nifti
+        written: list[tuple[Path, str]] = []
 
-            result = export_nifti(
-                store_path,
-                target,
-                reference=reference,
-                nodata_value=nodata_value,
-                overwrite=overwrite,
-            )
-            out.print(f"[green]wrote[/] {result.path}", highlight=False)
-            for path in result.sidecars.values():
-                out.print(f"[green]wrote[/] {path}", highlight=False)
-        elif to is ExportFormat.OME_ZARR:
-            from segflow.io.ome_export import export_ome_zarr
+        def write(local: Path) -> None:
+            written.extend(_export_local(to, source_store, local, options, overwrite))
 
-            written = export_ome_zarr(store, target, image=input, overwrite=overwrite)
-            out.print(f"[green]wrote[/] {written}", highlight=False)
-        elif to is ExportFormat.DICOM_SEG:
-            from segflow.cli.dicom import export_dicom_seg_command
+        if isinstance(target, ObjectPath):
+            from segflow.io.staged import export_to_object
 
-            export_dicom_seg_command(store_path, target, source, series, overwrite, fractional)
+            export_to_object(target, overwrite, write)
         else:
-            from segflow.outputs.preview import preview
+            write(target)
+        for path, detail in written:
+            shown = target.with_name(path.name) if isinstance(target, ObjectPath) else path
+            out.print(f"[green]wrote[/] {shown}{detail}", highlight=False)
 
-            if target.exists() and not overwrite:
-                raise OutputError(f"{target} exists; pass --overwrite to replace it")
-            written = preview(store_path, target, input=input)
-            out.print(f"[green]wrote[/] {written}", highlight=False)
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The format-specific options of ``segflow export`` (see its --help)."""
+
+    reference: Path | None
+    nodata_value: int | None
+    input: Path | None
+    classes: str | None
+    min_area: str | None
+    simplify: float | None
+    source: Path | None
+    series: str | None
+    fractional: bool
+
+
+def _open_store(location: ObjectPath) -> ZarrSink:
+    from segflow.io.zarr_sink import ZarrSink
+
+    return ZarrSink.open(location)
+
+
+def _export_local(
+    to: ExportFormat, store: Path | ZarrSink, target: Path, options: ExportOptions, overwrite: bool
+) -> list[tuple[Path, str]]:
+    """Write ``store`` as ``to`` into the local file ``target``; the files written, each
+    with a detail for its "wrote" line."""
+    if to in POLYGON_FORMATS:
+        from segflow.outputs.polygons import export_polygons
+
+        polygons = export_polygons(
+            store,
+            target,
+            to=to.value,
+            classes=options.classes,
+            min_area=options.min_area,
+            simplify=options.simplify,
+            overwrite=overwrite,
+        )
+        counts = ", ".join(f"{name} {n:,}" for name, n in polygons.per_class.items())
+        dropped = f"; {polygons.dropped:,} below --min-area" if polygons.dropped else ""
+        return [(polygons.path, f": {polygons.features:,} polygons ({counts}){dropped}")]
+    if to is ExportFormat.NIFTI:
+        from segflow.io.nifti_export import export_nifti
+
+        result = export_nifti(
+            store,
+            target,
+            reference=options.reference,
+            nodata_value=options.nodata_value,
+            overwrite=overwrite,
+        )
+        return [(result.path, "")] + [(path, "") for path in result.sidecars.values()]
+    if to is ExportFormat.DICOM_SEG:
+        from segflow.cli.dicom import export_dicom_seg_command
+
+        assert isinstance(store, Path)  # refused for URIs above
+        export_dicom_seg_command(
+            store, target, options.source, options.series, overwrite, options.fractional
+        )
+        return []
+    if to is ExportFormat.OME_ZARR:
+        from segflow.io.ome_export import export_ome_zarr
+
+        assert isinstance(store, Path)  # refused for URIs above
+        return [(export_ome_zarr(store, target, image=options.input, overwrite=overwrite), "")]
+    from segflow.outputs.preview import preview
+
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite to replace it")
+    return [(preview(store, target, input=options.input), "")]
 
 
 def inspect_command(

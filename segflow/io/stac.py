@@ -21,6 +21,7 @@ import pystac
 from segflow.errors import ConfigError, ReaderError
 from segflow.io.band_stack import BandFile, BandStack
 from segflow.io.stac_names import is_stac_input, split_fragment
+from segflow.io.stac_parquet import is_parquet, read_parquet_collection
 from segflow.io.uris import ObjectPath, as_location, is_uri
 
 __all__ = [
@@ -84,6 +85,8 @@ def _read_text(href: str) -> str:
 
 
 def _document(href: str) -> dict[str, Any]:
+    if is_parquet(href):
+        return read_parquet_collection(href)
     try:
         found = json.loads(_read_text(href))
     except ValueError as exc:

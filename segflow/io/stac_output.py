@@ -21,6 +21,7 @@ from rasterio.warp import transform_bounds
 from segflow.io.source import RasterGeometry
 from segflow.io.stac import FsspecStacIO, read_item
 from segflow.io.stac_names import split_fragment
+from segflow.io.stac_parquet import is_parquet
 from segflow.io.stores import StorePath
 from segflow.io.uris import ObjectPath
 from segflow.io.zarr_sink import ZarrSink
@@ -28,6 +29,7 @@ from segflow.io.zarr_sink import ZarrSink
 __all__ = ["item_path", "output_item", "write_output_item"]
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"  # a source item in stac-geoparquet
 
 
 def item_path(store: StorePath) -> StorePath:
@@ -98,9 +100,8 @@ def output_item(sink: ZarrSink, source_text: str, model: Mapping[str, Any]) -> p
     band = RasterBand.create(nodata=sink.label_nodata, data_type=DataType(str(sink.label_dtype)))
     RasterExtension.ext(asset, add_if_missing=True).apply([band])
     source_href, _ = split_fragment(source_text)
-    item.add_link(
-        pystac.Link("derived_from", source_href, pystac.MediaType.JSON, f"STAC item {source.id}")
-    )
+    media = PARQUET_MEDIA_TYPE if is_parquet(source_href) else pystac.MediaType.JSON
+    item.add_link(pystac.Link("derived_from", source_href, media, f"STAC item {source.id}"))
     if model.get("path"):
         item.add_link(pystac.Link("related", str(model["path"]), title="segflow model"))
     return item

@@ -4,7 +4,8 @@ GDAL's COG driver (and GeoPackage, NIfTI writers) seek back into the file they w
 which object storage cannot do; and an object appears whole or not at all when it is
 put. So an export to a URI is written to a local temporary folder with the ordinary
 local writer, then uploaded in one put: readers never see a partial file, and a
-failed export leaves nothing behind.
+failed export leaves nothing behind. Sidecars the writer puts beside the file (NIfTI
+label tables) go beside the object, before it, so the main object appears last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ __all__ = ["export_to_object"]
 def export_to_object(
     target: ObjectPath, overwrite: bool, write: Callable[[Path], object]
 ) -> ObjectPath:
-    """``write(local_path)`` into a temporary file named like ``target``, then upload it."""
+    """``write(local_path)`` into a temporary file named like ``target``, then upload it.
+
+    Other files ``write`` leaves in the folder are uploaded beside ``target`` first.
+    """
     from segflow.io import remote
 
     if not overwrite and remote.exists(target):
@@ -33,5 +37,9 @@ def export_to_object(
     with tempfile.TemporaryDirectory(prefix="segflow-export-") as folder:
         local = Path(folder) / target.name
         write(local)
+        if not local.is_file():
+            raise OutputError(f"nothing was written for {target}")
+        for sidecar in sorted(p for p in Path(folder).iterdir() if p.is_file() and p != local):
+            remote.upload(sidecar, target.with_name(sidecar.name))
         remote.upload(local, target)
     return target

@@ -280,3 +280,28 @@ def test_a_nifti_volume_in_s3_reads_and_segments_as_the_local_file(tmp_path, s3,
         zarr.open_group(tmp_path / "local.zarr", mode="r")["0"][...],
         zarr.open_group(f"s3://{bucket}/ct.zarr", mode="r")["0"][...],
     )
+
+
+def test_a_model_uri_in_a_spec_is_copied_to_the_cache(tmp_path, s3):
+    bucket = s3.new_bucket()
+    fs = _fs(s3)
+    scene = _scene(tmp_path, (64, 96))
+    model = save(_model(), tmp_path / "m.safetensors")
+    fs.put_file(str(model), f"{bucket}/models/m.safetensors")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: s3://{bucket}/models/m.safetensors\ndevice: cpu\n")
+    env = {"SEGFLOW_HOME": str(tmp_path / "home")}
+    result = _cli(s3, str(scene), "--spec", str(spec), "-o", str(tmp_path / "o.zarr"), **env)
+    assert result.returncode == 0, result.stderr
+    reference = segment(scene, str(model), tmp_path / "ref.zarr", **OPTIONS)
+    assert reference.status == "complete"
+    a, b = _arrays(tmp_path / "ref.zarr"), _arrays(tmp_path / "o.zarr")
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    cached = list((tmp_path / "home" / "objects").glob("*/m.safetensors"))
+    assert len(cached) == 1 and cached[0].read_bytes() == model.read_bytes()
+
+    spec.write_text(f"model: s3://{bucket}/models/gone.safetensors\n")
+    missing = _cli(s3, str(scene), "--spec", str(spec), "-o", str(tmp_path / "x.zarr"), **env)
+    assert missing.returncode == 1 and "gone.safetensors" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    assert not (tmp_path / "x.zarr").exists()
