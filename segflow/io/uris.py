@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from segflow.errors import ConfigError
+
 __all__ = [
     "REMOTE_SCHEMES",
     "ObjectPath",
@@ -81,7 +83,7 @@ class ObjectPath:
         if scheme is None:
             raise ValueError(f"{self.uri!r} is not a URI")
         if scheme not in REMOTE_SCHEMES:
-            raise ValueError(
+            raise ConfigError(
                 f"{scheme}:// is not a storage segflow reads ({', '.join(REMOTE_SCHEMES)})"
             )
         head, _, rest = self.uri.partition("://")
