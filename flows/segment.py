@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from flows import report
 from flows.inputs import output_state
+from flows.progress import ProgressFactory, progress_hook, progress_logged
 from flows.runtime import (
     ModelArg,
     ModelRef,
@@ -64,14 +65,11 @@ if TYPE_CHECKING:
 
     from segflow.api import RunResult
 
-ProgressFn = Callable[[int, int], None]
-ProgressFactory = Callable[[str], ProgressFn]  # label -> (done, total) callback
 Status = Literal["complete", "skipped", "failed"]
 
 TRANSIENT_RETRIES = 2
 # seconds between attempts; a file system hiccup usually passes within these
 TRANSIENT_RETRY_DELAYS: list[float] = [5.0, 30.0]
-PROGRESS_LOG_SECONDS = 10.0
 
 
 class InputResult(BaseModel):
@@ -127,26 +125,6 @@ def exit_code(results: Sequence[InputResult]) -> int:
     if failed == 0:
         return 0
     return 1 if failed == len(results) else 3
-
-
-# In-process progress callbacks (the command line's progress bars); a module global so
-# that tasks running in the flow's thread pool see it without it being a task input.
-_PROGRESS: list[ProgressFactory] = []
-
-
-def _progress(logger: Any, name: str) -> ProgressFn:
-    hook = _PROGRESS[-1](name) if _PROGRESS else None
-    last = [-PROGRESS_LOG_SECONDS]
-
-    def update(done: int, total: int) -> None:
-        if hook is not None:
-            hook(done, total)
-        now = time.monotonic()
-        if done == total or now - last[0] >= PROGRESS_LOG_SECONDS:
-            last[0] = now
-            logger.info("%s: %d %% done", name, 100 * done // max(total, 1))
-
-    return update
 
 
 # --- the per-input task -----------------------------------------------------------------------
@@ -210,7 +188,7 @@ def segment_input(
             resume=use_resume,
             overwrite=overwrite and not use_resume,
             client=client_for(scheduler),
-            progress=_progress(logger, item.name),
+            progress=progress_logged(logger, item.name),
             raise_errors=True,
         )
     except SegflowError as exc:
@@ -470,7 +448,7 @@ def run_flow(
         if address is not None:
             chosen = chosen.replace(scheduler=address)
         load_while_server_starts(models, weights)
-        with _progress_hook(progress), one_off_run_settings():
+        with progress_hook(progress), one_off_run_settings():
             state = _start_flow(
                 items,
                 sources,
@@ -553,18 +531,6 @@ def run_url(state: State[Any]) -> str | None:
 
     run_id = state.state_details.flow_run_id
     return url_for("flow-run", obj_id=run_id) if run_id is not None else None
-
-
-@contextmanager
-def _progress_hook(progress: ProgressFactory | None) -> Iterator[None]:
-    if progress is None:
-        yield
-        return
-    _PROGRESS.append(progress)
-    try:
-        yield
-    finally:
-        _PROGRESS.remove(progress)
 
 
 def _flow_results(state: State[Any]) -> list[InputResult]:

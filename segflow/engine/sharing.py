@@ -89,10 +89,18 @@ def save_part(path: Path, part: Region, extent: Region, logits: torch.Tensor) ->
     local = tuple(
         slice(p.start - e.start, p.stop - e.start) for p, e in zip(part, extent, strict=True)
     )
+    values = np.ascontiguousarray(logits[(slice(None), *local)].cpu().numpy())
     temporary = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:  # a reader never sees half a file
-        np.save(handle, np.ascontiguousarray(logits[(slice(None), *local)].cpu().numpy()))
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:  # a reader never sees half a file
+            header = np.lib.format.header_data_from_array_1_0(values)
+            np.lib.format.write_array_header_1_0(handle, header)
+            # a plain write, not np.save's tofile: a full disk is then ENOSPC, with its errno
+            handle.write(values.data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def load_part(path: Path, part: Region) -> SharedPatch | None:

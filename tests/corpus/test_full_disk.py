@@ -32,16 +32,20 @@ def _mount(args: list[str]) -> str | None:
 
 
 def _mount_small_disk(where: Path, image: Path) -> str | None:
-    """Mount a 2 MB file system at ``where``: a tmpfs, else an ext4 image on a loop device."""
+    """Mount a 16 MB file system at ``where``: a tmpfs, else an ext4 image on a loop device.
+
+    Room for the store and the run's scratch folder of handed-on patches once the
+    ballast is gone; the ballast takes the rest before that.
+    """
     if shutil.which("mount") is None:
         return "no mount command"
-    tmpfs = _mount(["-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)])
+    tmpfs = _mount(["-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)])
     if tmpfs is None:
         return None
     if shutil.which("mkfs.ext4") is None:
         return f"tmpfs: {tmpfs}; no mkfs.ext4 for a loop image"
     with image.open("wb") as fh:
-        fh.truncate(4 * 2**20)
+        fh.truncate(16 * 2**20)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", str(image)],
         check=True,
