@@ -21,6 +21,7 @@ from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, o
 from segflow.errors import ConfigError
 
 if TYPE_CHECKING:
+    from flows.runtime import ModelRef
     from segflow.spec import Pipeline
 
 EXIT_OK = 0
@@ -30,6 +31,15 @@ SpecOpt = Annotated[
 ]
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", "-m", help="Model file (overrides the spec's).")
+]
+ModelsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model file (overrides the spec's); repeat it, or give a folder of model files, "
+        "to run an ensemble (averaged probabilities).",
+    ),
 ]
 SchedulerOpt = Annotated[
     str | None,
@@ -60,17 +70,28 @@ def _one_or_many(inputs: list[str]) -> str | list[str]:
     return inputs if len(inputs) > 1 else inputs[0]
 
 
-def _run_flow(flow: Callable[..., Any], *args: Any, pipeline: Pipeline, **kwargs: Any) -> Any:
+def _resolved(
+    spec: Path | None, models: list[Path] | None, **flags: Any
+) -> tuple[Pipeline, ModelRef]:
+    """The spec (read once) with the flags, and the model or an ensemble's member files."""
+    from flows.runtime import resolve_run
+
+    return resolve_run(spec, models or None, flags)
+
+
+def _run_flow(
+    flow: Callable[..., Any], *args: Any, pipeline: Pipeline, models: ModelRef, **kwargs: Any
+) -> Any:
     """Run ``flow`` with the resolved pipeline (so it reads no spec again) and return its
-    data; raise its error. The model loads while a temporary server starts, if one must."""
+    data; raise its error. The model (each member of an ensemble, checked against the
+    others) loads while a temporary server starts, if one must."""
     from flows.runtime import load_while_server_starts, prefect_api
 
-    model = pipeline.require_model()
     with prefect_api():
-        load_while_server_starts(model)  # the flow's tasks reuse it
+        load_while_server_starts(models)  # the flow's tasks reuse it
         state = flow(
             *args,
-            model=str(model),
+            model=models,
             options=pipeline.options.to_dict(),
             return_state=True,
             **kwargs,
@@ -89,7 +110,7 @@ def batch_command(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <name>.zarr stores.")],
     spec: SpecOpt = None,
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     resume: Annotated[
         bool, typer.Option(help="Continue partial outputs; leave complete ones alone.")
     ] = False,
@@ -108,7 +129,7 @@ def batch_command(
 ) -> None:
     """Segment many inputs as one Prefect flow run (one task per input)."""
     with one_line_errors():
-        pipeline = _pipeline(
+        pipeline, models = _resolved(
             spec,
             model,
             scheduler=scheduler,
@@ -128,6 +149,7 @@ def batch_command(
             _one_or_many(inputs),
             str(output),
             pipeline=pipeline,
+            models=models,
             resume=resume,
             overwrite=overwrite,
             skip_complete=skip_complete,
@@ -143,7 +165,7 @@ def landcover_command(
     input_dir: Annotated[Path, typer.Argument(help="Folder of GeoTIFF scenes.")],
     output_dir: Annotated[Path, typer.Argument(help="Folder for <scene>.zarr stores.")],
     spec: SpecOpt = None,
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     concurrency: ConcurrencyOpt = 1,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -154,7 +176,9 @@ def landcover_command(
 ) -> None:
     """One land-cover mapping run: only scenes without a complete output are computed."""
     with one_line_errors():
-        pipeline = _pipeline(spec, model, scheduler=scheduler, workers=workers, device=device)
+        pipeline, models = _resolved(
+            spec, model, scheduler=scheduler, workers=workers, device=device
+        )
         if not input_dir.is_dir():
             raise ConfigError(f"input folder {input_dir} not found; check the path")
         from flows.landcover import landcover_mapping
@@ -164,6 +188,7 @@ def landcover_command(
             str(input_dir),
             str(output_dir),
             pipeline=pipeline,
+            models=models,
             concurrency=concurrency,
             report_dir=_text(report_dir),
         )
@@ -188,7 +213,7 @@ def hospital_command(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <scan>.zarr stores.")],
     spec: SpecOpt = None,
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     nifti: Annotated[
         bool | None, typer.Option("--nifti/--no-nifti", help="Also write NIfTI masks.")
     ] = None,
@@ -216,7 +241,7 @@ def hospital_command(
 ) -> None:
     """A batch of scans; each fails alone. Exit 0: all done, 3: some failed, 1: all failed."""
     with one_line_errors():
-        pipeline = _pipeline(
+        pipeline, models = _resolved(
             spec,
             model,
             scheduler=scheduler,
@@ -239,6 +264,7 @@ def hospital_command(
             _one_or_many(scans),
             str(output),
             pipeline=pipeline,
+            models=models,
             concurrency=concurrency,
             report_dir=_text(report_dir),
             export_seg=seg,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 import zarr
 from typer.testing import CliRunner
@@ -177,3 +179,19 @@ def test_usage_mistakes_are_one_line(prefect_server, models, tmp_path):
     )  # fmt: skip
     assert empty.exit_code == EXIT_ERROR and "no inputs in" in empty.output
     assert "Traceback" not in empty.output
+
+
+def test_hospital_command_runs_an_ensemble(prefect_server, models, tmp_path):
+    """Repeated -m: one hospital-batch flow run whose stores are the members' mean."""
+    from tests.conftest import save, threshold_model
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_scan(scans / "p0.nii.gz", seed=0)
+    second = save(threshold_model(140.0), tmp_path / "threshold140.safetensors")
+    args = ["hospital", str(scans), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    result = runner.invoke(app, [*args, "-m", str(models["threshold3d"]), "-m", str(second)])
+    assert result.exit_code == EXIT_OK, result.output
+    provenance = zarr.open_group(tmp_path / "out" / "p0.zarr", mode="r").attrs["segflow"]
+    members = provenance["provenance"]["ensemble"]["members"]
+    assert [Path(m["path"]).name for m in members] == ["threshold3d.safetensors", second.name]

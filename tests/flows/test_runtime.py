@@ -141,3 +141,28 @@ def test_stop_forgets_a_server_whose_process_is_gone(monkeypatch):
     assert server.remembered() == record and server.running() is None
     assert server.stop() == record
     assert server.remembered() is None and server.stop() is None
+
+
+def test_model_members_and_resolve_run_name_an_ensemble(models, tmp_path):
+    from segflow.engine.ensemble import Ensemble
+
+    folder = tmp_path / "folds"
+    folder.mkdir()
+    for name in ("b.safetensors", "a.safetensors"):
+        (folder / name).write_bytes(Path(models["rgb"]).read_bytes())
+    (folder / "a.yaml").write_text("not a model")
+    assert runtime.model_members(None) == []
+    assert runtime.model_members(str(models["rgb"])) == [Path(models["rgb"]).absolute()]
+    assert runtime.model_members(folder) == [folder / "a.safetensors", folder / "b.safetensors"]
+    with pytest.raises(ConfigError, match="not found"):
+        runtime.model_members([models["rgb"], tmp_path / "missing.safetensors"])
+    pipeline, ref = runtime.resolve_run(None, [str(models["rgb"]), str(folder)], {"device": "cpu"})
+    assert ref == [str(models["rgb"]), str(folder / "a.safetensors"), str(folder / "b.safetensors")]
+    assert pipeline.model == Path(models["rgb"]).resolve() and pipeline.options.device == "cpu"
+    _, single = runtime.resolve_run(None, models["rgb"], None)
+    assert single == str(Path(models["rgb"]).resolve())
+    ensemble = runtime.loaded_models(ref, [1.0, 2.0, 1.0])
+    assert isinstance(ensemble, Ensemble) and ensemble.member_weights() == (1.0, 2.0, 1.0)
+    assert runtime.loaded_models(single) is runtime.loaded_model(single)  # loaded once
+    with pytest.raises(ConfigError, match="weights are for ensembles"):
+        runtime.loaded_models(single, [1.0])
