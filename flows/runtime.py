@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows import server
 from segflow.errors import ConfigError
+from segflow.models.members import member_files
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -70,16 +71,7 @@ def model_members(model: ModelArg) -> list[Path]:
     if model is None:
         return []
     given = [model] if isinstance(model, str | os.PathLike) else list(model)
-    files: list[Path] = []
-    for path in map(Path, given):
-        if path.is_dir():
-            from segflow.engine.ensemble import model_files
-
-            files += model_files(path)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"model file {path} not found; check the path")
+    files = member_files([Path(p) for p in given])
     return [f.absolute() for f in files]  # cluster workers have other working folders
 
 

@@ -25,6 +25,7 @@ from segflow.io.files import check_readable
 from segflow.io.stac_names import is_stac_input, split_fragment
 from segflow.io.uris import as_location, is_uri
 from segflow.models.compat import check_shape_fit
+from segflow.models.members import member_files
 from segflow.options import RunOptions
 from segflow.spec import Pipeline, load_spec
 
@@ -273,17 +274,7 @@ def _ensemble_models(models: list[Path]) -> list[Path]:
     """The model files of an ensemble (several -m, or a folder), or [] for one model file."""
     if not models or (len(models) == 1 and not models[0].is_dir()):
         return []  # no -m (the spec's model) or one model file: no ensemble, no torch yet
-    from segflow.engine.ensemble import model_files
-
-    files: list[Path] = []
-    for path in models:
-        if path.is_dir():
-            files += model_files(path)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"model file {path} not found; check the path")
-    return files
+    return member_files(models)
 
 
 def model_paths(models: list[str]) -> list[Path]:

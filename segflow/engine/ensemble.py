@@ -30,10 +30,10 @@ import torch
 from segflow.engine.blend import one_thread
 from segflow.errors import ConfigError, ModelError
 from segflow.models.files import LoadedModel, load_model
+from segflow.models.members import MODEL_SUFFIXES, model_files
 from segflow.models.meta import ModelMeta
 from segflow.models.predictor import Predictor
 
-MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".ts", ".torchscript", ".onnx", ".ckpt")
 ModelLike = str | os.PathLike[str] | LoadedModel
 Scores = Literal["logits", "probabilities"]
 
@@ -132,21 +132,6 @@ def check_members(members: Sequence[LoadedModel]) -> None:
                     f"{value or 'none'} but {_name(member, index)} has {other[what] or 'none'}; "
                     "ensemble only models trained for the same task and data"
                 )
-
-
-def model_files(folder: Path) -> list[Path]:
-    """The model files of a folder of fold models, by name (sidecars are not models)."""
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES and not p.name.startswith(".")
-    )
-    if not files:
-        raise ConfigError(
-            f"{folder} holds no model files ({', '.join(MODEL_SUFFIXES)}); "
-            "pass model files or a folder of them"
-        )
-    return files
 
 
 def _expand(model: ModelLike) -> list[ModelLike]:
