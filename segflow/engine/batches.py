@@ -149,9 +149,9 @@ class BatchBuffers:
                 self._free.append(buffer)
 
 
-def prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
+def prefetch(batches: Iterator[T], depth: int = 1) -> Iterator[T]:
     """Assemble the next batches in a background thread while the model runs."""
-    q: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=depth)
+    q: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:

@@ -200,6 +200,22 @@ class EnsemblePredictor:
         assert mean is not None
         return mean.div_(self._total)
 
+    def launch(self, batch: torch.Tensor) -> torch.Tensor:
+        """The whole call (each member's output is finished before it is averaged)."""
+        return self(batch, on_device=self.device.type != "cpu")
+
+    def finish(
+        self,
+        scores: torch.Tensor,
+        spatial: int,
+        *,
+        on_device: bool = False,
+        contiguous: bool = True,
+    ) -> torch.Tensor:
+        """``launch``'s output, on the CPU unless ``on_device`` (the mean is contiguous)."""
+        assert scores.ndim == spatial + 2
+        return scores if on_device else scores.cpu()
+
 
 __all__ = [
     "MODEL_SUFFIXES",

@@ -3,7 +3,8 @@
 A task owns a block of whole storage chunks. It reads its region plus the
 halo of every global-grid patch that touches it, predicts the patches in
 batches (the next batch is cut and normalized in a background thread while
-the model runs), blends them into a float32 accumulator and writes its chunks
+the model runs, and the device runs the batches of the task that started
+first: see ``device_queue``), blends them into a float32 accumulator and writes its chunks
 whole, then records them as done (batch assembly is in ``batches``). A patch
 that also touches an earlier task's region was predicted by that task, which
 ran first, and is read back from the run's scratch folder (see ``sharing``). Patches are visited in global order, so every pixel sums
@@ -19,7 +20,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import numpy.typing as npt
 import torch
 
 from segflow.engine.batches import (
+    Batch,
     BatchBuffers,
     BatchItem,
     Behind,
@@ -38,6 +41,7 @@ from segflow.engine.batches import (
     prefetch,
 )
 from segflow.engine.blend import Accumulator, device_window
+from segflow.engine.device_queue import device_queue, task_ticket
 from segflow.engine.ensemble import EnsemblePredictor
 from segflow.engine.grid import (
     Index,
@@ -437,8 +441,9 @@ def _predict_and_blend(
 ) -> None:
     """Predict (or read back from its owner) every patch in ``todo``, blending in grid order.
 
-    Three threads overlap: the next batch is cut while this one is in the
-    forward, and the previous one is blended meanwhile.
+    Three threads of the task overlap with the device: the next batches are cut
+    and queued for the device (``device_queue``) while one is in the forward,
+    and the previous one is blended meanwhile.
     """
 
     def blend(done: _Predicted) -> None:
@@ -456,15 +461,18 @@ def _predict_and_blend(
     batches = group_batches(cut_into_buffer, todo, work.batch_size, blender.predicts_here)
     behind = Behind(blend, threads=work.task_threads)
     try:
-        for items, batch in prefetch(batches):
-            predicted = {} if batch is None else blender.forward(items, batch)
-            behind.put((items, predicted, batch, blender.copied(batch)))
+        # each batch is queued for the device as soon as it is cut (see ``device_queue``)
+        for items, batch, forward in prefetch(blender.submitted(batches)):
+            predicted, copied = ({}, None) if forward is None else blender.received(items, forward)
+            behind.put((items, predicted, batch, copied))
     finally:
         behind.close()
 
 
 # a batch's items, its logits, its input (to give back), and the GPU event its copy precedes
 _Predicted = tuple[list[BatchItem], dict[Index, torch.Tensor], torch.Tensor | None, Any]
+# a batch's items, its input, and its forward on the device's queue
+_Queued = tuple[list[BatchItem], torch.Tensor | None, Future[tuple[torch.Tensor, Any]] | None]
 
 
 class _Blender:
@@ -486,6 +494,9 @@ class _Blender:
         self._accumulator = accumulator
         self._device = accumulator.device
         self._on_device = accumulator.device.type != "cpu"  # blend where the logits are
+        self._queue = device_queue(predictor.device)
+        self._ticket = task_ticket()  # tasks that start earlier go first on the device
+        self._spatial = len(work.grid.patch)
         self._stats = stats
         self.on_blended: Callable[[int], None] | None = None  # progress, in patches
 
@@ -493,29 +504,44 @@ class _Blender:
         """Whether this task predicts ``index``: nobody else touches it, or this task owns it."""
         return self._exchange is None or self._exchange.predicts(index)
 
-    def forward(self, items: list[BatchItem], batch: torch.Tensor) -> dict[Index, torch.Tensor]:
-        """The logits of the batch's patches; shared ones are saved for their other users."""
-        self._stats.patches_predicted += len(batch)
+    def submitted(self, batches: Iterator[Batch]) -> Iterator[_Queued]:
+        """``batches``, each with its forward queued on the device (None where none is needed)."""
+        for items, batch in batches:
+            forward = None
+            if batch is not None:
+                forward = self._queue.submit(self._ticket, functools.partial(self._forward, batch))
+            yield items, batch, forward
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """On the device's thread: the model's output for the batch, and on a GPU an event
+        that passes once its input was copied there (a pinned batch is copied
+        asynchronously: refilling its buffer before the copy ran would change what
+        the GPU sees). The output is finished into logits by the task (``received``)."""
+        output = self._predictor.launch(batch)
+        if not self._on_device:
+            return output, None
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record(torch.cuda.current_stream(self._device))  # the stream the copy went on
+        return output, event
+
+    def received(
+        self, items: list[BatchItem], forward: Future[tuple[torch.Tensor, Any]]
+    ) -> tuple[dict[Index, torch.Tensor], Any]:
+        """The logits of the batch's own patches (and its copy event); shared ones are saved
+        for their other users."""
+        output, copied = forward.result()
+        # blending reads any layout: no copy of a model's non-contiguous output
+        logits_batch = self._predictor.finish(
+            output, self._spatial, on_device=self._on_device, contiguous=False
+        )
         own = [(index, extent) for index, extent, here in items if here]
+        self._stats.patches_predicted += len(own)
         predicted: dict[Index, torch.Tensor] = {}
-        logits_batch = self._predictor(batch, on_device=self._on_device)
         for (index, extent), logits in zip(own, logits_batch, strict=True):
             predicted[index] = logits
             if self._exchange is not None:  # before waiting on anything: others may wait on it
                 self._exchange.publish(index, extent, logits)
-        return predicted
-
-    def copied(self, batch: torch.Tensor | None) -> Any:
-        """On a GPU, an event that passes once the last forward's input was copied there.
-
-        A pinned batch is copied asynchronously: refilling its buffer before the
-        copy ran would change what the GPU sees. None on the CPU.
-        """
-        if batch is None or not self._on_device:
-            return None
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record(torch.cuda.current_stream(self._device))  # the stream the copy went on
-        return event
+        return predicted, copied
 
     def blend(self, index: Index, extent: Region, logits: torch.Tensor | None) -> None:
         """Add one patch: ``logits`` predicted here, or None to read it back from its owner."""
@@ -534,7 +560,11 @@ class _Blender:
         part = self._exchange.take(index)
         if part is None:  # not where this task can see it: predict it here
             self._stats.patches_predicted += 1
-            logits = self._predictor(self.cut([extent]), on_device=self._on_device)[0]
+            forward = self._queue.submit(
+                self._ticket, functools.partial(self._forward, self.cut([extent]))
+            )
+            output = forward.result()[0]
+            logits = self._predictor.finish(output, self._spatial, on_device=self._on_device)[0]
             self._exchange.publish(index, extent, logits)
             self._accumulator.add(logits, extent, window)
             return

@@ -129,13 +129,31 @@ class Predictor:
 
     def __call__(self, batch: torch.Tensor, *, on_device: bool = False) -> torch.Tensor:
         """Logits of ``batch``, on the CPU, or left on the model's device when ``on_device``."""
-        spatial = batch.ndim - 2
+        return self.finish(self.launch(batch), batch.ndim - 2, on_device=on_device)
+
+    def launch(self, batch: torch.Tensor) -> torch.Tensor:
+        """The device's part of a call: the model's output, in the model's axes and on its device.
+
+        Kept apart from ``finish`` so the thread that feeds a device does only
+        the device's work (see segflow.engine.device_queue).
+        """
         if self.squeeze_axis is not None:
             # a 2-D model on a volume: the patch is one slice thick along this axis
             batch = batch.squeeze(2 + self.squeeze_axis)
         if self.axis_order is not None:
             batch = to_model_axes(batch, self.axis_order).contiguous()
-        logits = self._forward_tta(batch)
+        return self._forward_tta(batch)
+
+    def finish(
+        self,
+        logits: torch.Tensor,
+        spatial: int,
+        *,
+        on_device: bool = False,
+        contiguous: bool = True,
+    ) -> torch.Tensor:
+        """``launch``'s output as logits of the batch, in its axes, where asked; ``contiguous``
+        False leaves a model's own layout (channels-last, say) to a caller that reads any."""
         if not on_device:
             logits = logits.cpu()
         if self.axis_order is not None:
@@ -143,7 +161,7 @@ class Predictor:
         if self.squeeze_axis is not None:
             logits = logits.unsqueeze(2 + self.squeeze_axis)
         assert logits.ndim == spatial + 2
-        return logits.contiguous()
+        return logits.contiguous() if contiguous else logits
 
     def _forward_tta(self, batch: torch.Tensor) -> torch.Tensor:
         if not self.tta:

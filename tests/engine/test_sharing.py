@@ -69,13 +69,16 @@ def test_a_saved_part_reads_back_bit_for_bit_and_is_freed_after_its_last_user(tm
     assert list(tmp_path.iterdir()) == []  # no temporary file left either
 
 
-def _two_regions(tmp_path: Path) -> tuple[SharedPatches, tuple[int, int], tuple[slice, ...]]:
+def _two_regions(
+    tmp_path: Path, memory_bytes: int = 0
+) -> tuple[SharedPatches, tuple[int, int], tuple[slice, ...]]:
     grid = make_grid((8, 16), 8, 4)
-    return SharedPatches(grid, [LEFT, RIGHT], tmp_path), (0, 1), grid.extent((0, 1))
+    shared = SharedPatches(grid, [LEFT, RIGHT], tmp_path, memory_bytes=memory_bytes)
+    return shared, (0, 1), grid.extent((0, 1))
 
 
 def test_in_one_process_the_first_to_claim_a_patch_predicts_it_for_the_other(tmp_path):
-    shared, index, extent = _two_regions(tmp_path)
+    shared, index, extent = _two_regions(tmp_path)  # no memory: the part goes to disk
     left, right = object(), object()
     assert shared.claim(index, left)
     assert not shared.claim(index, right)  # the left task predicts it
@@ -89,6 +92,35 @@ def test_in_one_process_the_first_to_claim_a_patch_predicts_it_for_the_other(tmp
     assert len(list(tmp_path.iterdir())) == 1  # the right task still needs it
     shared.release(index)
     assert list(tmp_path.iterdir()) == []  # deleted after its last user
+
+
+def test_parts_within_the_memory_budget_stay_in_memory_and_are_dropped_after_their_last_user(
+    tmp_path,
+):
+    part_bytes = 2 * 8 * 4 * 4  # two classes, the 8 x 4 half inside the right region
+    shared, index, extent = _two_regions(tmp_path, memory_bytes=part_bytes)
+    left, right = object(), object()
+    assert shared.claim(index, left)
+    logits = torch.randn(2, 8, 8)
+    shared.publish(index, extent, logits, LEFT)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert shared.memory_bytes == part_bytes
+    logits.zero_()  # the kept part is a copy, not a view of the predictor's output
+    part = shared.take(index, right)
+    assert part is not None
+    assert part.extent == (slice(0, 8), slice(8, 12))
+    shared.release(index)
+    shared.release(index)
+    assert shared.memory_bytes == 0
+
+
+def test_parts_past_the_memory_budget_go_to_disk(tmp_path):
+    part_bytes = 2 * 8 * 4 * 4
+    shared, index, extent = _two_regions(tmp_path, memory_bytes=part_bytes - 1)
+    assert shared.claim(index, object())
+    shared.publish(index, extent, torch.randn(2, 8, 8), LEFT)
+    assert len(list(tmp_path.iterdir())) == 1  # one byte short: written to disk
+    assert shared.memory_bytes == 0
 
 
 def test_a_failed_claimer_does_not_leave_its_neighbour_waiting(tmp_path):
