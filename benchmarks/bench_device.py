@@ -171,14 +171,17 @@ def main() -> bool:
     checks = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        # warm-up: imports, GDAL and Zarr set-up, the model loader, the first region's buffers
+        # warm-up: imports, GDAL and Zarr set-up, each model's loading and TorchScript's
+        # first-call optimisation (a second or two, once per process), the first buffers
         io_floor_seconds(scene(PATCH * 2), folder / "warm.zarr", args.threads)
-        device_run(scene(PATCH * 2), model_file(folder, FAST), folder / "warm-run.zarr")
+        models = {speed: model_file(folder, speed) for speed in (SLOW, FAST)}
+        for speed, model in models.items():
+            device_run(scene(PATCH * 2), model, folder / f"warm-{speed:g}.zarr")
         floor = io_floor_seconds(path, folder / "floor.zarr", args.threads)
         floor_mpx = megapixels / floor
         figures[f"I/O floor ({args.threads} threads)"] = f"{floor_mpx:.1f} Mpx/s ({floor:.1f} s)"
-        slow = device_run(path, model_file(folder, SLOW), folder / "slow.zarr")
-        fast = device_run(path, model_file(folder, FAST), folder / "fast.zarr")
+        slow = device_run(path, models[SLOW], folder / "slow.zarr")
+        fast = device_run(path, models[FAST], folder / "fast.zarr")
     figures["patches predicted"] = slow["patches"]
     figures[f"{SLOW:g} Mpx/s device: run"] = (
         f"{slow['seconds']:.1f} s, {megapixels / slow['seconds']:.1f} Mpx/s"
