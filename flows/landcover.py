@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_run
+from flows.runtime import resolve_run, run_weights
 from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
@@ -89,7 +89,11 @@ def landcover_mapping(
     items = plan_items(found, as_location(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
     results = run_unfinished(
-        items, pipeline, concurrency=concurrency, model=models, weights=weights
+        items,
+        pipeline,
+        concurrency=concurrency,
+        model=models,
+        weights=run_weights(pipeline, weights),
     )
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
