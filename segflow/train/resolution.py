@@ -63,8 +63,9 @@ def training_resolution(
     unit = "mm" if volumes else "m"
     found = {str(p.image.path): _model_axes_spacing(p, slice_axis) for p in images}
     known = {name: s for name, s in found.items() if s is not None}
-    notes = [_unknown_note(found, known, volumes)] if len(known) < len(found) else []
     given = _given(volumes, spacing, resolution, model_dims)
+    unknown = len(known) < len(found) and (bool(known) or given is None)
+    notes = [_unknown_note(found, known, volumes)] if unknown else []
     seen = _seen(known, unit, given is not None, notes)
     if seen is not None and not volumes:
         seen = _square(seen, notes if given is None else [])
