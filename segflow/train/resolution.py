@@ -64,7 +64,7 @@ def training_resolution(
     found = {str(p.image.path): _model_axes_spacing(p, slice_axis) for p in images}
     known = {name: s for name, s in found.items() if s is not None}
     given = _given(volumes, spacing, resolution, model_dims)
-    unknown = len(known) < len(found) and (bool(known) or given is None)
+    unknown = len(known) < len(found) and given is None  # given: nothing more to say
     notes = [_unknown_note(found, known, volumes)] if unknown else []
     seen = _seen(known, unit, given is not None, notes)
     if seen is not None and not volumes:
