@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,26 +38,35 @@ DEFAULT_TIMEZONE = "UTC"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILE = PROJECT_ROOT / "prefect.yaml"
 
+ModelPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+
 
 def landcover_parameters(
     input_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     *,
     spec: str | os.PathLike[str] | None = None,
-    model: str | os.PathLike[str] | None = None,
+    model: ModelPaths = None,
     options: dict[str, Any] | None = None,
     report_dir: str | os.PathLike[str] | None = None,
     concurrency: int = 1,
 ) -> dict[str, Any]:
-    """Deployment parameters, absolute paths (a run may start in another folder), validated."""
+    """Deployment parameters, absolute paths (a run may start in another folder), validated.
+
+    ``model``: a model file, a folder of fold models, or several files (an ensemble).
+    """
     params: dict[str, Any] = {
         "input_dir": _absolute(input_dir),
         "output_dir": _absolute(output_dir),
         "concurrency": concurrency,
     }
-    for key, value in (("spec", spec), ("model", model), ("report_dir", report_dir)):
+    for key, value in (("spec", spec), ("report_dir", report_dir)):
         if value is not None:
             params[key] = _absolute(value)
+    if model is not None:
+        given = [model] if isinstance(model, str | os.PathLike) else list(model)
+        paths = [_absolute(m) for m in given]
+        params["model"] = paths[0] if len(paths) == 1 else paths
     if options:
         params["options"] = options
     return _validated(landcover_mapping, params, "landcover deployment")
@@ -68,7 +77,7 @@ def landcover_deployment(
     output_dir: str | os.PathLike[str],
     *,
     spec: str | os.PathLike[str] | None = None,
-    model: str | os.PathLike[str] | None = None,
+    model: ModelPaths = None,
     options: dict[str, Any] | None = None,
     report_dir: str | os.PathLike[str] | None = None,
     cron: str = DEFAULT_CRON,

@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_run
+from flows.runtime import resolve_run, run_weights
 from flows.segment import (
     TRANSIENT_RETRIES,
     TRANSIENT_RETRY_DELAYS,
@@ -170,7 +170,11 @@ def hospital_batch(
     items = plan_items(found, Path(output_dir))
     logger.info("%d scan(s) -> %s", len(items), output_dir)
     results = run_unfinished(
-        items, pipeline, concurrency=concurrency, model=models, weights=weights
+        items,
+        pipeline,
+        concurrency=concurrency,
+        model=models,
+        weights=run_weights(pipeline, weights),
     )
     exports = {
         "nifti": _export_masks(results) if want_nifti else {},

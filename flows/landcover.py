@@ -10,6 +10,8 @@ artifacts and written as JSON and CSV.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from flows import report
-from flows.runtime import resolve_run
+from flows.runtime import ModelRef, resolve_run, run_weights
 from flows.segment import InputResult, run_unfinished
 from segflow.errors import ConfigError, SegflowError
 from segflow.inputs import RASTER_PATTERNS, collect_inputs, plan_items
@@ -85,12 +87,11 @@ def landcover_mapping(
     pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     if stac_search is not None:
         input_dir = _searched(input_dir, stac_search, _report_dir(output_dir, report_dir), logger)
-    source, found = scene_inputs(input_dir, patterns or RASTER_PATTERNS, pipeline.require_model())
+    chosen = run_weights(pipeline, weights)
+    source, found = scene_inputs(input_dir, patterns or RASTER_PATTERNS, models, chosen)
     items = plan_items(found, as_location(output_dir)) if found else []
     logger.info("%d scene(s) in %s", len(items), source)
-    results = run_unfinished(
-        items, pipeline, concurrency=concurrency, model=models, weights=weights
-    )
+    results = run_unfinished(items, pipeline, concurrency=concurrency, model=models, weights=chosen)
     scenes = [_scene_summary(r, logger) for r in results]
     summary = LandcoverSummary(
         input_dir=source,
@@ -115,7 +116,10 @@ def landcover_mapping(
 
 
 def scene_inputs(
-    input_dir: str, patterns: list[str] | tuple[str, ...], model: Path
+    input_dir: str,
+    patterns: list[str] | tuple[str, ...],
+    model: ModelRef,
+    weights: list[float] | None = None,
 ) -> tuple[str, list[tuple[str | None, Path | ObjectPath]]]:
     """The scenes of a night: a folder, a prefix in object storage, or a STAC document.
 
@@ -123,7 +127,7 @@ def scene_inputs(
     item and model, and a new model maps every item again into stores of its own.
     """
     if is_stac_input(input_dir):
-        tag = sha256_file(model)[:12]
+        tag = model_tag(model, weights)
         try:
             items = collect_inputs(input_dir)
         except ConfigError:  # a document (or search) without items is a quiet night
@@ -136,6 +140,15 @@ def scene_inputs(
         return str(source), collect_inputs(str(source), patterns)
     except ConfigError:
         return str(source), []  # an empty folder is a quiet night, not an error
+
+
+def model_tag(model: ModelRef, weights: list[float] | None = None) -> str:
+    """12 hex digits that name the model: its file's sha256, or for an ensemble a digest
+    of its members' sha256 (in order) and weights, so another ensemble gets other stores."""
+    if isinstance(model, str):
+        return sha256_file(Path(model))[:12]
+    payload = {"members": [sha256_file(Path(m)) for m in model], "weights": weights}
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
 
 
 def _searched(input_dir: str, fields: dict[str, Any], folder: Path, logger: Any) -> str:

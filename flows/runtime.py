@@ -56,13 +56,17 @@ def resolve_pipeline(
     """The spec file (or defaults) read once, with ``model`` and ``options`` applied.
 
     ``options`` are flat option names (``RunOptions`` fields; None: not given). The
-    model must exist; the pipeline carries its absolute path.
+    model must exist; the pipeline carries its absolute path (an ensemble's members are
+    checked, and kept as given).
     """
     from segflow.spec import Pipeline, load_spec
 
     base = load_spec(spec) if spec is not None else Pipeline()
     pipeline = base.with_overrides(model=model, **dict(options or {}))
-    return dataclasses.replace(pipeline, model=pipeline.require_model().resolve())
+    files = pipeline.model_files()  # each must exist, and the weights fit them
+    if len(files) > 1 or pipeline.ensemble:  # an ensemble: its entries as the spec gave them
+        return pipeline
+    return dataclasses.replace(pipeline, model=files[0].resolve())
 
 
 def model_members(model: ModelArg) -> list[Path]:
@@ -78,13 +82,22 @@ def model_members(model: ModelArg) -> list[Path]:
 def resolve_run(
     spec: str | os.PathLike[str] | None, model: ModelArg, options: Mapping[str, Any] | None
 ) -> tuple[Pipeline, ModelRef]:
-    """:func:`resolve_pipeline`, where ``model`` may also name an ensemble (several files or
-    a folder of them); returns the pipeline and the model as tasks take it."""
+    """:func:`resolve_pipeline`, where ``model`` (or, without one, the spec's ``model:``) may
+    also name an ensemble (several files or a folder of them); returns the pipeline and the
+    model as tasks take it."""
     members = model_members(model)
     pipeline = resolve_pipeline(spec, members[0] if members else None, options)
+    if not members:  # the spec's model: one file, a list of them or a folder of fold models
+        members = [m.absolute() for m in pipeline.model_files()]
     if len(members) > 1:
         return pipeline, [str(m) for m in members]
     return pipeline, str(pipeline.require_model())
+
+
+def run_weights(pipeline: Pipeline, weights: Sequence[float] | None) -> list[float] | None:
+    """The ensemble weights a flow uses: its own parameter, else the spec's ``weights:``."""
+    chosen = weights if weights is not None else pipeline.weights
+    return None if chosen is None else [float(w) for w in chosen]
 
 
 def model_ref(model: ModelRef | os.PathLike[str] | Sequence[os.PathLike[str]]) -> ModelRef:

@@ -52,6 +52,7 @@ from flows.runtime import (
     prefect_api,
     registered,
     resolve_run,
+    run_weights,
 )
 from segflow import errors
 from segflow.errors import ConfigError, SegflowError
@@ -326,7 +327,12 @@ def segment(
     pipeline, models = resolve_run(spec, model, options)  # parsed once, here
     items = plan_items([(None, as_location(input))], as_location(output))
     [result] = run_inputs(
-        items, models, pipeline.options, resume=resume, overwrite=overwrite, weights=weights
+        items,
+        models,
+        pipeline.options,
+        resume=resume,
+        overwrite=overwrite,
+        weights=run_weights(pipeline, weights),
     )
     _publish_input(result)
     if result.status == "failed":
@@ -378,7 +384,7 @@ def segment_batch(
         items,
         models,
         pipeline.options,
-        weights=weights,
+        weights=run_weights(pipeline, weights),
         resume=resume,
         overwrite=overwrite,
         skip_complete=skip_complete,

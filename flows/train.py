@@ -27,7 +27,7 @@ from segflow.train.config import TrainConfig
 
 _PATH_LISTS = ("images", "masks", "val_images", "val_masks")
 _PATHS = ("output", "encoder_weights", "checkpoint_dir")
-_TUPLES = ("bands", "scale", "offset", "clip_percentiles")
+_TUPLES = ("bands", "scale", "offset", "clip_percentiles", "spacing")
 
 
 def config_to_params(config: TrainConfig) -> dict[str, Any]:

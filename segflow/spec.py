@@ -9,14 +9,17 @@ line that names the key, where it is, and the closest valid key::
 The values themselves are checked once, by :class:`~segflow.options.RunOptions`
 (the one place every option is parsed), and a mistake names its key in the file.
 Relative model paths are relative to the spec file, so a folder holding a spec and
-its model can be moved as a whole; a model URI (``s3://...``) stays a URI until
+its model can be moved as a whole; ``model:`` may also be a list of files or a folder of
+fold models (an ensemble, with optional ``weights:``, one per model); a model URI (``s3://...``) stays a URI until
 :meth:`Pipeline.require_model` copies it once into the local cache, as ``-m`` does. Command-line options are applied with
 :meth:`Pipeline.with_overrides`, which takes the flat option names of ``segflow run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from segflow.errors import ConfigError, one_line
 from segflow.io.documents import DocumentError, read_document
 from segflow.io.uris import ObjectPath, as_location
+from segflow.models.members import check_weights, member_files
 from segflow.options import RunOptions, did_you_mean
 
 Size = int | tuple[int, ...]
@@ -91,7 +95,10 @@ class PipelineSpec(_Section):
 
     name: str | None = None
     description: str | None = None
-    model: str | None = None  # a path (relative to the spec) or a URI
+    # a path (relative to the spec) or a URI; a folder of fold models or a list of files
+    # is an ensemble, whose averaged probabilities may be weighted (one weight per model)
+    model: str | list[str] | None = None
+    weights: list[float] | None = None
     device: str | None = None
     amp: bool | None = None
     tta: bool | None = None
@@ -111,51 +118,85 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 
 
+Location = Path | ObjectPath
+
+
 @dataclass(frozen=True)
 class Pipeline:
-    """A spec read and checked: the model file and the options of its runs."""
+    """A spec read and checked: the model file(s) and the options of its runs."""
 
     options: RunOptions = field(default_factory=RunOptions)
-    model: Path | ObjectPath | None = None
+    model: Location | None = None  # the model file or a folder of fold models; else ensemble[0]
     name: str | None = None
     description: str | None = None
+    ensemble: tuple[Location, ...] = ()  # every entry of a spec whose ``model:`` is a list
+    weights: tuple[float, ...] | None = None  # one per ensemble member
 
     def with_overrides(
-        self, *, model: str | os.PathLike[str] | None = None, **options: Any
+        self,
+        *,
+        model: str | os.PathLike[str] | None = None,
+        weights: Sequence[float] | None = None,
+        **options: Any,
     ) -> Pipeline:
-        """A copy with command-line values applied; ``None`` means "not given"."""
-        return Pipeline(
-            options=self.options.replace(**options),
-            model=as_location(model) if model is not None else self.model,
-            name=self.name,
-            description=self.description,
+        """A copy with command-line values applied; ``None`` means "not given".
+
+        A model given here replaces the spec's, ensemble and weights included.
+        """
+        chosen = self.options.replace(**options)
+        given = None if weights is None else tuple(float(w) for w in weights)
+        if model is not None:
+            return Pipeline(chosen, as_location(model), self.name, self.description, (), given)
+        return dataclasses.replace(
+            self, options=chosen, weights=given if given is not None else self.weights
         )
 
-    def require_model(self) -> Path:
-        """The model file, which must exist; a URI's local copy (made once, then reused)."""
-        if self.model is None:
+    def model_files(self) -> list[Path]:
+        """Every model file the pipeline names, local: one, or an ensemble's members (a
+        folder listed by name; a URI's local copy, made once). Missing files and weights
+        that do not fit the members are one-line ConfigErrors; no torch is imported."""
+        entries = self.ensemble or ((self.model,) if self.model is not None else ())
+        if not entries:
             raise ConfigError("no model given: pass --model FILE or set 'model:' in the spec")
-        if isinstance(self.model, ObjectPath):
-            from segflow.io.remote import local_copy
+        files = member_files([_local(entry) for entry in entries])
+        check_weights(self.weights, len(files))
+        return files
 
-            return local_copy(str(self.model))
-        if not self.model.is_file():
-            raise ConfigError(f"model file {self.model} not found; check the path")
-        return self.model
+    def ensemble_files(self) -> list[Path]:
+        """The members when the pipeline names an ensemble (two or more files), else []."""
+        files = self.model_files()
+        return files if len(files) > 1 else []
+
+    def require_model(self) -> Path:
+        """The model file, which must exist (an ensemble's first member); a URI's local
+        copy (made once, then reused)."""
+        return self.model_files()[0]
+
+
+def _local(entry: Location) -> Path:
+    if isinstance(entry, ObjectPath):
+        from segflow.io.remote import local_copy
+
+        return local_copy(str(entry))
+    return entry
 
 
 def load_spec(path: str | os.PathLike[str]) -> Pipeline:
     """Read and check a pipeline YAML; relative model paths resolve against its folder."""
     file = Path(path).expanduser()
     pipeline = parse_spec(_read_yaml(file), source=str(file))
-    if isinstance(pipeline.model, Path) and not pipeline.model.is_absolute():
-        pipeline = Pipeline(
-            pipeline.options,
-            (file.parent / pipeline.model).resolve(),
-            pipeline.name,
-            pipeline.description,
-        )
-    return pipeline
+    return dataclasses.replace(
+        pipeline,
+        model=None if pipeline.model is None else _beside(file, pipeline.model),
+        ensemble=tuple(_beside(file, entry) for entry in pipeline.ensemble),
+    )
+
+
+def _beside(file: Path, entry: Location) -> Location:
+    """A relative model path as a path from the spec's folder (URIs stay as they are)."""
+    if isinstance(entry, Path) and not entry.is_absolute():
+        return (file.parent / entry).resolve()
+    return entry
 
 
 def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> Pipeline:
@@ -170,8 +211,21 @@ def parse_spec(data: dict[str, Any], *, source: str = "pipeline spec") -> Pipeli
             options = options.replace(**{key.rpartition(".")[2]: value})
         except ConfigError as exc:
             raise ConfigError(f"{source}: {key}: {one_line(exc)}") from None
-    model = as_location(spec.model) if spec.model is not None else None
-    return Pipeline(options, model, spec.name, spec.description)
+    entries = _model_entries(spec, source)
+    weights = None if spec.weights is None else tuple(spec.weights)
+    ensemble = entries if isinstance(spec.model, list) and len(entries) > 1 else ()
+    model = entries[0] if entries else None
+    return Pipeline(options, model, spec.name, spec.description, ensemble, weights)
+
+
+def _model_entries(spec: PipelineSpec, source: str) -> tuple[Location, ...]:
+    """The spec's model entries as locations; weights need the models they weigh."""
+    given = spec.model if isinstance(spec.model, list) else [spec.model] if spec.model else []
+    if isinstance(spec.model, list) and not spec.model:
+        raise ConfigError(f"{source}: model: give a model file, a list of them or a folder")
+    if spec.weights is not None and not given:
+        raise ConfigError(f"{source}: weights: name the ensemble's models in 'model:' too")
+    return tuple(as_location(entry) for entry in given)
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from segflow.errors import ConfigError
 from segflow.options import BlendMode, RunOptions
@@ -164,3 +165,67 @@ def test_a_model_uri_stays_a_uri(tmp_path):
     assert parse_spec({"model": "gs://m/a.onnx"}).model == ObjectPath("gs://m/a.onnx")
     override = Pipeline().with_overrides(model="s3://models/other.safetensors")
     assert override.model == ObjectPath("s3://models/other.safetensors")
+
+
+def _fold_files(folder: Path, count: int) -> list[Path]:
+    """Files that name models; the spec only lists them (their content is the engine's)."""
+    folder.mkdir(exist_ok=True)
+    files = [folder / f"fold{k}.safetensors" for k in range(count)]
+    for file in files:
+        file.write_bytes(b"")
+    return files
+
+
+def test_a_spec_can_name_an_ensemble_by_files_or_by_folder(tmp_path):
+    folds = _fold_files(tmp_path / "folds", 3)
+    text = "model: [folds/fold0.safetensors, folds/fold2.safetensors]\nweights: [1, 3]\n"
+    listed = load_spec(write(tmp_path, text))
+    assert listed.ensemble == (folds[0], folds[2]) and listed.weights == (1.0, 3.0)
+    assert listed.model_files() == listed.ensemble_files() == [folds[0], folds[2]]
+    assert listed.require_model() == folds[0]  # the first member, for what needs one file
+    folder = load_spec(write(tmp_path, "model: folds\nweights: [1, 1, 2]\n"))
+    assert folder.ensemble == () and folder.model == tmp_path / "folds"
+    assert folder.model_files() == folds and folder.weights == (1.0, 1.0, 2.0)
+    single = load_spec(write(tmp_path, "model: [folds/fold1.safetensors]\n"))
+    assert single.ensemble == () and single.model_files() == [folds[1]]
+    assert single.ensemble_files() == []
+
+
+def test_command_line_models_replace_the_spec_ensemble_and_its_weights(tmp_path):
+    folds = _fold_files(tmp_path / "folds", 2)
+    spec = parse_spec({"model": [str(f) for f in folds], "weights": [1, 2]})
+    assert spec.with_overrides(weights=[2, 1]).weights == (2.0, 1.0)  # the spec's members
+    assert spec.with_overrides(device="cpu").weights == (1.0, 2.0)
+    other = spec.with_overrides(model=folds[1])
+    assert other.ensemble == () and other.weights is None and other.model_files() == [folds[1]]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": "folds", "weights": [1, 2]}, "2 weights for 3 ensemble models"),
+        ({"model": "folds/fold0.safetensors", "weights": [1]}, "weights are for ensembles"),
+        ({"model": "folds", "weights": [1, -1, 1]}, "non-negative and not all zero"),
+        ({"model": ["folds/fold0.safetensors", "folds/gone.safetensors"]}, "gone.safetensors not"),
+        ({"model": "empty"}, "holds no model files"),
+    ],
+)
+def test_ensemble_mistakes_are_one_line_before_any_model_loads(tmp_path, data, message):
+    _fold_files(tmp_path / "folds", 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=message) as error:
+        load_spec(write(tmp_path, yaml.safe_dump(data))).model_files()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": []}, "model: give a model file, a list of them or a folder"),
+        ({"weights": [1, 2]}, "weights: name the ensemble's models in 'model:' too"),
+        ({"model": "m.safetensors", "weights": "heavy"}, "weights: Input should be a valid list"),
+    ],
+)
+def test_ensemble_spec_shape_mistakes_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_spec(data)

@@ -29,9 +29,6 @@ EXIT_OK = 0
 SpecOpt = Annotated[
     Path | None, typer.Option("--spec", "-s", help="Pipeline spec YAML (see pipelines/).")
 ]
-ModelOpt = Annotated[
-    Path | None, typer.Option("--model", "-m", help="Model file (overrides the spec's).")
-]
 ModelsOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -55,13 +52,6 @@ ChunkOpt = Annotated[str | None, typer.Option(help="Output chunk size, e.g. 1024
 ConcurrencyOpt = Annotated[int, typer.Option(help="Inputs processed at the same time.")]
 
 
-def _pipeline(spec: Path | None, model: Path | None, **flags: Any) -> Pipeline:
-    """The spec (read once) with the command-line flags (None: not given); model checked."""
-    from flows.runtime import resolve_pipeline
-
-    return resolve_pipeline(spec, model, flags)
-
-
 def _text(path: Path | None) -> str | None:
     return str(path) if path else None
 
@@ -79,20 +69,33 @@ def _resolved(
     return resolve_run(spec, models or None, flags)
 
 
+def check_members_agree(models: ModelRef) -> None:
+    """An ensemble's members must agree (classes, channels, spacing...): checked on their
+    headers, without torch; one model has nothing to agree with."""
+    if isinstance(models, str):
+        return
+    from segflow.models.header import header_meta
+    from segflow.models.members import check_agreement
+
+    check_agreement([(Path(m).name, header_meta(Path(m))) for m in models])
+
+
 def _run_flow(
     flow: Callable[..., Any], *args: Any, pipeline: Pipeline, models: ModelRef, **kwargs: Any
 ) -> Any:
     """Run ``flow`` with the resolved pipeline (so it reads no spec again) and return its
     data; raise its error. The model (each member of an ensemble, checked against the
-    others) loads while a temporary server starts, if one must."""
-    from flows.runtime import load_while_server_starts, prefect_api
+    others, with the spec's weights) loads while a temporary server starts, if one must."""
+    from flows.runtime import load_while_server_starts, prefect_api, run_weights
 
+    weights = run_weights(pipeline, None)  # the spec's, for its ensemble
     with prefect_api():
-        load_while_server_starts(models)  # the flow's tasks reuse it
+        load_while_server_starts(models, weights)  # the flow's tasks reuse it
         state = flow(
             *args,
             model=models,
             options=pipeline.options.to_dict(),
+            weights=weights,
             return_state=True,
             **kwargs,
         )
@@ -280,7 +283,7 @@ def serve_command(
     input_dir: Annotated[Path, typer.Argument(help="Folder of GeoTIFF scenes.")],
     output_dir: Annotated[Path, typer.Argument(help="Folder for <scene>.zarr stores.")],
     spec: SpecOpt = None,
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="IANA time zone of the schedule.")] = "UTC",
     name: Annotated[str, typer.Option(help="Deployment name.")] = "nightly-landcover",
@@ -291,7 +294,9 @@ def serve_command(
     """Serve the scheduled land-cover deployment until Ctrl-C / SIGTERM."""
     with one_line_errors():
         flags = {"scheduler": scheduler, "workers": workers}
-        _pipeline(spec, model, **flags)  # a mistake fails now, not at the first night's run
+        # a mistake fails now, not at the first night's run: members that disagree included
+        _, models = _resolved(spec, model, **flags)
+        check_members_agree(models)
         from flows.deploy import landcover_deployment, serve_landcover
         from flows.runtime import prefect_api
 

@@ -25,8 +25,8 @@ from segflow.io.files import check_readable
 from segflow.io.stac_names import is_stac_input, split_fragment
 from segflow.io.uris import as_location, is_uri
 from segflow.models.compat import check_shape_fit
-from segflow.models.members import member_files
-from segflow.options import RunOptions
+from segflow.models.members import check_agreement, check_weights, member_files
+from segflow.options import RunOptions, parse_numbers
 from segflow.spec import Pipeline, load_spec
 
 if TYPE_CHECKING:
@@ -59,6 +59,10 @@ def run_command(
             help="Model file (.safetensors, TorchScript or ONNX); repeat it, or give a folder "
             "of model files, to run an ensemble (averaged probabilities).",
         ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Ensemble: one weight per model, e.g. 1,1,2 (default: equal)."),
     ] = None,
     output: Annotated[
         str,
@@ -213,6 +217,7 @@ def run_command(
         ensemble = _ensemble_models(model_paths(model or []))
         pipeline = (load_spec(spec) if spec is not None else Pipeline()).with_overrides(
             model=ensemble[0] if ensemble else (model_paths(model)[0] if model else None),
+            weights=parse_numbers(weights, "--weights"),
             patch_size=patch_size,
             overlap=overlap,
             blend=blend,
@@ -244,6 +249,8 @@ def run_command(
             workers=workers,
             region_size=region_size,
         )
+        ensemble = ensemble or spec_ensemble(pipeline)
+        check_weights(pipeline.weights, len(ensemble) or 1)
         given = [*(inputs or []), *(more_inputs or [])]
         checked = check_run(
             given, pipeline, output, resume=resume, overwrite=overwrite, models=ensemble
@@ -257,7 +264,7 @@ def run_command(
         with progress_bar(at_terminal) as bar:
             # an ensemble's members are recorded in each store's provenance
             models = ensemble or pipeline.require_model()
-            results = _run(checked, models, pipeline.options, output, resume, overwrite, flow, bar)
+            results = _run(checked, models, pipeline, output, resume, overwrite, flow, bar)
     _report(results)
 
 
@@ -275,6 +282,13 @@ def _ensemble_models(models: list[Path]) -> list[Path]:
     if not models or (len(models) == 1 and not models[0].is_dir()):
         return []  # no -m (the spec's model) or one model file: no ensemble, no torch yet
     return member_files(models)
+
+
+def spec_ensemble(pipeline: Pipeline) -> list[Path]:
+    """The spec's ensemble (a list of model files, or a folder of them) where no -m replaced
+    it, else [] (one model)."""
+    folder = isinstance(pipeline.model, Path) and pipeline.model.is_dir()
+    return pipeline.ensemble_files() if pipeline.ensemble or folder else []
 
 
 def model_paths(models: list[str]) -> list[Path]:
@@ -304,7 +318,10 @@ def check_run(
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     if not inputs:
         raise ConfigError("no input given; pass files, folders or globs (or -i PATH)")
-    metas = model_metas(models or [pipeline.require_model()])
+    files = models or [pipeline.require_model()]
+    metas = model_metas(files)
+    if len(metas) > 1:  # members that disagree fail now, before torch
+        check_agreement([(f.name, m) for f, m in zip(files, metas, strict=True)])
     _check_clean_classes(pipeline.options, metas[0])
     _check_clean_sizes(pipeline.options)
     items = plan_items(collect_inputs(list(inputs)), as_location(output))
@@ -396,14 +413,15 @@ def _check_output(items: list[InputItem]) -> None:
 def _run(
     items: list[InputItem],
     model: Path | list[Path],
-    options: RunOptions,
+    pipeline: Pipeline,
     output: str,
     resume: bool,
     overwrite: bool,
     flow: bool,
     bar: ProgressFactory,
 ) -> list[RunResult]:
-    """The planned inputs through one model or an ensemble, as a flow run or the library."""
+    """The planned inputs through one model or an (optionally weighted) ensemble, as a
+    flow run or the library."""
     if flow:
         from flows.segment import run_flow
 
@@ -411,19 +429,20 @@ def _run(
             [i.input for i in items],
             model,
             output,
-            options,
+            pipeline.options,
+            weights=pipeline.weights,
             resume=resume,
             overwrite=overwrite,
             progress=bar,
             raise_errors=len(items) == 1,
         )
-    return _run_library(items, model, options, resume, overwrite, bar)
+    return _run_library(items, model, pipeline, resume, overwrite, bar)
 
 
 def _run_library(
     items: list[InputItem],
     model: Path | list[Path],
-    options: RunOptions,
+    pipeline: Pipeline,
     resume: bool,
     overwrite: bool,
     bar: ProgressFactory,
@@ -432,14 +451,15 @@ def _run_library(
     from segflow.api import segment
     from segflow.engine.ensemble import load_models
 
-    loaded = load_models(model)  # absolute paths: cluster workers have other working folders
+    # absolute paths: cluster workers have other working folders
+    loaded = load_models(model, pipeline.weights)
     results = []
     for item in items:
         result = segment(
             item.input,
             loaded,
             item.output,
-            options,
+            pipeline.options,
             resume=resume,
             overwrite=overwrite,
             progress=bar(item.name),

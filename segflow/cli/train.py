@@ -209,6 +209,14 @@ def train_command(
     half: Annotated[
         bool, typer.Option(help="Store float16 weights when labels stay the same.")
     ] = True,
+    spacing: Annotated[
+        str | None,
+        typer.Option(help="Volumes: mm per model axis to record (default: the inputs' own)."),
+    ] = None,
+    resolution: Annotated[
+        float | None,
+        typer.Option(help="Rasters: metres per pixel to record (default: the inputs' own)."),
+    ] = None,
     flow: Annotated[bool, typer.Option(help="Run as a Prefect flow (flows/train.py).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -237,7 +245,9 @@ def train_command(
             clip_percentiles=parse_percentiles(clip_percentiles),
             time_limit_s=time_limit * 60 if time_limit else None,
             infer_patch=parse_size(infer_patch, "--infer-patch"), half=half,
+            spacing=parse_numbers(spacing, "--spacing"), resolution=resolution,
         )  # fmt: skip
+        config.check()  # before torch is imported
         summary = run_training(config, flow=flow, progress=progress and sys.stderr.isatty())
     print_training_summary(summary)
 

@@ -28,9 +28,9 @@ from typing import Any, Literal
 import torch
 
 from segflow.engine.blend import one_thread
-from segflow.errors import ConfigError, ModelError
+from segflow.errors import ConfigError
 from segflow.models.files import LoadedModel, load_model
-from segflow.models.members import MODEL_SUFFIXES, model_files
+from segflow.models.members import MODEL_SUFFIXES, check_agreement, check_weights, model_files
 from segflow.models.meta import ModelMeta
 from segflow.models.predictor import Predictor
 
@@ -48,17 +48,7 @@ class Ensemble:
     def __post_init__(self) -> None:
         if len(self.members) < 2:
             raise ConfigError("an ensemble needs at least two models")
-        if self.weights is not None:
-            if len(self.weights) != len(self.members):
-                raise ConfigError(
-                    f"{len(self.weights)} weights for {len(self.members)} ensemble models; "
-                    "give one weight per model"
-                )
-            if not all(math.isfinite(w) and w >= 0 for w in self.weights) or not sum(self.weights):
-                raise ConfigError(
-                    f"ensemble weights must be non-negative and not all zero, got "
-                    f"{list(self.weights)}"
-                )
+        check_weights(self.weights, len(self.members))
         check_members(self.members)
 
     @cached_property
@@ -105,33 +95,9 @@ def _name(model: LoadedModel, index: int) -> str:
     return model.path.name if model.path is not None else f"model {index + 1}"
 
 
-def _agreement(meta: ModelMeta) -> dict[str, Any]:
-    """What every member must share, and how it is shown in the error."""
-    norm = meta.normalization
-    return {
-        "input channels": meta.in_channels,
-        "band names": ", ".join(meta.band_names) if meta.band_names else None,
-        "classes": ", ".join(c.name for c in meta.classes),
-        "dimensions": f"{meta.spatial_dims}-D",
-        "spacing": " x ".join(f"{s:g}" for s in meta.spacing) + " mm" if meta.spacing else None,
-        "resolution": f"{meta.resolution:g} m" if meta.resolution else None,
-        "normalization": norm.model_dump_json(exclude_none=True) if norm else None,
-        "orientation": meta.orientation,
-    }
-
-
 def check_members(members: Sequence[LoadedModel]) -> None:
     """A one-line ModelError naming the first thing two members disagree on."""
-    first = _agreement(members[0].meta)
-    for index, member in enumerate(members[1:], start=1):
-        other = _agreement(member.meta)
-        for what, value in first.items():
-            if other[what] != value:
-                raise ModelError(
-                    f"ensemble models disagree on {what}: {_name(members[0], 0)} has "
-                    f"{value or 'none'} but {_name(member, index)} has {other[what] or 'none'}; "
-                    "ensemble only models trained for the same task and data"
-                )
+    check_agreement([(_name(m, i), m.meta) for i, m in enumerate(members)])
 
 
 def _expand(model: ModelLike) -> list[ModelLike]:

@@ -194,9 +194,8 @@ def _pair_writers(
 def train_coarse_model(
     out_dir: Path, sizes: DemoSizes, factor: int = FACTOR, log: Log | None = None
 ) -> tuple[Path, float]:
-    """A small U-Net trained on a scene of ``factor`` x 10 m pixels; its model file declares
-    that resolution. Returns (path, seconds)."""
-    from segflow.models import load_model, save_model
+    """A small U-Net trained on a scene of ``factor`` x 10 m pixels; training records that
+    resolution in its model file. Returns (path, seconds)."""
     from segflow.train import TrainConfig, train
 
     metres = f"{PIXEL_SIZE * factor:g}m"
@@ -211,10 +210,6 @@ def train_coarse_model(
     started = time.perf_counter()
     result = train(config, log=log)
     seconds = time.perf_counter() - started
-    # the model file says what it was trained at, so a run can resample to it
-    loaded = load_model(result.model_path)
-    meta = loaded.meta.model_copy(update={"resolution": PIXEL_SIZE * factor})
-    save_model(loaded.module, meta, result.model_path)
     return result.model_path, seconds
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,9 @@ class TrainConfig:
     time_limit_s: float | None = None
     time_clock: str = "wall"  # "wall" seconds, or "cpu" seconds of this process (all threads)
     infer_patch: int | tuple[int, ...] | None = None  # hint written into the model file
+    # recorded in the model file instead of the training inputs' own pixel size
+    spacing: tuple[float, ...] | None = None  # volumes: mm per model axis (one value: every axis)
+    resolution: float | None = None  # rasters: ground metres per pixel
     overlap: float = 0.25
     half: bool = True  # store float16 weights when that leaves the labels unchanged
     channels_last: bool = True  # memory layout for training on CPUs (oneDNN runs it faster)
@@ -116,8 +120,21 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.freeze_encoder_epochs < 0:
             raise ConfigError("frozen-encoder epochs cannot be negative")
+        self._check_resolution()
         if self.output.suffix != ".safetensors":
             raise ConfigError(f"the model file must end in .safetensors, got {self.output.name}")
+
+    def _check_resolution(self) -> None:
+        if self.spacing is not None and (
+            not self.spacing or not all(0 < s < math.inf for s in self.spacing)
+        ):
+            raise ConfigError(
+                f"spacing takes positive numbers like 1.5 or 1.5,1.5,3, got {list(self.spacing)}"
+            )
+        if self.resolution is not None and not 0 < self.resolution < math.inf:
+            raise ConfigError(f"resolution must be a positive number, got {self.resolution}")
+        if self.spacing is not None and self.resolution is not None:
+            raise ConfigError("give --spacing (volumes) or --resolution (rasters), not both")
 
 
 @dataclass

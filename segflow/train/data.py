@@ -18,6 +18,7 @@ from segflow.models.archs import arch_spec
 from segflow.models.meta import ClassInfo, default_colors
 from segflow.train.batches import squeeze_axis_of
 from segflow.train.config import TrainConfig
+from segflow.train.resolution import TrainingResolution, training_resolution
 from segflow.train.sampling import (
     OpenPair,
     PatchSampler,
@@ -43,6 +44,7 @@ class TrainData:
     band_names: tuple[str, ...] | None
     sampler: PatchSampler
     validator: PatchSampler
+    resolution: TrainingResolution  # what the model file records as its spacing/resolution
 
     @property
     def num_classes(self) -> int:
@@ -62,6 +64,13 @@ def open_training_data(config: TrainConfig) -> TrainData:
         config, model_dims if data_dims == 3 else None
     )
     patch, sampler_patch = _patch_shapes(config, data_dims, model_dims)
+    resolution = training_resolution(
+        [*train_pairs, *val_pairs],
+        model_dims=model_dims,
+        slice_axis=squeeze_axis_of(sampler_patch, patch),
+        spacing=config.spacing,
+        resolution=config.resolution,
+    )
     classes = _infer_classes(config, train_pairs)
     sampler = PatchSampler(
         train_pairs,
@@ -76,7 +85,7 @@ def open_training_data(config: TrainConfig) -> TrainData:
     band_names = tuple(probe.image.band_names) if probe.image.kind == "raster" else None
     return TrainData(
         train_pairs, val_pairs, orientation, model_dims, patch, sampler_patch, classes,
-        band_names, sampler, validator,
+        band_names, sampler, validator, resolution,
     )  # fmt: skip
 
 

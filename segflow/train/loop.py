@@ -69,6 +69,8 @@ def train(
     torch.manual_seed(config.seed)  # the initial weights
 
     data = open_training_data(config)
+    for warning in data.resolution.warnings:
+        say(f"warning: {warning}")
     state = _resume_state(config)
     normalization = _normalization(config, data, state, say)
     module, meta = _new_module(config, data, fresh=state is None, say=say)
@@ -374,7 +376,7 @@ def _write_model(s: _Session, meta: ModelMeta, run: _Progress, started: float) -
     s.module.eval()
     final_meta = build_meta(
         meta, config, s.normalization, data.patch, data.model_dims, data.orientation, run.best,
-        run.history, run.step, run.stopped, data.train_pairs,
+        run.history, run.step, run.stopped, data.train_pairs, resolution=data.resolution,
     )  # fmt: skip
     dtype, agreement = storage_dtype(s.module, config, s.val_maker, s.val_tiles[:8])
     final_meta = _with_weights_dtype(final_meta, dtype, agreement)

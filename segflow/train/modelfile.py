@@ -2,7 +2,7 @@
 
 Everything ``segflow run`` needs travels in the file: architecture, classes
 with colours, global normalization, a patch-size hint, the orientation
-volumes were trained in, and where the model came from (data checksums, seed,
+volumes were trained in, the spacing or ground resolution of the training data, and where the model came from (data checksums, seed,
 epochs, validation scores, the full training configuration).
 """
 
@@ -21,6 +21,7 @@ from torch import nn
 from segflow.models.meta import ModelMeta, Normalization
 from segflow.train.batches import BatchMaker, Tile, predict_tiles
 from segflow.train.config import EpochRecord, TrainConfig
+from segflow.train.resolution import TrainingResolution
 from segflow.train.sampling import OpenPair
 
 FP16_AGREEMENT = 0.9999  # share of identical labels a float16 round trip must keep
@@ -51,8 +52,11 @@ def build_meta(
     steps: int,
     stopped: str,
     pairs: Sequence[OpenPair],
+    *,
+    resolution: TrainingResolution | None = None,
 ) -> ModelMeta:
-    """The trained model's metadata: ``meta`` plus normalization, hints and provenance."""
+    """The trained model's metadata: ``meta`` plus normalization, hints, the spacing or
+    resolution it was trained at, and provenance."""
     from segflow.version import __version__
 
     if config.infer_patch is not None:
@@ -82,6 +86,8 @@ def build_meta(
         else None,
         "config": json.loads(json.dumps(asdict(config), default=str)),
     }
+    if resolution is not None:
+        provenance["resolution"] = resolution.provenance
     return ModelMeta.model_validate(
         {
             **meta.model_dump(),
@@ -89,6 +95,7 @@ def build_meta(
             "patch_size": hint_t,
             "overlap": config.overlap,
             "orientation": orientation,
+            **(resolution.meta_fields() if resolution is not None else {}),
             "provenance": provenance,
         }
     )

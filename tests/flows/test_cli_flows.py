@@ -195,3 +195,30 @@ def test_hospital_command_runs_an_ensemble(prefect_server, models, tmp_path):
     provenance = zarr.open_group(tmp_path / "out" / "p0.zarr", mode="r").attrs["segflow"]
     members = provenance["provenance"]["ensemble"]["members"]
     assert [Path(m["path"]).name for m in members] == ["threshold3d.safetensors", second.name]
+
+
+def test_batch_runs_the_spec_ensemble_with_its_weights(prefect_server, tmp_path):
+    """A spec naming a folder of folds and weights: the flow gets members and weights."""
+    from segflow import segment
+    from tests.conftest import pixel_model, save
+
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    eye = [[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)]
+    for k in range(2):
+        save(pixel_model(eye, [0.4 * k, 0.0, -0.3 * k]), folds / f"fold{k}.safetensors")
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_scene(scenes / "s0.tif")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: folds\nweights: [1, 4]\ndevice: cpu\noutputs: {probabilities: uint8}\n")
+    result = runner.invoke(app, ["batch", str(scenes), "-o", str(tmp_path / "out"),
+                                 "--spec", str(spec)])  # fmt: skip
+    assert result.exit_code == EXIT_OK, result.output
+    reference = segment(scenes / "s0.tif", sorted(folds.iterdir()), tmp_path / "lib.zarr",
+                        weights=[1, 4], device="cpu", probabilities="uint8")  # fmt: skip
+    assert not isinstance(reference, list)
+    got = zarr.open_group(tmp_path / "out" / "s0.zarr", mode="r")
+    want = zarr.open_group(tmp_path / "lib.zarr", mode="r")
+    assert (got["probabilities"][...] == want["probabilities"][...]).all()
+    assert got.attrs["segflow"]["provenance"]["ensemble"]["weights"] == [1.0, 4.0]

@@ -94,6 +94,36 @@ def test_landcover_deployment_schedule_and_parameters(models, tmp_path):
         landcover_parameters(tmp_path, tmp_path, options="not a dict")  # type: ignore[arg-type]
 
 
+def test_a_deployment_can_serve_an_ensemble(models, tmp_path):
+    folds = [models["rgb"], tmp_path / "rgb2.safetensors"]
+    folds[1].write_bytes(models["rgb"].read_bytes())
+    deployment = landcover_deployment(tmp_path / "in", tmp_path / "out", model=folds)
+    assert deployment.parameters["model"] == [str(f) for f in folds]
+    landcover_mapping.validate_parameters(deployment.parameters)
+    one = landcover_parameters(tmp_path, tmp_path, model=[models["rgb"]])
+    assert one["model"] == str(models["rgb"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["bands4"], "ensemble models disagree on input channels"),
+        (["missing"], "missing.safetensors not found"),
+    ],
+)
+def test_segflow_serve_refuses_a_bad_ensemble_in_one_line(models, tmp_path, extra, message):
+    from typer.testing import CliRunner
+
+    from segflow.cli.main import app
+
+    paths = {"bands4": models["bands4"], "missing": tmp_path / "missing.safetensors"}
+    args = ["serve", str(tmp_path), str(tmp_path / "out"), "-m", str(models["rgb"])]
+    result = CliRunner().invoke(app, [*args, "-m", str(paths[extra[0]])])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
 @pytest.mark.slow
 def test_segflow_serve_starts_runs_once_and_stops(prefect_server, models, tmp_path):
     from prefect import get_client

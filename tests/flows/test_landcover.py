@@ -157,3 +157,44 @@ def test_empty_folder_is_a_quiet_run(prefect_server, models, tmp_path):
     (tmp_path / "none").mkdir()
     state, summary = run(tmp_path / "none", tmp_path / "maps", models["rgb"])
     assert state.is_completed() and summary.scenes == []
+
+
+def test_a_night_from_an_ensemble_spec_is_the_library_ensemble(prefect_server, scenes, tmp_path):
+    """What `segflow serve --spec` runs each night when the spec's model: names folds."""
+    from segflow import segment
+    from tests.conftest import pixel_model, save
+
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    eye = [[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)]
+    for k in range(3):
+        save(pixel_model(eye, [0.3 * k, 0.0, -0.2 * k]), folds / f"fold{k}.safetensors")
+    spec = tmp_path / "night.yaml"
+    spec.write_text("model: folds\nweights: [1, 2, 3]\n")
+    out = tmp_path / "maps"
+    state = landcover_mapping(
+        str(scenes), str(out), spec=str(spec), options=OPTIONS, return_state=True
+    )
+    summary = outcome(state)
+    assert state.is_completed() and summary.counts["complete"] == 3
+    members = sorted(folds.iterdir())
+    reference = segment(scenes / "scene0.tif", members, tmp_path / "lib.zarr", weights=[1, 2, 3],
+                        device="cpu", chunk_size=64)  # fmt: skip
+    assert not isinstance(reference, list) and reference.status == "complete"
+    night = zarr.open_group(out / "scene0.zarr", mode="r")
+    np.testing.assert_array_equal(
+        night["labels"][...], zarr.open_group(tmp_path / "lib.zarr", mode="r")["labels"][...]
+    )
+    recorded = night.attrs["segflow"]["provenance"]["ensemble"]
+    assert recorded["weights"] == [1.0, 2.0, 3.0] and len(recorded["members"]) == 3
+
+
+def test_an_ensemble_names_its_stac_stores_by_members_and_weights(models, tmp_path):
+    from flows.landcover import model_tag
+    from segflow.io.files import sha256_file
+
+    rgb, other = str(models["rgb"]), str(models["bands4"])
+    assert model_tag(rgb) == sha256_file(models["rgb"])[:12]
+    tags = {model_tag(rgb), model_tag([rgb, other]), model_tag([other, rgb]),
+            model_tag([rgb, other], [1.0, 2.0])}  # fmt: skip
+    assert len(tags) == 4 and all(len(t) == 12 for t in tags)

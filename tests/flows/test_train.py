@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from flows.train import config_from_params, config_to_params, train
@@ -24,10 +26,13 @@ def _config(tmp_path: Path) -> TrainConfig:
 def test_params_round_trip(tmp_path: Path) -> None:
     config = _config(tmp_path)
     assert config_from_params(config_to_params(config)) == config
+    volume = replace(config, spacing=(1.5, 1.5, 3.0))  # JSON turns the tuple into a list
+    assert config_from_params(json.loads(json.dumps(config_to_params(volume)))) == volume
 
 
 def test_train_flow_writes_the_model(prefect_server: str, tmp_path: Path) -> None:
     config = _config(tmp_path)
     summary = train(config_to_params(config))
     assert summary["model"] == str(config.output) and summary["steps"] == 2
-    assert load_model(config.output).meta.num_classes == 4
+    meta = load_model(config.output).meta
+    assert meta.num_classes == 4 and meta.resolution == 10.0
