@@ -164,3 +164,9 @@ def test_a_model_uri_stays_a_uri(tmp_path):
     assert parse_spec({"model": "gs://m/a.onnx"}).model == ObjectPath("gs://m/a.onnx")
     override = Pipeline().with_overrides(model="s3://models/other.safetensors")
     assert override.model == ObjectPath("s3://models/other.safetensors")
+
+
+def test_a_spec_can_ask_for_the_uncertainty():
+    assert parse_spec({"outputs": {"uncertainty": True}}).options.uncertainty is True
+    with pytest.raises(ConfigError, match=r"unknown key 'outputs\.uncertanty'"):
+        parse_spec({"outputs": {"uncertanty": True}})

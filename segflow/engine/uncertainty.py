@@ -41,7 +41,7 @@ def quantize(normalized: Float64) -> UInt8:
     """``H / ln K`` as stored: rint(254 * h), h clipped to [0, 1]; 255 where it is NaN."""
     nodata = np.isnan(normalized)
     scaled = np.rint(np.clip(np.where(nodata, 0.0, normalized), 0.0, 1.0) * LEVELS)
-    stored = scaled.astype(np.uint8)
+    stored: UInt8 = np.asarray(scaled, dtype=np.uint8)
     stored[nodata] = NODATA
     return stored
 
