@@ -785,6 +785,12 @@ def test_uncertainty_is_a_cf_packed_raster_array(tmp_path: Path, zarr_format: in
     assert decoded.rio.crs == CRS.from_epsg(32618)
     expected = np.where(values == 255, np.nan, values / 254.0)
     np.testing.assert_allclose(decoded.values, expected)
+    if zarr_format == 2:  # GDAL (and so QGIS) reads v2 stores
+        import rasterio
+
+        with rasterio.open(f'ZARR:"{path}":/uncertainty') as gdal:
+            assert (gdal.crs, gdal.nodata, gdal.scales) == (CRS.from_epsg(32618), 255, (1 / 254,))
+            np.testing.assert_array_equal(gdal.read(1), values)
 
 
 def test_stores_without_uncertainty_record_nothing_of_it(tmp_path: Path) -> None:
