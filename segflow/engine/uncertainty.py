@@ -60,19 +60,23 @@ def logit_entropy(logits: Float64) -> Float64:
     """``H(softmax(z)) / ln K`` of mean logits ``(K, ...)`` (one channel: a sigmoid).
 
     With ``e_k = exp(z_k - max z)`` and ``S = sum e_k``, ``H = ln S - sum e_k (z_k - max z) / S``:
-    one exp per class and one log per pixel.
+    one exp per class and one log per pixel. ``logits`` is overwritten (it is a slab's copy).
     """
     if logits.shape[0] == 1:
         return probability_entropy(1.0 / (1.0 + np.exp(-logits)))
-    top = logits.max(axis=0)
-    shifted = logits - top
+    shifted = logits
+    shifted -= logits.max(axis=0)
     exps = np.exp(shifted)
-    total = np.zeros(top.shape, np.float64)
-    weighted = np.zeros(top.shape, np.float64)
-    for k in range(logits.shape[0]):
+    total = exps[0].copy()
+    weighted = exps[0] * shifted[0]
+    for k in range(1, logits.shape[0]):  # classes in order: the same sum for every pixel
         total += exps[k]
-        weighted += exps[k] * shifted[k]
-    return (np.log(total) - weighted / total) / math.log(logits.shape[0])
+        np.multiply(exps[k], shifted[k], out=shifted[k])
+        weighted += shifted[k]
+    entropy = np.log(total)
+    entropy -= np.divide(weighted, total, out=weighted)
+    entropy /= math.log(logits.shape[0])
+    return entropy
 
 
 def blend_uncertainty(accumulator: Accumulator) -> UInt8:
@@ -85,7 +89,8 @@ def blend_uncertainty(accumulator: Accumulator) -> UInt8:
     out = np.empty(shape, np.uint8)
     for rows in _slabs(sums.shape[0], shape):
         w = weights[rows].cpu().numpy().astype(np.float64)
-        mean = sums[:, rows].cpu().numpy().astype(np.float64) / np.maximum(w, 1e-12)
+        mean = sums[:, rows].cpu().numpy().astype(np.float64)
+        mean /= np.maximum(w, 1e-12)
         if accumulator.scores == "probabilities":
             normalized = probability_entropy(mean)
         else:
