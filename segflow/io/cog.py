@@ -92,7 +92,10 @@ def export_cog(
         return export_to_object(target_location, overwrite, write)
     method = Resampling.parse(resampling)
     sink, geometry = open_exportable(
-        store, RasterGeometry, "is a volume output; export it with --to nifti"
+        store,
+        RasterGeometry,
+        "is a volume output; export it with --to nifti",
+        need_labels=array == "labels",
     )
     labels = array == "labels"
     if not labels:

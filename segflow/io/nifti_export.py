@@ -88,7 +88,10 @@ def export_nifti(
     if array not in EXPORTABLE:
         raise ConfigError(f"--array must be one of {', '.join(EXPORTABLE)}, got {array!r}")
     sink, geometry = open_exportable(
-        store, VolumeGeometry, "is a raster output; export it with --to cog"
+        store,
+        VolumeGeometry,
+        "is a raster output; export it with --to cog",
+        need_labels=array == "labels",
     )
     if array == "uncertainty":
         return _export_uncertainty(sink, geometry, output, reference, nodata_value, overwrite)

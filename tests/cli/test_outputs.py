@@ -208,3 +208,16 @@ def test_export_array_errors_are_one_line(app, uncertain_stores, raster_store):
         ["export", str(raster_store[1]), "--to", "cog", "--array", "uncertainty", "-o", "x.tif"],
     )
     assert plain.exit_code == 1 and "holds no uncertainty" in plain.output
+
+
+def test_a_store_of_uncertainty_alone_exports_it(app, tmp_path):
+    image = write_tif(tmp_path / "in.tif", textured((80, 60), 3))
+    model = pixel_model([[0.02, 0, 0], [0, 0.02, 0], [0, 0, 0.02]], [0, 0, 0])
+    store = tmp_path / "u.zarr"
+    segment(image, model, store, device="cpu", patch_size=32, labels=False, uncertainty=True)
+    result = runner.invoke(app, ["export", str(store), "--to", "cog", "--array", "uncertainty"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "u_uncertainty.tif") as cog:
+        assert cog.read(1).max() <= 254
+    labels = runner.invoke(app, ["export", str(store), "--to", "cog"])
+    assert labels.exit_code == 1 and "holds no labels" in labels.output
