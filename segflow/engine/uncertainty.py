@@ -73,7 +73,7 @@ def logit_entropy(logits: Float64) -> Float64:
         total += exps[k]
         np.multiply(exps[k], shifted[k], out=shifted[k])
         weighted += shifted[k]
-    entropy = np.log(total)
+    entropy: Float64 = np.log(total)
     entropy -= np.divide(weighted, total, out=weighted)
     entropy /= math.log(logits.shape[0])
     return entropy
