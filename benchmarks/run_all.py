@@ -19,6 +19,7 @@ BENCHMARKS = [
     "bench_postprocess",
     "bench_dicom",
     "bench_resample",
+    "bench_uncertainty",
     "bench_training",
     "bench_soak",
     "bench_corpus",

@@ -270,7 +270,7 @@ OUTPUT_OPTIONS = (
     "reorient",
 )
 # output options recorded only when set, so runs that never use them record what they did before
-RECORDED_WHEN_SET = ("spacing", "resolution", "resample", "series")
+RECORDED_WHEN_SET = ("spacing", "resolution", "resample", "series", "uncertainty")
 ZARR_FORMATS = (2, 3)
 
 
@@ -303,6 +303,7 @@ class RunOptions:
     resolution: float | None = None  # metres per pixel: overrides the model's resolution
     resample: bool = True  # resample each region to the model's spacing/resolution
     series: str | None = None  # DICOM: the SeriesInstanceUID, where a folder holds several
+    uncertainty: bool = False  # a uint8 array of the blend's normalized entropy
     # 2: raster stores GDAL (and so QGIS) opens; 3: Zarr v3 (OME-Zarr 0.5). Not in the
     # fingerprint: the store's layout records it, and a resume names a different one
     zarr_format: int = 3
@@ -324,8 +325,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         for name, value in _parsed(self).items():
             object.__setattr__(self, name, value)
-        if not self.labels and self.probabilities is ProbabilityMode.NONE:
-            raise ConfigError("nothing to write: enable labels or probabilities")
+        if not (self.labels or self.uncertainty) and self.probabilities is ProbabilityMode.NONE:
+            raise ConfigError("nothing to write: enable labels, probabilities or uncertainty")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "") -> RunOptions:
@@ -419,6 +420,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "resolution": _positive(o.resolution, "resolution"),
         "resample": _bool(o.resample, "resample"),
         "series": None if o.series is None else _series_uid(o.series),
+        "uncertainty": _bool(o.uncertainty, "uncertainty"),
         "zarr_format": parse_zarr_format(o.zarr_format),
         "region_size": _optional_count(o.region_size, "region size", 1),
         "scheduler": parse_scheduler(o.scheduler),

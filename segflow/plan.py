@@ -88,6 +88,7 @@ def plan(
         write_labels=options.labels,
         probabilities=options.probabilities,
         zarr_format=options.zarr_format,
+        uncertainty=options.uncertainty,
     )
     sink = ZarrSink.create(
         output,
@@ -101,7 +102,7 @@ def plan(
     )
     dims = len(source.spatial_shape) - (squeeze_axis is not None)
     edge = options.region_size or default_region_size(
-        dims, meta.num_classes, options.writes_probabilities
+        dims, meta.num_classes, options.writes_probabilities or options.uncertainty
     )
     if space is not None and options.region_size is None and space.max_zoom > 1:
         # a finer model grid blends more samples than the region has: keep its accumulator in budget
@@ -129,6 +130,7 @@ def plan(
         task_chunks=default_task_chunks(chunk, task_target),
         write_labels=options.labels,
         write_probabilities=options.writes_probabilities,
+        write_uncertainty=options.uncertainty,
         model_space=space,
         members=tuple(_model_handle(m) for m in members),
         member_weights=loaded.member_weights() if isinstance(loaded, Ensemble) else (),

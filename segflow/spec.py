@@ -52,6 +52,7 @@ class TilingSpec(_Section):
 class OutputsSpec(_Section):
     labels: bool | None = None
     probabilities: str | None = None
+    uncertainty: bool | None = None  # the blend's normalized entropy as a uint8 array
     chunk_size: Size | None = None
     nifti: bool | None = None  # volumes: also export the label mask as NIfTI next to the Zarr
     zarr_format: int | None = None  # 2: raster stores GDAL and QGIS open; 3 (default): Zarr v3

@@ -71,6 +71,7 @@ def test_options_are_frozen_and_hashable():
         ({"labels": False}, "nothing to write"),
         ({"amp": "maybe"}, "amp is true or false"),
         ({"zarr_format": "4"}, "zarr format must be 2 (GDAL, QGIS) or 3"),
+        ({"uncertainty": "perhaps"}, "uncertainty is true or false"),
     ],
 )
 def test_mistakes_are_one_line_config_errors(changes, message):
@@ -139,3 +140,10 @@ def test_importing_options_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_uncertainty_is_recorded_only_when_asked():
+    assert "uncertainty" not in RunOptions().output_options()  # earlier stores resume as before
+    asked = RunOptions(uncertainty="true", labels=False)  # something to write on its own
+    assert asked.uncertainty is True and asked.output_options()["uncertainty"] is True
+    assert RunOptions.from_mapping(asked.to_dict()) == asked  # as the flows pass it on

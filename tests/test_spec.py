@@ -229,3 +229,8 @@ def test_ensemble_mistakes_are_one_line_before_any_model_loads(tmp_path, data, m
 def test_ensemble_spec_shape_mistakes_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         parse_spec(data)
+
+def test_a_spec_can_ask_for_the_uncertainty():
+    assert parse_spec({"outputs": {"uncertainty": True}}).options.uncertainty is True
+    with pytest.raises(ConfigError, match=r"unknown key 'outputs\.uncertanty'"):
+        parse_spec({"outputs": {"uncertanty": True}})

@@ -49,10 +49,29 @@ SUFFIXES = {
 }
 
 
-def default_output(store: Path | ObjectPath, fmt: ExportFormat) -> Path | ObjectPath:
-    """``OUT.zarr`` -> ``OUT_labels.tif`` / ``OUT_labels.nii.gz`` / ``OUT_preview.png`` beside it."""
+def default_output(
+    store: Path | ObjectPath, fmt: ExportFormat, array: str = "labels"
+) -> Path | ObjectPath:
+    """``OUT.zarr`` -> ``OUT_labels.tif`` / ``OUT_labels.nii.gz`` / ``OUT_preview.png`` beside it
+    (``OUT_uncertainty.tif`` for the uncertainty)."""
     name = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
-    return store.with_name(name + SUFFIXES[fmt])
+    suffix = SUFFIXES[fmt]
+    if array != "labels":
+        suffix = suffix.replace("_labels", f"_{array}")
+    return store.with_name(name + suffix)
+
+
+ARRAYS = ("labels", "uncertainty")
+
+
+def _check_array(array: str, to: ExportFormat) -> None:
+    """``--array`` names a store array, and only COG and NIfTI take another than labels."""
+    if array not in ARRAYS:
+        raise ConfigError(f"--array must be labels or uncertainty, got '{array}'")
+    if array != "labels" and to not in (ExportFormat.COG, ExportFormat.NIFTI):
+        raise ConfigError(
+            f"--to {to.value} exports labels; --array {array} is for --to cog or --to nifti"
+        )
 
 
 def recorded_input(store: Path) -> Path | None:
@@ -80,7 +99,16 @@ def export_command(
         str | None,
         typer.Option("--output", "-o", help="Target file or URI (default: beside the store)."),
     ] = None,
-    resampling: Annotated[str, typer.Option(help="COG overviews: mode or nearest.")] = "mode",
+    array: Annotated[
+        str,
+        typer.Option(
+            help="COG, NIfTI: the store array to export, labels or uncertainty (a run "
+            "with --uncertainty)."
+        ),
+    ] = "labels",
+    resampling: Annotated[
+        str, typer.Option(help="COG overviews of labels: mode or nearest.")
+    ] = "mode",
     compress: Annotated[
         str, typer.Option(help="COG compression: deflate, lzw, zstd, none.")
     ] = "deflate",
@@ -133,13 +161,19 @@ def export_command(
         local_only = (ExportFormat.DICOM_SEG, ExportFormat.OME_ZARR)
         if to in local_only and (is_uri(store) or (output and is_uri(output))):
             raise ConfigError(f"--to {to.value} writes local files; give local paths")
+        _check_array(array, to)
         location = as_location(store)
-        target = as_location(output) if output else default_output(location, to)
+        target = as_location(output) if output else default_output(location, to, array)
         if to is ExportFormat.COG:
             from segflow.io.cog import export_cog
 
             cog = export_cog(
-                location, target, resampling=resampling, compress=compress, overwrite=overwrite
+                location,
+                target,
+                resampling=resampling,
+                compress=compress,
+                overwrite=overwrite,
+                array=array,
             )
             out.print(f"[green]wrote[/] {cog}", highlight=False)
             return
@@ -147,7 +181,16 @@ def export_command(
         # bucket or store); the exporters read it through zarr's fsspec store
         source_store = location if isinstance(location, Path) else _open_store(location)
         options = ExportOptions(
-            reference, nodata_value, input, classes, min_area, simplify, source, series, fractional
+            reference,
+            nodata_value,
+            input,
+            classes,
+            min_area,
+            simplify,
+            source,
+            series,
+            fractional,
+            array,
         )
 
         written: list[tuple[Path, str]] = []
@@ -179,6 +222,7 @@ class ExportOptions:
     source: Path | None
     series: str | None
     fractional: bool
+    array: str = "labels"
 
 
 def _open_store(location: ObjectPath) -> ZarrSink:
@@ -216,6 +260,7 @@ def _export_local(
             reference=options.reference,
             nodata_value=options.nodata_value,
             overwrite=overwrite,
+            array=options.array,
         )
         return [(result.path, "")] + [(path, "") for path in result.sidecars.values()]
     if to is ExportFormat.DICOM_SEG:

@@ -108,6 +108,14 @@ def run_command(
     probabilities: Annotated[
         str | None, typer.Option(help="Class probabilities: none, uint8 or float16.")
     ] = None,
+    uncertainty: Annotated[
+        bool | None,
+        typer.Option(
+            "--uncertainty/--no-uncertainty",
+            help="Also store the per-pixel uncertainty: the normalized entropy of the blended "
+            "class probabilities, uint8 0..254 (255 nodata). [default: off]",
+        ),
+    ] = None,
     zarr_format: Annotated[
         str | None,
         typer.Option(
@@ -229,6 +237,7 @@ def run_command(
             chunk_size=chunk_size,
             labels=labels,
             probabilities=probabilities,
+            uncertainty=uncertainty,
             zarr_format=zarr_format,
             bands=bands,
             nodata=nodata,

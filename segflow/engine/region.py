@@ -50,6 +50,8 @@ from segflow.engine.grid import (
 from segflow.engine.patch_pipeline import Blender, RegionPredictor, predict_and_blend
 from segflow.engine.resample import ModelSpace, scores_labels
 from segflow.engine.sharing import Handoff, task_exchange
+from segflow.engine.uncertainty import NODATA as UNCERTAINTY_NODATA
+from segflow.engine.uncertainty import blend_uncertainty, probabilities_uncertainty
 from segflow.heap import release_free_heap
 from segflow.io.orientation import AxisTransform
 from segflow.io.source import ReadResult, Source
@@ -125,6 +127,7 @@ class RegionWork:
     write_labels: bool
     write_probabilities: bool
     model_space: ModelSpace | None = None  # set when the grid is the model's, not the input's
+    write_uncertainty: bool = False  # the blend's normalized entropy (see ``uncertainty``)
     # an ensemble: every member predicts each patch and their probabilities are averaged
     # (``model`` is then the first member); empty for one model
     members: tuple[ModelHandle, ...] = ()
@@ -208,13 +211,13 @@ def process_region(work: RegionWork, task: Index, *after: object) -> RegionStats
     region = task_region(work, task)
     stats = RegionStats(class_counts=[0] * work.model.num_classes)
     accumulator, invalid = _predict_region(work, task, region, stats)
-    labels, probabilities = _region_outputs(work, region, accumulator, invalid)
-    stats.chunks_written = _write_chunks(work, task, region, labels, probabilities)
+    labels, probabilities, uncertainty = _region_outputs(work, region, accumulator, invalid)
+    stats.chunks_written = _write_chunks(work, task, region, labels, probabilities, uncertainty)
     stats.valid_pixels = labels.size - (
         int(np.count_nonzero(invalid)) if invalid is not None else 0
     )
     stats.class_counts = class_counts(labels, work.model.num_classes)
-    del labels, probabilities
+    del labels, probabilities, uncertainty
     release_free_heap()
     return stats
 
@@ -262,7 +265,9 @@ def _predict_region(
 
     # resampling back needs the normalized blend, so the weights too (as blended probabilities)
     ensemble = bool(work.members)
-    track_weights = work.write_probabilities or space is not None or ensemble
+    track_weights = (
+        work.write_probabilities or work.write_uncertainty or space is not None or ensemble
+    )
     predictor = region_predictor(work)
     device = blend_device(predictor)
     accumulator = Accumulator(
@@ -328,25 +333,36 @@ def _patches_with_data(
     return todo
 
 
+_Outputs = tuple[
+    npt.NDArray[np.integer], npt.NDArray[np.floating] | None, npt.NDArray[np.uint8] | None
+]
+
+
 def _region_outputs(
     work: RegionWork,
     region: Region,
     accumulator: Accumulator,
     invalid: npt.NDArray[np.bool_] | None,
-) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.floating] | None]:
-    """Labels (and probabilities when written) of the region, nodata where it is invalid."""
-    probabilities = None
+) -> _Outputs:
+    """Labels (probabilities, uncertainty when written) of the region, nodata where invalid."""
+    probabilities = uncertainty = None
     if work.model_space is None:
         labels = accumulator.labels(work.sink.label_dtype)
         if work.write_probabilities:
             probabilities = accumulator.probabilities()
+        if work.write_uncertainty:  # from the blend, slab by slab: no second float copy
+            uncertainty = blend_uncertainty(accumulator)
     else:
-        labels, probabilities = _resampled_outputs(work, work.model_space, accumulator, region)
+        labels, probabilities, uncertainty = _resampled_outputs(
+            work, work.model_space, accumulator, region
+        )
     if invalid is not None:
         labels[invalid] = work.sink.label_nodata
         if probabilities is not None:
             probabilities[:, invalid] = np.nan
-    return labels, probabilities
+        if uncertainty is not None:
+            uncertainty[invalid] = UNCERTAINTY_NODATA
+    return labels, probabilities, uncertainty
 
 
 RESAMPLE_SLAB_BYTES = 16 * 2**20  # the class scores of one slab of a region resampled back
@@ -354,8 +370,9 @@ RESAMPLE_SLAB_BYTES = 16 * 2**20  # the class scores of one slab of a region res
 
 def _resampled_outputs(
     work: RegionWork, space: ModelSpace, accumulator: Accumulator, region: Region
-) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.floating] | None]:
-    """Labels (and probabilities) of ``region`` from the blend's probabilities on the model grid.
+) -> _Outputs:
+    """Labels (probabilities, uncertainty) of ``region`` from the blend's probabilities on the
+    model grid (the uncertainty is that of the probabilities resampled back).
 
     Resampled back a slab of the first axis at a time: a sample's value is the
     same in any window (see ``resample``), and the scores of a whole 256^3 region
@@ -370,6 +387,7 @@ def _resampled_outputs(
     probabilities = (
         np.empty((classes, *shape), dtype=np.float32) if work.write_probabilities else None
     )
+    uncertainty = np.empty(shape, dtype=np.uint8) if work.write_uncertainty else None
     rows = max(1, RESAMPLE_SLAB_BYTES // (4 * classes * max(1, math.prod(shape[1:]))))
     first = region[0]
     for start in range(first.start, first.stop, rows):
@@ -382,7 +400,9 @@ def _resampled_outputs(
         labels[rows_here] = scores_labels(scores).numpy()
         if probabilities is not None:
             probabilities[:, rows_here] = scores.numpy()
-    return labels, probabilities
+        if uncertainty is not None:
+            uncertainty[rows_here] = probabilities_uncertainty(scores)
+    return labels, probabilities, uncertainty
 
 
 def _write_chunks(
@@ -391,6 +411,7 @@ def _write_chunks(
     region: Region,
     labels: npt.NDArray[np.integer],
     probabilities: npt.NDArray[np.floating] | None,
+    uncertainty: npt.NDArray[np.uint8] | None = None,
 ) -> int:
     """Write the task's chunks not yet recorded as done; returns how many were written."""
     origin = tuple(s.start for s in region)
@@ -404,6 +425,7 @@ def _write_chunks(
             chunk,
             labels[local] if work.write_labels else None,
             probabilities[(slice(None), *local)] if probabilities is not None else None,
+            uncertainty[local] if uncertainty is not None else None,
         )
         written += 1
     return written

@@ -41,6 +41,7 @@ from segflow.io.gis_styles import style_paths, write_styles
 from segflow.io.source import RasterGeometry
 from segflow.io.staged import export_to_object
 from segflow.io.uris import ObjectPath, as_location
+from segflow.io.zarr_meta import UNCERTAINTY_FORMULA, UNCERTAINTY_NODATA, UNCERTAINTY_SCALE
 from segflow.io.zarr_sink import ZarrSink
 from segflow.options import Resampling
 from segflow.version import __version__
@@ -48,6 +49,7 @@ from segflow.version import __version__
 DEFAULT_BLOCKSIZE = 512
 CACHE_MB = 256  # GDAL block cache while writing: bounds memory whatever the raster size
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
+EXPORTABLE = ("labels", "uncertainty")  # the store arrays a COG (or NIfTI) can hold
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -62,11 +64,16 @@ def export_cog(
     blocksize: int = DEFAULT_BLOCKSIZE,
     overwrite: bool = False,
     workers: int | None = None,
+    array: str = "labels",
 ) -> Path | ObjectPath:
     """Write the labels of a complete raster store to ``output`` as a COG; returns its path.
 
     ``output`` may be a URI (``s3://...``): the COG is written locally, then put whole.
+    ``array="uncertainty"`` writes the stored uncertainty instead (uint8, scale 1/254,
+    nodata 255, averaged overviews; no class colours or styles).
     """
+    if array not in EXPORTABLE:
+        raise ConfigError(f"--array must be one of {', '.join(EXPORTABLE)}, got {array!r}")
     target_location = as_location(output)
     if isinstance(target_location, ObjectPath):
         sink = store if isinstance(store, ZarrSink) else ZarrSink.open_finished(store)
@@ -79,13 +86,20 @@ def export_cog(
                 compress=compress,
                 blocksize=blocksize,
                 workers=workers,
+                array=array,
             )
 
         return export_to_object(target_location, overwrite, write)
     method = Resampling.parse(resampling)
     sink, geometry = open_exportable(
-        store, RasterGeometry, "is a volume output; export it with --to nifti"
+        store,
+        RasterGeometry,
+        "is a volume output; export it with --to nifti",
+        need_labels=array == "labels",
     )
+    labels = array == "labels"
+    if not labels:
+        sink.uncertainty_array()  # one line when the store holds none
     if compress.lower() not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
     if blocksize < 16 or blocksize % 16:
@@ -102,19 +116,21 @@ def export_cog(
         with rasterio.Env(GDAL_CACHEMAX=CACHE_MB), warnings.catch_warnings():
             # a store without georeferencing gives a COG without it, on purpose
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            _write_tiled(sink, geometry, tmp, blocksize, threads)
+            _write_tiled(sink, geometry, tmp, blocksize, threads, labels)
             rasterio.shutil.copy(
                 tmp,
                 part,
                 driver="COG",
                 BLOCKSIZE=blocksize,
                 COMPRESS=compress.upper(),
-                OVERVIEW_RESAMPLING=method.value.upper(),
+                # uncertainty is a quantity: its overviews average it (nodata left out)
+                OVERVIEW_RESAMPLING=method.value.upper() if labels else "AVERAGE",
                 BIGTIFF="IF_SAFER",
                 NUM_THREADS=str(threads),
             )
-        colors = display_colors(sink.classes)
-        write_styles(target, sink.classes, colors, sink.label_nodata)
+        if labels:
+            colors = display_colors(sink.classes)
+            write_styles(target, sink.classes, colors, sink.label_nodata)
         os.replace(part, target)
     except (RasterioError, OSError) as exc:
         part.unlink(missing_ok=True)
@@ -165,7 +181,12 @@ def colormap(sink: ZarrSink) -> dict[int, tuple[int, int, int, int]]:
 
 
 def _write_tiled(
-    sink: ZarrSink, geometry: RasterGeometry, path: Path, blocksize: int, threads: int
+    sink: ZarrSink,
+    geometry: RasterGeometry,
+    path: Path,
+    blocksize: int,
+    threads: int,
+    labels: bool = True,
 ) -> None:
     height, width = sink.layout.spatial_shape
     profile: dict[str, Any] = dict(
@@ -173,8 +194,8 @@ def _write_tiled(
         width=width,
         height=height,
         count=1,
-        dtype=sink.label_dtype.name,
-        nodata=sink.label_nodata,
+        dtype=sink.label_dtype.name if labels else "uint8",
+        nodata=sink.label_nodata if labels else UNCERTAINTY_NODATA,
         tiled=True,
         blockxsize=blocksize,
         blockysize=blocksize,
@@ -187,12 +208,18 @@ def _write_tiled(
     if geometry.georeferenced:
         profile["transform"] = Affine(*geometry.transform)
     dataset_tags, band_tags = cog_tags(sink)
-    array = sink.labels_array()
+    array = sink.labels_array() if labels else sink.uncertainty_array()
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write_colormap(1, colormap(sink))
-        dst.set_band_description(1, "class label")
+        if labels:
+            dst.write_colormap(1, colormap(sink))
+            dst.set_band_description(1, "class label")
+            dst.update_tags(1, **band_tags)
+        else:
+            dataset_tags.update(SEGFLOW_ARRAY="uncertainty", SEGFLOW_NODATA=str(UNCERTAINTY_NODATA))
+            dst.set_band_description(1, "normalized entropy of the class probabilities")
+            dst.scales, dst.offsets = (UNCERTAINTY_SCALE,), (0.0,)
+            dst.update_tags(1, FORMULA=UNCERTAINTY_FORMULA)
         dst.update_tags(**dataset_tags)
-        dst.update_tags(1, **band_tags)
         for window, block in _prefetch(array, _windows(sink, blocksize), threads):
             dst.write(block, 1, window=window)
 

@@ -15,9 +15,14 @@ G = TypeVar("G", RasterGeometry, VolumeGeometry)
 
 
 def open_exportable(
-    store: str | os.PathLike[str] | ObjectPath | ZarrSink, kind: type[G], wrong_kind: str
+    store: str | os.PathLike[str] | ObjectPath | ZarrSink,
+    kind: type[G],
+    wrong_kind: str,
+    *,
+    need_labels: bool = True,
 ) -> tuple[ZarrSink, G]:
-    """The store and its geometry, once it is known to hold complete labels of ``kind``.
+    """The store and its geometry, once it is known to be complete, of ``kind``, and to
+    hold labels (unless ``need_labels`` is false: another array is exported).
 
     ``wrong_kind`` ends the ConfigError raised for the other kind of store,
     e.g. "is a volume output; export it with --to nifti".
@@ -26,7 +31,7 @@ def open_exportable(
     geometry = sink.geometry
     if not isinstance(geometry, kind):
         raise ConfigError(f"{sink.path} {wrong_kind}")
-    ZarrSink.open_finished(sink, purpose="exporting")
+    ZarrSink.open_finished(sink, need_labels=need_labels, purpose="exporting")
     return sink, geometry
 
 

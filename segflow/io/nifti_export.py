@@ -26,7 +26,7 @@ import numpy as np
 
 from segflow.errors import ConfigError, OutputError, ReaderError
 from segflow.io.classes import ClassInfo
-from segflow.io.cog import display_colors
+from segflow.io.cog import EXPORTABLE, display_colors
 from segflow.io.export_common import open_exportable, prepare_target
 from segflow.io.nib import (
     ImageFileError,
@@ -38,6 +38,7 @@ from segflow.io.nib import (
     write_header,
 )
 from segflow.io.source import VolumeGeometry
+from segflow.io.zarr_meta import UNCERTAINTY_NODATA
 from segflow.io.zarr_sink import ZarrSink
 
 NIFTI1_MAX_DIM = 32767  # dim[] is int16 in NIfTI-1; larger volumes need NIfTI-2
@@ -75,19 +76,26 @@ def export_nifti(
     nodata_value: int | None = None,
     sidecars: bool = True,
     overwrite: bool = False,
+    array: str = "labels",
 ) -> NiftiExport:
     """Write the labels of a complete volume store to ``output`` (.nii or .nii.gz).
 
     ``nodata_value`` replaces the store's nodata label (255 or 65535) in the mask, e.g.
     0 to merge it into the background; by default it is kept and named "nodata".
+    ``array="uncertainty"`` writes the stored uncertainty instead: uint8, u / 254 the
+    normalized entropy, 255 nodata (no slope, so nodata stays apart), no label sidecars.
     """
+    if array not in EXPORTABLE:
+        raise ConfigError(f"--array must be one of {', '.join(EXPORTABLE)}, got {array!r}")
     sink, geometry = open_exportable(
-        store, VolumeGeometry, "is a raster output; export it with --to cog"
+        store,
+        VolumeGeometry,
+        "is a raster output; export it with --to cog",
+        need_labels=array == "labels",
     )
-    target = Path(output).expanduser()
-    if not target.name.lower().endswith((".nii", ".nii.gz")):
-        raise ConfigError(f"{target} must end in .nii or .nii.gz")
-    prepare_target(target, overwrite, ".nii.gz")
+    if array == "uncertainty":
+        return _export_uncertainty(sink, geometry, output, reference, nodata_value, overwrite)
+    target = _checked_target(output, overwrite)
     dtype = sink.label_dtype
     if nodata_value is not None and not 0 <= nodata_value <= np.iinfo(dtype).max:
         raise ConfigError(f"nodata value {nodata_value} does not fit the {dtype} labels")
@@ -95,16 +103,7 @@ def export_nifti(
     header = nifti_header(sink.layout.spatial_shape, dtype, geometry, sink.layout.num_classes)
     if reference is not None:
         copy_spatial_header(header, reference, sink.layout.spatial_shape, geometry)
-    part = target.with_name(target.name + ".part")
-    try:
-        with _open(part) as f:
-            offset = write_header(header, f)
-            f.write(b"\x00" * (offset - f.tell()))
-            _write_voxels(f, sink, header, nodata_value)
-        os.replace(part, target)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    _write_file(target, header, sink.labels_array(), sink.label_nodata, nodata_value)
     written: dict[str, Path] = {}
     if sidecars:
         nodata = sink.label_nodata if nodata_value is None else None
@@ -168,21 +167,66 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("wb")
 
 
+def _export_uncertainty(
+    sink: ZarrSink,
+    geometry: VolumeGeometry,
+    output: str | os.PathLike[str],
+    reference: str | os.PathLike[str] | None,
+    nodata_value: int | None,
+    overwrite: bool,
+) -> NiftiExport:
+    array = sink.uncertainty_array()  # one line when the store holds none
+    target = _checked_target(output, overwrite)
+    if nodata_value is not None and not 0 <= nodata_value <= 255:
+        raise ConfigError(f"nodata value {nodata_value} does not fit the uint8 uncertainty")
+    shape = sink.layout.spatial_shape
+    header = nifti_header(shape, np.dtype(np.uint8), geometry, 255)  # cal_max 254
+    header["descrip"] = b"segflow uncertainty: H/ln(K) = value/254, 255 nodata"
+    if reference is not None:
+        copy_spatial_header(header, reference, shape, geometry)
+    _write_file(target, header, array, UNCERTAINTY_NODATA, nodata_value)
+    return NiftiExport(target)
+
+
+def _checked_target(output: str | os.PathLike[str], overwrite: bool) -> Path:
+    target = Path(output).expanduser()
+    if not target.name.lower().endswith((".nii", ".nii.gz")):
+        raise ConfigError(f"{target} must end in .nii or .nii.gz")
+    prepare_target(target, overwrite, ".nii.gz")
+    return target
+
+
+def _write_file(
+    target: Path, header: NiftiHeader, array: Any, nodata: int, nodata_value: int | None
+) -> None:
+    """The header, then the voxels, into ``target.part``, renamed once complete."""
+    part = target.with_name(target.name + ".part")
+    try:
+        with _open(part) as f:
+            offset = write_header(header, f)
+            f.write(b"\x00" * (offset - f.tell()))
+            _write_voxels(f, array, header, nodata, nodata_value)
+        os.replace(part, target)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+
 def _write_voxels(
     f: IO[bytes],
-    sink: ZarrSink,
+    array: Any,
     header: NiftiHeader,
+    nodata: int,
     nodata_value: int | None,
 ) -> None:
     """NIfTI stores i fastest, then j, then k: one (I, J, ck) slab is one contiguous run."""
-    array = sink.labels_array()
     disk = data_dtype(header)
-    depth = sink.layout.spatial_shape[2]
-    step = sink.layout.chunk_shape[2]
+    depth = array.shape[2]
+    step = array.chunks[2]
     for k0 in range(0, depth, step):
         slab = np.asarray(array[:, :, k0 : min(k0 + step, depth)])
         if nodata_value is not None:
-            slab = np.where(slab == sink.label_nodata, slab.dtype.type(nodata_value), slab)
+            slab = np.where(slab == nodata, slab.dtype.type(nodata_value), slab)
         f.write(slab.astype(disk, copy=False).tobytes(order="F"))
 
 

@@ -39,6 +39,7 @@ class OutputLayout:
     write_labels: bool = True
     probabilities: ProbabilityMode = ProbabilityMode.NONE
     zarr_format: int = 3  # 2 for raster stores that GDAL 3.10 (and so QGIS) opens
+    uncertainty: bool = False  # a uint8 array of the normalized entropy (engine.uncertainty)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spatial_shape", tuple(int(s) for s in self.spatial_shape))
@@ -55,8 +56,11 @@ class OutputLayout:
             )
         if not 1 <= self.num_classes <= 65535:
             raise ConfigError(f"num_classes must be 1..65535, got {self.num_classes}")
-        if not self.write_labels and self.probabilities is ProbabilityMode.NONE:
-            raise ConfigError("nothing to write: enable labels or probabilities")
+        if (
+            not (self.write_labels or self.uncertainty)
+            and self.probabilities is ProbabilityMode.NONE
+        ):
+            raise ConfigError("nothing to write: enable labels, probabilities or uncertainty")
         object.__setattr__(self, "zarr_format", parse_zarr_format(self.zarr_format))
 
     @property
@@ -88,7 +92,16 @@ class OutputLayout:
             write_labels=bool(attrs["write_labels"]),
             probabilities=ProbabilityMode.parse(attrs["probabilities"]),
             zarr_format=int(attrs.get("zarr_format", 3)),  # stores before the choice: v3
+            uncertainty=bool(attrs.get("uncertainty", False)),  # recorded only when written
         )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The layout as recorded; ``uncertainty`` only when written, so stores without it
+        keep the attributes they had before it existed."""
+        attrs = asdict(self)
+        if not self.uncertainty:
+            del attrs["uncertainty"]
+        return attrs
 
 
 @dataclass(frozen=True)
@@ -124,14 +137,18 @@ def geometry_kind(geometry: Geometry) -> StoreKind:
 
 
 def array_paths(layout: OutputLayout, kind: StoreKind) -> dict[str, str | None]:
-    """Where labels, probabilities and the completion record live in a store of ``kind``."""
+    """Where labels, probabilities, uncertainty and the completion record live in a store
+    of ``kind`` (uncertainty only when written)."""
     labels = None
     if layout.write_labels:
         labels = "labels" if kind == "raster" else "0"
     probabilities = None
     if layout.probabilities is not ProbabilityMode.NONE:
         probabilities = "probabilities" if kind == "raster" else "probabilities/0"
-    return {"labels": labels, "probabilities": probabilities, "done": DONE_PATH}
+    paths = {"labels": labels, "probabilities": probabilities, "done": DONE_PATH}
+    if layout.uncertainty:
+        paths["uncertainty"] = "uncertainty" if kind == "raster" else "uncertainty/0"
+    return paths
 
 
 def build_info(
@@ -154,4 +171,4 @@ def build_info(
     if len(classes) != layout.num_classes:
         raise ConfigError(f"{len(classes)} class names given for {layout.num_classes} classes")
     arrays = array_paths(layout, kind)
-    return meta.store_info(kind, asdict(layout), arrays, classes, geometry, attrs, fingerprint)
+    return meta.store_info(kind, layout.to_attrs(), arrays, classes, geometry, attrs, fingerprint)

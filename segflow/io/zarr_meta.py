@@ -33,6 +33,14 @@ GRID_MAPPING = "spatial_ref"  # name of the CF grid-mapping variable (rioxarray'
 VOLUME_AXES = ("z", "y", "x")
 LEGACY_VOLUME_AXES = ("i", "j", "k")  # stores written before carry these names
 PROBABILITY_SCALE = 1.0 / 254.0  # uint8 probabilities: p = q / 254, 255 = nodata
+UNCERTAINTY_SCALE = 1.0 / 254.0  # uint8 uncertainty: H(p) / ln K = u / 254, 255 = nodata
+UNCERTAINTY_NODATA = 255
+UNCERTAINTY_FORMULA = (
+    "u = rint(254 * clip(H(p) / ln(K), 0, 1)), H(p) = -sum_k p_k ln(p_k) with 0 ln(0) = 0, "
+    "p the blended class probabilities of the pixel (the labels are their argmax), K the "
+    "number of classes; one sigmoid channel q is the two classes (1 - q, q), K = 2; "
+    "255 = nodata"
+)
 
 JSON = Any  # JSON-compatible value (dict / list / str / int / float / bool / None)
 
@@ -125,7 +133,7 @@ def store_info(
         probabilities = {"dtype": "uint8", "scale": PROBABILITY_SCALE, "nodata": 255}
     elif mode == "float16":
         probabilities = {"dtype": "float16", "nodata": "NaN"}
-    return {
+    info: dict[str, JSON] = {
         "format": STORE_FORMAT,
         "format_version": STORE_FORMAT_VERSION,
         "kind": kind,
@@ -139,6 +147,14 @@ def store_info(
         "geometry": geometry_to_attrs(geometry),
         "provenance": jsonable(provenance),
     }
+    if layout.get("uncertainty"):  # only when written: other stores keep their attributes
+        info["uncertainty"] = {
+            "dtype": "uint8",
+            "scale": UNCERTAINTY_SCALE,
+            "nodata": UNCERTAINTY_NODATA,
+            "formula": UNCERTAINTY_FORMULA,
+        }
+    return info
 
 
 # --- geometry -------------------------------------------------------------------------------
@@ -349,6 +365,25 @@ def cf_probability_attrs(mode: str) -> dict[str, JSON]:
     return attrs
 
 
+def uncertainty_attrs() -> dict[str, JSON]:
+    """Attributes of the uncertainty array (rasters and volumes): CF-packed like uint8
+    probabilities, so ``xarray.open_zarr`` decodes it to H(p) / ln K in [0, 1], NaN nodata."""
+    return {
+        "long_name": "normalized entropy of the class probabilities",
+        "units": "1",
+        "valid_range": [0, 254],
+        "scale_factor": UNCERTAINTY_SCALE,
+        "add_offset": 0.0,
+        "_FillValue": UNCERTAINTY_NODATA,
+        "formula": UNCERTAINTY_FORMULA,
+    }
+
+
+def cf_uncertainty_attrs() -> dict[str, JSON]:
+    """CF attributes of the raster ``uncertainty`` variable (y, x)."""
+    return {**uncertainty_attrs(), "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING}
+
+
 # --- OME-Zarr 0.5 (volumes) ------------------------------------------------------------------
 
 
@@ -428,6 +463,16 @@ def ome_label_image_attrs(
         "version": OME_VERSION,
         "multiscales": [multiscale],
         "image-label": ome_image_label(classes, nodata),
+    }
+
+
+def ome_scalar_image_attrs(name: str, geometry: VolumeGeometry, path: str = "0") -> dict[str, JSON]:
+    """``ome`` attributes of a one-value-per-voxel image at ``path`` (z, y, x = i, j, k)."""
+    scale, translation = volume_scale_translation(geometry)
+    dataset = ome_dataset(path, scale, translation)
+    return {
+        "version": OME_VERSION,
+        "multiscales": [ome_multiscale(name, ome_space_axes(), [dataset])],
     }
 
 

@@ -4,6 +4,7 @@ Layout (rasters, readable with ``xarray.open_zarr`` + rioxarray)::
 
     labels          (y, x)          uint8/uint16, nodata = max of dtype
     probabilities   (class, y, x)   optional: uint8 (p * 254, 255 nodata) or float16 (NaN nodata)
+    uncertainty     (y, x)          optional: uint8 normalized entropy (H / ln K * 254, 255 nodata)
     y, x, class     1-D coordinates (pixel centres)
     spatial_ref     0-d CF grid mapping (crs_wkt, GeoTransform)
     _segflow/done   per-chunk completion record
@@ -12,6 +13,7 @@ Layout (volumes, OME-Zarr 0.5 label image)::
 
     0                   (z, y, x) labels in the file's voxel order (i, j, k)
     probabilities/0     (c, z, y, x) optional, an OME image group
+    uncertainty/0       (z, y, x) optional, an OME image group
     _segflow/done
 
 The OME axis names are labels of the voxel axes (stores written before name them
@@ -268,6 +270,10 @@ class ZarrSink:
         return _optional_str(self._info["arrays"]["probabilities"])
 
     @property
+    def uncertainty_path(self) -> str | None:
+        return _optional_str(self._info["arrays"].get("uncertainty"))
+
+    @property
     def chunks_total(self) -> int:
         return math.prod(self.chunk_grid_shape)
 
@@ -298,23 +304,29 @@ class ZarrSink:
         index: Sequence[int],
         labels: npt.NDArray[np.generic] | None,
         probabilities: npt.NDArray[np.floating] | None,
+        uncertainty: npt.NDArray[np.uint8] | None = None,
     ) -> None:
         """Write one whole chunk, then record it as done.
 
         ``labels``: the chunk region in :attr:`label_dtype`, :attr:`label_nodata` where nodata.
         ``probabilities``: float (K, *region) in [0, 1], NaN where nodata.
+        ``uncertainty``: uint8 of the chunk region as stored (see engine.uncertainty), 255
+        where nodata; required exactly when the store records it.
         """
         index = self._check_index(index)
         region = self.chunk_region(index)
         shape = tuple(s.stop - s.start for s in region)
         self._check_labels(index, shape, labels)
         self._check_probabilities(index, shape, probabilities)
+        self._check_uncertainty(index, shape, uncertainty)
         mode = self.layout.probabilities
         if labels is not None and self.labels_path is not None:
             self._array(self.labels_path)[region] = labels
         if probabilities is not None and self.probabilities_path is not None:
             stored = quantize_probabilities(probabilities, mode)
             self._array(self.probabilities_path)[(slice(None), *region)] = stored
+        if uncertainty is not None and self.uncertainty_path is not None:
+            self._array(self.uncertainty_path)[region] = uncertainty
         self._array(DONE_PATH)[index] = np.uint8(1)  # only after the data is fully written
 
     def _check_labels(
@@ -332,6 +344,17 @@ class ZarrSink:
             )
         if labels.dtype != self.label_dtype:
             raise ValueError(f"labels must be {self.label_dtype}, got {labels.dtype}")
+
+    def _check_uncertainty(
+        self, index: tuple[int, ...], shape: tuple[int, ...], values: npt.NDArray[Any] | None
+    ) -> None:
+        if not self.layout.uncertainty:
+            if values is not None:
+                raise ValueError("this store was created without uncertainty")
+            return
+        if values is None or values.shape != shape or values.dtype != np.uint8:
+            got = None if values is None else f"{values.dtype} {values.shape}"
+            raise ValueError(f"uncertainty for chunk {index} must be uint8 {shape}, got {got}")
 
     def _check_probabilities(
         self, index: tuple[int, ...], shape: tuple[int, ...], probabilities: npt.NDArray[Any] | None
@@ -375,6 +398,17 @@ class ZarrSink:
         if self.probabilities_path is None:
             raise OutputError(f"{self.path} holds no probabilities (written without them)")
         return self._array(self.probabilities_path, writable=False)
+
+    def uncertainty_array(self) -> StoreArray:
+        """The stored uncertainty (uint8, see engine.uncertainty), read-only."""
+        if self.uncertainty_path is None:
+            raise OutputError(f"{self.path} holds no uncertainty (run with --uncertainty)")
+        return self._array(self.uncertainty_path, writable=False)
+
+    def read_uncertainty(self, region: Region | None = None) -> npt.NDArray[np.uint8]:
+        """The stored uncertainty of a spatial region (default: everything), 255 where nodata."""
+        selection = ... if region is None else tuple(region)
+        return np.asarray(self.uncertainty_array()[selection])
 
     def read_labels(self, region: Region | None = None) -> npt.NDArray[Any]:
         """Labels of a spatial region (default: everything), label_nodata where nodata."""
@@ -428,6 +462,11 @@ class ZarrSink:
         keys = ("spatial_shape", "chunk_shape", "num_classes", "write_labels", "probabilities")
         for key in keys:
             checks.append((key.replace("_", " "), have["layout"].get(key), wanted["layout"][key]))
+        uncertain = (
+            bool(have["layout"].get("uncertainty")),
+            bool(wanted["layout"].get("uncertainty")),
+        )
+        checks.append(("uncertainty", *uncertain))
         fmt = self.layout.zarr_format, int(wanted["layout"].get("zarr_format", 3))
         checks.append(("zarr format", *fmt))
         checks.append(("classes", have.get("classes"), wanted["classes"]))
@@ -456,6 +495,8 @@ class ZarrSink:
             expected.append(
                 (self.probabilities_path, (layout.num_classes, *layout.spatial_shape), None)
             )
+        if self.uncertainty_path is not None:
+            expected.append((self.uncertainty_path, layout.spatial_shape, chunks))
         for name, shape, chunk in expected:
             try:
                 array = self._array(name, writable=False)

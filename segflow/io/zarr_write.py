@@ -287,6 +287,11 @@ def _create_raster_arrays(
         class_attrs = {"long_name": "class index", "flag_meanings": meta.flag_meanings(classes)}
         index = create_array(root, "class", (k,), (k,), np.uint16, None, ("class",), class_attrs)
         index[:] = np.arange(k)
+    if layout.uncertainty:
+        shape, chunks = layout.spatial_shape, layout.clipped_chunks
+        attrs = meta.cf_uncertainty_attrs()
+        nodata = meta.UNCERTAINTY_NODATA
+        create_array(root, "uncertainty", shape, chunks, np.uint8, nodata, ("y", "x"), attrs)
 
 
 def _create_volume_arrays(
@@ -307,3 +312,10 @@ def _create_volume_arrays(
         attrs = {"long_name": "class probability", **(encoding or {})}
         dims = ["c", *meta.VOLUME_AXES]
         create_array(group, "0", spec.shape, spec.chunks, spec.dtype, spec.fill, dims, attrs)
+    if layout.uncertainty:
+        ome = meta.ome_scalar_image_attrs(f"{name} uncertainty", geometry)
+        group = root.create_group("uncertainty", attributes={"ome": ome})
+        shape, chunks = layout.spatial_shape, layout.clipped_chunks
+        nodata = meta.UNCERTAINTY_NODATA
+        attrs = meta.uncertainty_attrs()
+        create_array(group, "0", shape, chunks, np.uint8, nodata, meta.VOLUME_AXES, attrs)

@@ -18,6 +18,7 @@ import numpy as np
 from segflow.errors import ReaderError
 from segflow.io.source import Geometry, RasterGeometry, VolumeGeometry
 from segflow.io.zarr_levels import pyramid_levels
+from segflow.io.zarr_meta import UNCERTAINTY_FORMULA, UNCERTAINTY_NODATA, UNCERTAINTY_SCALE
 from segflow.io.zarr_sink import ZarrSink
 
 # NIfTI xform codes (sform_code / qform_code)
@@ -61,6 +62,7 @@ def describe_store(store: str | os.PathLike[str] | ZarrSink) -> dict[str, Any]:
             "nodata": sink.label_nodata,
         },
         "probabilities": None if layout.probabilities == "none" else layout.probabilities,
+        "uncertainty": _uncertainty(sink),
         "classes": [
             {"value": v, "name": c.name, "color": list(c.color)} for v, c in enumerate(sink.classes)
         ],
@@ -72,6 +74,18 @@ def describe_store(store: str | os.PathLike[str] | ZarrSink) -> dict[str, Any]:
         "fingerprint": sink.fingerprint,
         "provenance": sink.attrs,
         "summary": sink.summary,
+    }
+
+
+def _uncertainty(sink: ZarrSink) -> dict[str, Any] | None:
+    if sink.uncertainty_path is None:
+        return None
+    return {
+        "array": sink.uncertainty_path,
+        "dtype": "uint8",
+        "scale": UNCERTAINTY_SCALE,
+        "nodata": UNCERTAINTY_NODATA,
+        "formula": UNCERTAINTY_FORMULA,
     }
 
 
@@ -204,6 +218,13 @@ def render(info: dict[str, Any], console: Any = None) -> None:
                 "labels", f"{labels['dtype']} array '{labels['array']}', nodata {labels['nodata']}"
             )
         grid.add_row("probabilities", str(info["probabilities"] or "not stored"))
+        uncertainty = info.get("uncertainty")
+        if uncertainty:
+            grid.add_row(
+                "uncertainty",
+                f"uint8 array '{uncertainty['array']}': normalized entropy of the class "
+                "probabilities x 254, nodata 255",
+            )
         if info["pyramid"]:
             grid.add_row("pyramid", ", ".join(_shape(lv["shape"]) for lv in info["pyramid"]))
     else:

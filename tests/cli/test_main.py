@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from scipy import special, stats
 
 from segflow.models import create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
@@ -328,3 +329,25 @@ def test_post_processing_mistakes_fail_before_the_run(tmp_path, model_file):
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("flow", ["--flow", "--no-flow"])
+def test_uncertainty_flag_adds_the_array_and_resumes(tmp_path, model_file, flow):
+    image = textured((90, 70), 1)
+    path = write_tif(tmp_path / "in.tif", image, tile=None)
+    out = tmp_path / "o.zarr"
+    args = ["--patch-size", "32", "--chunk-size", "32", "--device", "cpu", flow]
+    result = run("run", path, "-m", model_file, "-o", out, *args, "--uncertainty")
+    assert result.returncode == 0, result.stderr
+    group = zarr.open_group(out, mode="r")
+    u = group["uncertainty"][...]
+    # the threshold model's logits are (0, value - 100): the binary entropy of their softmax
+    q = special.expit(image[0].astype(np.float64) - 100.0)
+    expected = np.rint(254 * stats.entropy(np.stack([q, 1 - q]), base=2, axis=0))
+    np.testing.assert_array_equal(u, expected.astype(np.uint8))
+    assert u.max() == 254 and u.min() == 0
+    again = run("run", path, "-m", model_file, "-o", out, *args, "--uncertainty", "--resume")
+    assert again.returncode == 0, again.stderr
+    if flow == "--no-flow":  # the flow skips a finished store before opening it
+        without = run("run", path, "-m", model_file, "-o", out, *args, "--resume")
+        assert without.returncode == 1 and "cannot resume" in without.stderr

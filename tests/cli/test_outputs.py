@@ -149,3 +149,75 @@ def test_pyramid_command(app, raster_store):
     assert runner.invoke(app, ["pyramid", str(store)]).exit_code == 1
     result = runner.invoke(app, ["pyramid", str(store), "--resampling", "mdoe", "--overwrite"])
     assert result.exit_code == 1 and "did you mean 'mode'" in result.output
+
+
+@pytest.fixture(scope="module")
+def uncertain_stores(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("uncertain")
+    pixels = textured((200, 150), 3)
+    pixels[:, :10, :20] = 0  # nodata
+    image = write_tif(tmp / "scene.tif", pixels, nodata=0)
+    model = pixel_model([[0.02, 0, 0], [0, 0.02, 0], [0, 0, 0.02]], [0, 0, 0])
+    options = dict(device="cpu", patch_size=64, chunk_size=64, uncertainty=True)
+    segment(image, model, tmp / "scene.zarr", **options)
+    data = np.linspace(0, 10, 16 * 14 * 10, dtype=np.float32).reshape(16, 14, 10)
+    volume = write_nifti(tmp / "scan.nii.gz", data, np.diag([-1.5, 1.5, 3.0, 1.0]))
+    segment(volume, threshold_model(5.0), tmp / "scan.zarr", **{**options, "patch_size": 16})
+    return tmp / "scene.zarr", tmp / "scan.zarr"
+
+
+def test_inspect_shows_the_uncertainty(app, uncertain_stores, raster_store):
+    scene, _ = uncertain_stores
+    info = json.loads(runner.invoke(app, ["inspect", str(scene), "--json"]).output)
+    assert info["uncertainty"]["array"] == "uncertainty" and info["uncertainty"]["nodata"] == 255
+    assert "normalized entropy" in runner.invoke(app, ["inspect", str(scene)]).output
+    plain = json.loads(runner.invoke(app, ["inspect", str(raster_store[1]), "--json"]).output)
+    assert plain["uncertainty"] is None
+
+
+def test_export_uncertainty_as_cog_and_nifti(app, uncertain_stores):
+    from segflow.io.zarr_sink import ZarrSink
+
+    scene, scan = uncertain_stores
+    result = runner.invoke(app, ["export", str(scene), "--to", "cog", "--array", "uncertainty"])
+    assert result.exit_code == 0, result.output
+    target = scene.with_name("scene_uncertainty.tif")
+    assert cog_validate(target, quiet=True)[0]
+    stored = ZarrSink.open(scene).read_uncertainty()
+    assert stored.min() > 0 and (stored == 255).any()  # uncertain pixels and nodata
+    with rasterio.open(target) as cog:
+        np.testing.assert_array_equal(cog.read(1), stored)
+        assert cog.nodata == 255 and cog.scales == (1 / 254,) and cog.colorinterp
+    assert not target.with_suffix(".qml").exists()  # no class styles for a quantity
+    result = runner.invoke(app, ["export", str(scan), "--to", "nifti", "--array", "uncertainty"])
+    assert result.exit_code == 0, result.output
+    nifti = nib.load(scan.with_name("scan_uncertainty.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj), ZarrSink.open(scan).read_uncertainty())
+    assert nifti.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(nifti.affine, np.diag([-1.5, 1.5, 3.0, 1.0]))
+
+
+def test_export_array_errors_are_one_line(app, uncertain_stores, raster_store):
+    scene, _ = uncertain_stores
+    wrong = runner.invoke(app, ["export", str(scene), "--to", "png", "--array", "uncertainty"])
+    assert (
+        wrong.exit_code == 1 and "--array uncertainty is for --to cog or --to nifti" in wrong.output
+    )
+    plain = runner.invoke(
+        app,
+        ["export", str(raster_store[1]), "--to", "cog", "--array", "uncertainty", "-o", "x.tif"],
+    )
+    assert plain.exit_code == 1 and "holds no uncertainty" in plain.output
+
+
+def test_a_store_of_uncertainty_alone_exports_it(app, tmp_path):
+    image = write_tif(tmp_path / "in.tif", textured((80, 60), 3))
+    model = pixel_model([[0.02, 0, 0], [0, 0.02, 0], [0, 0, 0.02]], [0, 0, 0])
+    store = tmp_path / "u.zarr"
+    segment(image, model, store, device="cpu", patch_size=32, labels=False, uncertainty=True)
+    result = runner.invoke(app, ["export", str(store), "--to", "cog", "--array", "uncertainty"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "u_uncertainty.tif") as cog:
+        assert cog.read(1).max() <= 254
+    labels = runner.invoke(app, ["export", str(store), "--to", "cog"])
+    assert labels.exit_code == 1 and "holds no labels" in labels.output

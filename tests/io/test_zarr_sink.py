@@ -748,3 +748,95 @@ def test_worker_processes_write_through_pickled_sinks(tmp_path: Path) -> None:
     assert sink.done_chunks() == all_chunks(sink)
     np.testing.assert_array_equal(ZarrSink.open(sink.path).read_labels(), labels)
     assert math.prod(sink.chunk_grid_shape) == 16
+
+
+# --- uncertainty ------------------------------------------------------------------------------
+
+
+def uncertainty_sink(path: Path, *, uncertainty: bool = True, **kwargs: Any) -> ZarrSink:
+    shape = kwargs.pop("shape", (37, 53))
+    chunk = kwargs.pop("chunk", (16,) * len(shape))
+    geometry = kwargs.pop("geometry", None)
+    if geometry is None:
+        geometry = raster_geometry(CRS.from_epsg(32618), UTM_TRANSFORM) if len(shape) == 2 else LIA
+    layout = OutputLayout(shape, chunk, 3, uncertainty=uncertainty, **kwargs)
+    return ZarrSink.create(path, layout, geometry, classes(3), PROVENANCE, "fp-1")
+
+
+def write_uncertain_chunks(sink: ZarrSink, values: np.ndarray) -> None:
+    labels = np.zeros(values.shape, np.uint8)
+    for index in np.ndindex(*sink.chunk_grid_shape):
+        region = sink.chunk_region(index)
+        sink.write_chunk(index, labels[region], None, values[region])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_uncertainty_is_a_cf_packed_raster_array(tmp_path: Path, zarr_format: int) -> None:
+    path = tmp_path / "u.zarr"
+    sink = uncertainty_sink(path, zarr_format=zarr_format)
+    values = (np.arange(37 * 53).reshape(37, 53) % 256).astype(np.uint8)  # 255: nodata
+    write_uncertain_chunks(sink, values)
+    np.testing.assert_array_equal(ZarrSink.open(path).read_uncertainty(), values)
+    info = zarr.open_group(path, mode="r").attrs["segflow"]
+    assert info["layout"]["uncertainty"] is True and info["arrays"]["uncertainty"] == "uncertainty"
+    assert info["uncertainty"]["scale"] == 1 / 254 and "ln(K)" in info["uncertainty"]["formula"]
+    decoded = xr.open_zarr(path)["uncertainty"]
+    assert decoded.attrs["long_name"] == "normalized entropy of the class probabilities"
+    assert decoded.rio.crs == CRS.from_epsg(32618)
+    expected = np.where(values == 255, np.nan, values / 254.0)
+    np.testing.assert_allclose(decoded.values, expected)
+    if zarr_format == 2:  # GDAL (and so QGIS) reads v2 stores
+        import rasterio
+
+        with rasterio.open(f'ZARR:"{path}":/uncertainty') as gdal:
+            assert (gdal.crs, gdal.nodata, gdal.scales) == (CRS.from_epsg(32618), 255, (1 / 254,))
+            np.testing.assert_array_equal(gdal.read(1), values)
+
+
+def test_stores_without_uncertainty_record_nothing_of_it(tmp_path: Path) -> None:
+    make_sink(tmp_path / "plain.zarr")
+    info = zarr.open_group(tmp_path / "plain.zarr", mode="r").attrs["segflow"]
+    assert "uncertainty" not in info and "uncertainty" not in info["layout"]
+    assert "uncertainty" not in info["arrays"]
+    assert ZarrSink.open(tmp_path / "plain.zarr").uncertainty_path is None
+
+
+def test_a_volume_keeps_uncertainty_as_an_ome_image(tmp_path: Path) -> None:
+    path = tmp_path / "v.zarr"
+    sink = uncertainty_sink(path, shape=(20, 18, 9))
+    values = np.full((20, 18, 9), 17, np.uint8)
+    write_uncertain_chunks(sink, values)
+    assert sink.uncertainty_path == "uncertainty/0"
+    np.testing.assert_array_equal(ZarrSink.open(path).read_uncertainty(), values)
+    valid_image_group(path / "uncertainty")
+
+
+def test_write_chunk_needs_uncertainty_exactly_when_recorded(tmp_path: Path) -> None:
+    sink = uncertainty_sink(tmp_path / "u.zarr")
+    labels = np.zeros((16, 16), np.uint8)
+    with pytest.raises(ValueError, match=r"uncertainty for chunk \(0, 0\) must be uint8"):
+        sink.write_chunk((0, 0), labels, None)
+    with pytest.raises(ValueError, match="must be uint8"):
+        sink.write_chunk((0, 0), labels, None, np.zeros((16, 16), np.float32))
+    plain = make_sink(tmp_path / "plain.zarr")
+    with pytest.raises(ValueError, match="without uncertainty"):
+        plain.write_chunk((0, 0), labels, None, np.zeros((16, 16), np.uint8))
+    assert sink.done_chunks() == set() and plain.done_chunks() == set()
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_resume_refuses_another_uncertainty_choice(tmp_path: Path, before: bool) -> None:
+    path = tmp_path / "u.zarr"
+    uncertainty_sink(path, uncertainty=before)
+    layout = OutputLayout((37, 53), (16, 16), 3, uncertainty=not before)
+    geometry = raster_geometry(CRS.from_epsg(32618), UTM_TRANSFORM)
+    with pytest.raises(OutputError, match="uncertainty differs"):
+        ZarrSink.create(path, layout, geometry, classes(3), PROVENANCE, "fp-1", resume=True)
+    same = OutputLayout((37, 53), (16, 16), 3, uncertainty=before)
+    ZarrSink.create(path, same, geometry, classes(3), PROVENANCE, "fp-1", resume=True)
+
+
+def test_uncertainty_alone_is_something_to_write() -> None:
+    layout = OutputLayout((4, 4), (2, 2), 2, write_labels=False, uncertainty=True)
+    assert layout.to_attrs()["uncertainty"] is True
+    assert "uncertainty" not in OutputLayout((4, 4), (2, 2), 2).to_attrs()
