@@ -230,6 +230,7 @@ def test_ensemble_spec_shape_mistakes_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         parse_spec(data)
 
+
 def test_a_spec_can_ask_for_the_uncertainty():
     assert parse_spec({"outputs": {"uncertainty": True}}).options.uncertainty is True
     with pytest.raises(ConfigError, match=r"unknown key 'outputs\.uncertanty'"):
