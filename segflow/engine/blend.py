@@ -183,15 +183,34 @@ class Accumulator:
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the leading class axis (one channel: a sigmoid), the same on any thread count.
+    """Softmax over the leading class axis (one channel: a sigmoid), the same in any region.
 
-    torch's softmax and sigmoid kernels round a value differently depending on
-    where the work is split between threads (vector body or scalar tail), so
-    they run on one thread here: a resumed run, with other tasks in flight and
-    another share of the cores, writes the same probabilities.
+    torch's softmax over a leading axis rounds a value by the tensor's shape,
+    and its sigmoid by where the work is split between threads (vector body or
+    scalar tail): an elementwise softmax on one thread gives a pixel the same
+    probabilities whatever the region, the chunking or the cores a resumed run
+    has.
     """
     with one_thread():
-        return torch.sigmoid(logits) if logits.shape[0] == 1 else torch.softmax(logits, dim=0)
+        return softmax(logits, dim=0)
+
+
+def softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Class probabilities along ``dim`` (one channel: a sigmoid), elementwise per pixel.
+
+    Each value comes from the same elementwise operations wherever it lies in
+    the tensor, so a pixel's probabilities do not depend on the batch or the
+    patch it was computed in.
+    """
+    if logits.shape[dim] == 1:
+        # torch's sigmoid rounds a value by where it lies (vector body or scalar tail)
+        return logits.neg().exp_().add_(1.0).reciprocal_()
+    exps = (logits - logits.amax(dim=dim, keepdim=True)).exp_()
+    parts = exps.unbind(dim)
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return exps.div_(total.unsqueeze(dim))
 
 
 @contextmanager

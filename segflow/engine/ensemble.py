@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from segflow.engine.blend import one_thread
+from segflow.engine.blend import softmax
 from segflow.errors import ConfigError
 from segflow.models.files import LoadedModel, load_model
 from segflow.models.members import MODEL_SUFFIXES, check_agreement, check_weights, model_files
@@ -129,24 +129,6 @@ def load_models(
             raise ConfigError("weights are for ensembles; give them with two or more models")
         return loaded[0]
     return Ensemble(tuple(loaded), None if weights is None else tuple(float(w) for w in weights))
-
-
-def softmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Class probabilities along ``dim`` (one channel: a sigmoid), elementwise per pixel.
-
-    Each value comes from the same elementwise operations wherever it lies in
-    the tensor, so a pixel's probabilities do not depend on the batch or the
-    patch it was computed in.
-    """
-    if logits.shape[dim] == 1:
-        with one_thread():  # torch's sigmoid rounds by where threads split the work
-            return torch.sigmoid(logits)
-    exps = (logits - logits.amax(dim=dim, keepdim=True)).exp_()
-    parts = exps.unbind(dim)
-    total = parts[0].clone()
-    for part in parts[1:]:
-        total += part
-    return exps.div_(total.unsqueeze(dim))
 
 
 class EnsemblePredictor:

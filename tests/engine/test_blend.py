@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.engine.blend import WEIGHT_FLOOR, Accumulator, BlendMode, patch_window, window_1d
+from segflow.engine.blend import (
+    WEIGHT_FLOOR,
+    Accumulator,
+    BlendMode,
+    class_probabilities,
+    patch_window,
+    window_1d,
+)
 from segflow.engine.grid import make_grid
 from segflow.errors import ConfigError
 
@@ -101,3 +108,17 @@ def test_probabilities_are_the_same_bytes_on_any_thread_count(classes):
     reference = _blended_probabilities(classes, 1)
     for threads in (2, 3, 5):
         assert _blended_probabilities(classes, threads) == reference
+
+
+@pytest.mark.parametrize("classes", [1, 2, 6])
+def test_class_probabilities_of_a_pixel_do_not_depend_on_the_region_it_lies_in(classes):
+    logits = torch.randn(classes, 301, 317, generator=torch.Generator().manual_seed(3)) * 8
+    whole = class_probabilities(logits)
+    for rows, cols in [
+        (slice(0, 64), slice(0, 317)),
+        (slice(5, 301), slice(3, 200)),
+        (slice(100, 101), slice(7, 18)),
+        (slice(0, 301), slice(1, 2)),
+    ]:
+        part = class_probabilities(logits[:, rows, cols].contiguous())
+        assert part.numpy().tobytes() == whole[:, rows, cols].contiguous().numpy().tobytes()
