@@ -35,9 +35,8 @@ import numpy as np
 import torch
 import zarr
 
-from benchmarks.common import Check, report, timer, write_geotiff
+from benchmarks.common import Check, as_the_command, report, timer, write_geotiff
 from segflow import segment
-from segflow.heap import tune_process
 from segflow.io.open import open_source
 from segflow.models import load_model
 from segflow.models.exported import default_sidecar_path, write_sidecar
@@ -160,7 +159,7 @@ def main() -> bool:
     parser.add_argument("--size", type=int, default=8192, help="scene edge (8192 for the targets)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notes
     path = scene(args.size)
     megapixels = args.size**2 / 1e6

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
+    as_the_command,
     growth_check,
     near_free_model,
     peak_rss_mb,
@@ -86,10 +87,9 @@ def write_series(folder: Path, slices: int, size: int, seed: int = 0) -> Path:
 
 def read_run(folder: str) -> dict[str, Any]:
     """Every slab of the series through the Source, each used and let go, as regions are."""
-    from segflow.heap import tune_process
     from segflow.io.open import open_source
 
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     before = peak_rss_mb()
     with timer() as t:
         source = open_source(Path(folder))
@@ -105,9 +105,8 @@ def read_run(folder: str) -> dict[str, Any]:
 def segment_run(folder: str, out: str, region_size: int | None = None) -> dict[str, Any]:
     """A whole segment() run of the series with the near-free 3-D model."""
     from segflow import segment
-    from segflow.heap import tune_process
 
-    tune_process()
+    as_the_command()
     before = peak_rss_mb()
     with timer() as t:
         result = segment(

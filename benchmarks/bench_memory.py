@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.common import (
     Check,
+    as_the_command,
     growth_check,
     near_free_model,
     peak_rss_mb,
@@ -30,9 +31,8 @@ TARGET_GROWTH = 0.10
 
 def one_run(size: int, tmp: str) -> dict[str, Any]:
     from segflow import segment
-    from segflow.heap import tune_process
 
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     path = Path(tmp) / f"scene{size}.tif"
     before = peak_rss_mb()
     with timer() as t:

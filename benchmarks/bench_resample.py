@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks.bench_volume import PATCH, pure_forward_seconds, unet3d_model
 from benchmarks.common import (
     Check,
+    as_the_command,
     best_of_interleaved,
     growth_checks,
     near_free_model,
@@ -44,7 +45,6 @@ from benchmarks.common import (
 from segflow import segment
 from segflow.engine.grid import make_grid
 from segflow.engine.resample import model_space
-from segflow.heap import tune_process
 from segflow.io.nib import save_volume
 from segflow.models import LoadedModel
 
@@ -74,7 +74,7 @@ def at_spacing(model: LoadedModel, spacing: float) -> LoadedModel:
 
 
 def memory_run(size: int, tmp: str) -> dict[str, Any]:
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     model = at_spacing(near_free_model(1, 3, spatial_dims=3), MODEL_SPACING)
     with timer() as t:
         result = segment(
@@ -178,7 +178,7 @@ def main() -> bool:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
-    tune_process()  # as the segflow command does; the baseline runs under the same settings
+    as_the_command()  # as the segflow command does; the baseline runs under the same settings
     figures: dict[str, Any] = {
         "volume": f"{args.size}^3 int16 at 1 mm, model at {MODEL_SPACING} mm, small 3-D U-Net"
     }

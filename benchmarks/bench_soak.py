@@ -12,7 +12,7 @@ a. Kill/resume: one uninterrupted ``segflow run --no-flow`` of a 1536^2 x3 uint8
    the run's own nondeterminism, not the resume's (``--torch-threads 1`` pins
    SEGFLOW_TORCH_THREADS for every command run, to tell the two apart).
 b. Memory: ``--scans`` small NIfTI scans (48^3 int16) segmented one after another
-   through ``segflow.segment`` in one fresh process (``segflow.tune_process()``
+   through ``segflow.segment`` in one fresh process (``as_the_command()``
    first, as the command does), the model given as a file each time; RSS after
    scan 10 and after the last.
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks.common import (
     Check,
+    as_the_command,
     growth_check,
     near_free_model,
     report,
@@ -297,7 +298,7 @@ def memory_soak_run(scans: list[str], model: str, out: str) -> dict[str, Any]:
     """In a fresh process: segment ``scans`` one after another; RSS after each."""
     import segflow
 
-    segflow.tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     import psutil
 
     process = psutil.Process()

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.common import (
     Check,
+    as_the_command,
     near_free_model,
     report,
     run_subprocess,
@@ -29,7 +30,6 @@ from benchmarks.common import (
     write_geotiff,
 )
 from segflow import segment
-from segflow.heap import tune_process
 
 TARGET_MPXS = 25.0
 TARGET_RATIO = 10.0
@@ -38,7 +38,7 @@ TARGET_RATIO = 10.0
 def monai_mpxs(path: str) -> float:
     from monai.inferers.utils import sliding_window_inference
 
-    tune_process()  # the heap settings segflow runs under, for a like-for-like baseline
+    as_the_command()  # the heap settings segflow runs under, for a like-for-like baseline
 
     model = near_free_model().module
     with rasterio.open(path) as src:
@@ -57,7 +57,7 @@ def monai_mpxs(path: str) -> float:
 
 
 def segflow_seconds(path: str, tmp: str) -> float:
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     model = near_free_model()
     # one small run first: process start-up (thread pools, codecs, first kernels) is
     # not throughput; the timed run below still does every read, hash and write

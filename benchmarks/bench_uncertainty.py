@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.common import (
     Check,
+    as_the_command,
     best_of_interleaved,
     near_free_model,
     peak_rss_mb,
@@ -28,7 +29,6 @@ from benchmarks.common import (
     write_geotiff,
 )
 from segflow import segment
-from segflow.heap import tune_process
 
 TARGET_TIME_RATIO = 1.3  # near-free model: the worst case for the entropy's share
 TARGET_RSS_RATIO = 1.1
@@ -36,7 +36,7 @@ TARGET_RSS_RATIO = 1.1
 
 def run_once(path: str, out: str, uncertainty: bool) -> dict[str, Any]:
     """One run in this process: its seconds and the process's peak RSS."""
-    tune_process()
+    as_the_command()
     with timer() as t:
         segment(path, near_free_model(), out, patch_size=512, uncertainty=uncertainty, device="cpu")
     return {"seconds": t["seconds"], "peak_mb": peak_rss_mb()}
@@ -47,7 +47,7 @@ def main() -> bool:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
-    tune_process()
+    as_the_command()
     with tempfile.TemporaryDirectory() as tmp:
         path = str(write_geotiff(Path(tmp) / "scene.tif", args.size))
 

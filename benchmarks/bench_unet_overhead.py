@@ -18,10 +18,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Check, best_of_interleaved, report, timer, write_geotiff
+from benchmarks.common import (
+    Check,
+    as_the_command,
+    best_of_interleaved,
+    report,
+    timer,
+    write_geotiff,
+)
 from segflow import segment
 from segflow.engine.grid import make_grid
-from segflow.heap import tune_process
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
@@ -68,7 +74,7 @@ def main() -> bool:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
-    tune_process()  # as the segflow command does; the baseline runs under the same settings
+    as_the_command()  # as the segflow command does; the baseline runs under the same settings
     model = unet_model(args.device)
     grid = make_grid((args.size, args.size), 512, 0.25)
     predicted: list[int] = []

@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import (
     Check,
+    as_the_command,
     best_of_interleaved,
     growth_checks,
     near_free_model,
@@ -34,7 +35,6 @@ from benchmarks.common import (
 )
 from segflow import segment
 from segflow.engine.grid import make_grid
-from segflow.heap import tune_process
 from segflow.io.nib import save_volume
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
@@ -115,7 +115,7 @@ def monai_seconds(path: Path, module: torch.nn.Module, batch: int, device: str =
 
 
 def memory_run(size: int, tmp: str) -> dict[str, Any]:
-    tune_process()  # as the segflow command does
+    as_the_command()  # as the segflow command does
     path = Path(tmp) / f"vol{size}.nii"
     with timer() as t:
         result = segment(
@@ -181,7 +181,7 @@ def main() -> bool:
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
-    tune_process()  # as the segflow command does; the baselines run under the same settings
+    as_the_command()  # as the segflow command does; the baselines run under the same settings
     model = unet3d_model()
     figures: dict[str, Any] = {
         "volume": f"{args.size}^3 int16, patch {PATCH}^3, small 3-D U-Net, {args.device}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from segflow.heap import OPENMP_SETTINGS, tune_process
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 from segflow.models.pixel import PixelClassifier
@@ -158,3 +161,16 @@ def growth_checks(peaks: dict[int, float], target: float, unit: str = "^3") -> l
         growth_check(f"peak RSS growth {a}{unit} -> {b}{unit}", peaks[a], peaks[b], target)
         for a, b in itertools.pairwise(sizes)
     ]
+
+
+def as_the_command() -> None:
+    """Tune this process as the ``segflow`` command tunes its own.
+
+    The OpenMP wait policy is read when torch loads, which a benchmark has done
+    by the time its main runs: without it, the benchmark runs again at once
+    with the variable set (a user's own setting is kept).
+    """
+    missing = {k: v for k, v in OPENMP_SETTINGS.items() if k not in os.environ}
+    if missing:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+    tune_process()

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from benchmarks.bench_unet_overhead import unet_model
-from benchmarks.common import Check, report, timer, write_geotiff
+from benchmarks.common import Check, as_the_command, report, timer, write_geotiff
 from segflow import segment
-from segflow.heap import tune_process
 from segflow.io.zarr_sink import ZarrSink
 
 TARGET_BUSY = 0.90
@@ -170,7 +169,7 @@ def main() -> bool:
     if not torch.cuda.is_available():
         print("no CUDA GPU here: nothing to check", file=sys.stderr)
         return False
-    tune_process()
+    as_the_command()
     if args.part == "busy":
         return busy(args.size or 16384, args.batch_size)
     return amp(args.size or 2048)

@@ -1,4 +1,4 @@
-"""Process tuning for region tasks: glibc heap settings (Linux only) and GDAL's cache.
+"""Process tuning for region tasks: glibc heap settings (Linux only), GDAL's cache, OpenMP.
 
 Region tasks and forward passes allocate and free buffers of tens to hundreds
 of megabytes from several threads. Handing each one back to the system when
@@ -38,6 +38,11 @@ TRIM_THRESHOLD_BYTES = 1024 * 2**20  # trimming is left to release_free_heap
 FREE_HEAP_LIMIT_BYTES = 256 * 2**20
 MAPPED_BYTES = 16 * 2**20  # mapped_empty's arrays from this size up
 GDAL_CACHE_MB = 32  # about one row of tiles of a 16384-wide scene
+# OpenMP threads otherwise spin for a while after every parallel op, taking cores from the
+# threads that read, cut, blend and write: with a device doing the forwards, a third of
+# a 2-D run's CPU time went to spinning. Read when OpenMP loads (torch's first import).
+OPENMP_SETTINGS = {"OMP_WAIT_POLICY": "PASSIVE"}
+_OPENMP_SETTINGS_AT_START = frozenset(name for name in OPENMP_SETTINGS if name in os.environ)
 # glibc reads MALLOC_* variables when the process starts, so those are the user's settings;
 # ones set later (a Dask nanny sets one in the process that starts its workers) are not
 _MALLOC_SETTINGS_AT_START = frozenset(name for name in os.environ if name.startswith("MALLOC_"))
@@ -133,22 +138,27 @@ def heap_environment() -> dict[str, str]:
 
 
 def worker_environment() -> dict[str, str]:
-    """:func:`heap_environment` less the MALLOC_* variables this process started with
-    (the user's: theirs win in the workers segflow starts, too)."""
-    return {k: v for k, v in heap_environment().items() if k not in _MALLOC_SETTINGS_AT_START}
+    """:func:`heap_environment` and OPENMP_SETTINGS, less the variables this process started
+    with (the user's: theirs win in the workers segflow starts, too)."""
+    settings = {**heap_environment(), **OPENMP_SETTINGS}
+    given = _MALLOC_SETTINGS_AT_START | _OPENMP_SETTINGS_AT_START
+    return {k: v for k, v in settings.items() if k not in given}
 
 
 @functools.cache
 def tune_process() -> bool:
-    """Apply segflow's heap settings and GDAL cache size to this process (once).
+    """Apply segflow's heap settings, GDAL cache size and OpenMP wait policy (once).
 
     Each setting the user gave (a MALLOC_* variable the process started with,
-    GDAL_CACHEMAX) is kept. Returns whether the process now runs under
+    GDAL_CACHEMAX, OMP_WAIT_POLICY) is kept. The OpenMP policy takes effect only
+    before torch is first imported (the ``segflow`` command calls this first). Returns whether the process now runs under
     segflow's heap settings: False with another libc, or where the user's
     variables decide them all.
     """
     global _applied_here
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))  # read when GDAL first caches
+    for name, value in OPENMP_SETTINGS.items():
+        os.environ.setdefault(name, value)
     arenas_capped = limit_malloc_arenas()
     buffers_kept = reuse_freed_buffers()
     _applied_here = arenas_capped or buffers_kept

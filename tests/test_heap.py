@@ -185,3 +185,25 @@ def test_large_arrays_get_a_mapping_of_their_own():
     assert big.flags.c_contiguous and int(big[-1, -1]) == 7
     small = heap.mapped_empty((16, 16), np.float32)
     assert not isinstance(_owner(small), mmap.mmap)  # small ones stay in the heap
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(given):
+    # read when OpenMP loads: the command tunes its process before torch is imported
+    script = (
+        "import os, segflow.heap as heap\n"
+        "heap.tune_process()\n"
+        "print(os.environ['OMP_WAIT_POLICY'], heap.worker_environment().get('OMP_WAIT_POLICY'))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = clean if given is None else {**clean, "OMP_WAIT_POLICY": given}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # the user's setting is kept, here and in the workers segflow starts (which inherit it)
+    assert out.stdout.split() == (["PASSIVE", "PASSIVE"] if given is None else [given, "None"])

@@ -13,12 +13,12 @@ import pytest
 from flows import runtime, server
 from flows.runtime import client_for, dask_scheduler, resolve_pipeline, use_prefect_server
 from segflow.errors import ConfigError
-from segflow.heap import heap_environment, worker_environment
+from segflow.heap import OPENMP_SETTINGS, heap_environment, worker_environment
 from segflow.options import BlendMode, RunOptions
 
 
 def _heap_variables() -> dict[str, str | None]:
-    return {name: os.environ.get(name) for name in heap_environment()}
+    return {name: os.environ.get(name) for name in {**heap_environment(), **OPENMP_SETTINGS}}
 
 
 def test_local_cluster_workers_start_with_the_engines_heap_settings():
