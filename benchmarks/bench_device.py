@@ -6,7 +6,8 @@ pixels / speed with the GIL released, and returns logits of the right shape
 (a per-class constant, no heavy CPU work). The model file and its sidecar load
 through segflow's normal model loading; everything else is segflow's real
 path: tiled GeoTIFF reads, cutting and normalization, blending, argmax, Zarr
-writes.
+writes. Batches are as large as segflow makes them for a GPU (GPU_BATCH_SIZE);
+the emulated device runs as "cpu", for which segflow would pick smaller ones.
 
 Figures, next to their targets (8192^2 x 3, 6 classes, patch 512, overlap 0.25):
 
@@ -41,6 +42,7 @@ from segflow.io.open import open_source
 from segflow.models import load_model
 from segflow.models.exported import default_sidecar_path, write_sidecar
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
+from segflow.plan import GPU_BATCH_SIZE
 
 CLASSES = 6
 PATCH = 512
@@ -146,7 +148,15 @@ def device_run(scene_path: Path, model_path: Path, out: Path) -> dict[str, Any]:
     loaded = load_model(model_path)  # segflow's own loading: TorchScript + sidecar, probed
     EmulatedDevice.busy_seconds = 0.0
     with timer() as t:
-        result = segment(scene_path, loaded, out, patch_size=PATCH, overlap=OVERLAP, device="cpu")
+        result = segment(
+            scene_path,
+            loaded,
+            out,
+            patch_size=PATCH,
+            overlap=OVERLAP,
+            device="cpu",
+            batch_size=GPU_BATCH_SIZE,  # what segflow picks for a GPU; "cpu" would pick 2
+        )
     return {
         "seconds": t["seconds"],
         "busy": EmulatedDevice.busy_seconds / t["seconds"],

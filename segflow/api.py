@@ -27,6 +27,7 @@ from segflow.engine.region import (
     task_region,
 )
 from segflow.errors import ConfigError, InputDataError, OutputError, RegionError, SegflowError
+from segflow.heap import lower_this_threads_priority
 from segflow.inputs import InputItem, collect_inputs, is_one_input, plan_items
 from segflow.io.lease import writer_lock
 from segflow.io.open import open_source
@@ -268,7 +269,12 @@ def _segment_locked(
     if resume and work.sink.is_complete:
         return work.sink.summary or {}  # nothing left to do; keep what the finished run recorded
     checksum: dict[str, str] = {}
-    hasher = threading.Thread(target=lambda: checksum.update(sha256=source.checksum()), daemon=True)
+
+    def hash_input() -> None:
+        lower_this_threads_priority()  # the run's threads come first: nothing waits on it
+        checksum.update(sha256=source.checksum())
+
+    hasher = threading.Thread(target=hash_input, daemon=True)
     hasher.start()  # hashing the input overlaps the run instead of delaying it
     started = time.perf_counter()
     created = not resume or not work.sink.done_chunks()

@@ -25,6 +25,7 @@ import math
 import mmap
 import os
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -222,3 +223,23 @@ def mapped_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[An
     if nbytes < MAPPED_BYTES:
         return np.empty(shape, dtype)
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
+BACKGROUND_NICENESS = 10
+
+
+def lower_this_threads_priority(niceness: int = BACKGROUND_NICENESS) -> bool:
+    """Give the calling thread a lower CPU priority (Linux: threads have their own).
+
+    For work beside a run that nothing waits on until the end, such as hashing
+    the input: it then takes the cores only when the run's threads leave them.
+    Returns whether the priority changed.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + niceness)
+    except OSError:
+        return False
+    return True

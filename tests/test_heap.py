@@ -10,6 +10,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -207,3 +208,22 @@ def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(given):
     )
     # the user's setting is kept, here and in the workers segflow starts (which inherit it)
     assert out.stdout.split() == (["PASSIVE", "PASSIVE"] if given is None else [given, "None"])
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's"
+)
+def test_a_background_thread_lowers_its_own_priority_only():
+    seen: dict[str, int] = {}
+
+    def background() -> None:
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert heap.lower_this_threads_priority(5)
+        seen["change"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - before
+
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen["change"] == 5
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
