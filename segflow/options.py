@@ -196,6 +196,81 @@ def parse_device(value: str) -> str:
     return text
 
 
+ALL_DEVICES = "all"
+
+
+def parse_devices(value: str | int | Iterable[Any] | None) -> tuple[str, ...] | None:
+    """One worker's device each: ``"cuda:0,cuda:1"``, ``"0,1"``, ``"all"`` (every visible CUDA
+    device, counted when the run starts) or ``"cpu,cpu"`` (CPU worker processes)."""
+    if value is None:
+        return None
+    items = parse_list(value) if isinstance(value, str) else list(_as_items(value))
+    names = tuple(_worker_device(item) for item in items or [])
+    if not names:
+        raise ConfigError("devices takes cuda:0,cuda:1 (or 0,1), all, or cpu,cpu; got nothing")
+    if ALL_DEVICES in names and len(names) > 1:
+        raise ConfigError(f"devices 'all' stands alone, got '{_shown(value)}'")
+    if "cpu" in names and len(set(names)) > 1:
+        raise ConfigError(
+            f"devices are all CUDA devices or all cpu, got '{_shown(value)}'; run them separately"
+        )
+    twice = [n for n in names if n.startswith("cuda") and names.count(n) > 1]
+    if twice:
+        raise ConfigError(
+            f"device {twice[0]} is named twice in devices; one worker per device (two model "
+            "tasks on one GPU run out of memory)"
+        )
+    return names
+
+
+def _worker_device(item: Any) -> str:
+    text = str(item).strip().lower()
+    if text == ALL_DEVICES:
+        return text
+    if text.isdigit():
+        return f"cuda:{int(text)}"
+    device = parse_device(text) if _DEVICE.match(text.replace("gpu", "cuda")) else None
+    if device is None or device in ("auto", "mps"):
+        raise ConfigError(
+            f"devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu, got '{item}'"
+        )
+    if device == "cuda":
+        raise ConfigError(f"devices names each device, like cuda:0,cuda:1 (or all), got '{item}'")
+    return device
+
+
+def _device_layout(o: RunOptions) -> dict[str, str]:
+    """With ``devices``: the scheduler (a local cluster) and the device a worker's task names.
+
+    Each worker sees only its own GPU, so inside it the device is plain ``cuda``.
+    Options that say otherwise contradict ``devices`` and fail.
+    """
+    if not o.devices:
+        return {}
+    shown = ",".join(o.devices)
+    if o.scheduler not in ("threads", "local"):  # threads: the default, unless the command says
+        raise ConfigError(
+            f"devices start one local worker per device; scheduler '{o.scheduler}' "
+            f"contradicts devices {shown} (drop one of them)"
+        )
+    if o.workers is not None and o.devices != (ALL_DEVICES,) and o.workers != len(o.devices):
+        raise ConfigError(
+            f"workers {o.workers} contradicts devices {shown} (one worker per device); drop workers"
+        )
+    if o.threads_per_worker != 1:
+        raise ConfigError(
+            f"devices run one thread per device worker; drop threads per worker "
+            f"({o.threads_per_worker})"
+        )
+    kind = "cpu" if o.devices[0] == "cpu" else "cuda"
+    if o.device not in ("auto", kind):
+        raise ConfigError(
+            f"device '{o.device}' contradicts devices {shown}: each worker uses its own; "
+            "drop device"
+        )
+    return {"scheduler": "local", "device": kind}
+
+
 def parse_overlap(value: str | float) -> float | int:
     """A fraction of the patch (0 <= x < 1) or whole pixels (>= 1)."""
     try:
@@ -311,6 +386,8 @@ class RunOptions:
     scheduler: str = "threads"  # threads, sync, local or tcp://host:port
     workers: int | None = None  # threads (threaded) or processes (local)
     threads_per_worker: int = 1  # local cluster only
+    # a local cluster of one worker process per device (cuda:0,cuda:1, all, or cpu,cpu)
+    devices: tuple[str, ...] | None = None
     nifti: bool = False  # volumes: also export the labels as NIfTI next to the store
 
     # post-processing of each finished store into <name>_clean.zarr (see outputs.postprocess)
@@ -323,6 +400,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         for name, value in _parsed(self).items():
+            object.__setattr__(self, name, value)
+        for name, value in _device_layout(self).items():
             object.__setattr__(self, name, value)
         if not self.labels and self.probabilities is ProbabilityMode.NONE:
             raise ConfigError("nothing to write: enable labels or probabilities")
@@ -424,6 +503,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "scheduler": parse_scheduler(o.scheduler),
         "workers": _optional_count(o.workers, "workers", 1),
         "threads_per_worker": _count(o.threads_per_worker, "threads per worker", 1),
+        "devices": parse_devices(o.devices),
         "nifti": _bool(o.nifti, "nifti"),
         **_postprocess_fields(o),
     }
@@ -503,6 +583,7 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = [
+    "ALL_DEVICES",
     "LOCAL_SCHEDULERS",
     "OPTION_NAMES",
     "OUTPUT_OPTIONS",
@@ -516,6 +597,7 @@ __all__ = [
     "did_you_mean",
     "parse_choice",
     "parse_device",
+    "parse_devices",
     "parse_ints",
     "parse_list",
     "parse_numbers",
