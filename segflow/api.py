@@ -160,9 +160,7 @@ def _segment_item(
 @contextmanager
 def _scheduler(options: RunOptions, client: Any) -> Iterator[Any]:
     """What region tasks run on: threads, sync, a Client, or a LocalCluster for the run."""
-    if client is not None:
-        if options.devices:
-            raise ConfigError("devices start a cluster of their own; pass a client or devices")
+    if client is not None:  # the flows' tasks pass the cluster their flow started for devices
         yield client
         return
     if options.scheduler != "local":

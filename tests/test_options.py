@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -139,3 +140,50 @@ def test_importing_options_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("cuda:0,cuda:1", ("cuda:0", "cuda:1")),
+        ("0, 1", ("cuda:0", "cuda:1")),
+        (["gpu:1", 3], ("cuda:1", "cuda:3")),
+        ("ALL", ("all",)),
+        ("cpu,cpu", ("cpu", "cpu")),
+    ],
+)
+def test_devices_name_one_worker_each(given, expected):
+    options = RunOptions(devices=given)
+    assert options.devices == expected
+    # a local cluster of them, whose workers each see their device as plain cuda (or cpu)
+    assert options.scheduler == "local"
+    assert options.device == ("cpu" if expected[0] == "cpu" else "cuda")
+    assert RunOptions.from_mapping(options.to_dict()) == options
+    assert "devices" not in options.output_options()  # where it runs changes no bit
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"devices": "mps"}, "devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu"),
+        ({"devices": "cuda"}, "devices names each device, like cuda:0,cuda:1"),
+        ({"devices": "cuda:0,0"}, "device cuda:0 is named twice in devices"),
+        ({"devices": "cpu,cuda:0"}, "devices are all CUDA devices or all cpu"),
+        ({"devices": "all,cuda:1"}, "devices 'all' stands alone"),
+        ({"devices": " , "}, "got nothing"),
+        ({"devices": "0,1", "workers": 3}, "workers 3 contradicts devices cuda:0,cuda:1"),
+        ({"devices": "0", "scheduler": "sync"}, "scheduler 'sync' contradicts devices cuda:0"),
+        ({"devices": "0", "scheduler": "tcp://h:8786"}, "scheduler 'tcp://h:8786' contradicts"),
+        ({"devices": "0,1", "device": "cuda:1"}, "device 'cuda:1' contradicts devices"),
+        ({"devices": "cpu", "device": "cuda"}, "device 'cuda' contradicts devices cpu"),
+        ({"devices": "0", "threads_per_worker": 2}, "one thread per device worker"),
+    ],
+)
+def test_devices_that_cannot_be_run_fail_in_one_line(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunOptions(**changes)
+
+
+def test_devices_keep_a_device_that_agrees():
+    assert RunOptions(devices="0,1", device="cuda", workers=2).device == "cuda"
+    assert RunOptions(devices="all", workers=4).workers == 4  # counted when the run starts

@@ -164,3 +164,14 @@ def test_a_model_uri_stays_a_uri(tmp_path):
     assert parse_spec({"model": "gs://m/a.onnx"}).model == ObjectPath("gs://m/a.onnx")
     override = Pipeline().with_overrides(model="s3://models/other.safetensors")
     assert override.model == ObjectPath("s3://models/other.safetensors")
+
+
+def test_a_spec_runs_one_worker_per_device():
+    pipeline = parse_spec({"dask": {"devices": ["cuda:0", 1]}})
+    assert pipeline.options.devices == ("cuda:0", "cuda:1")
+    assert pipeline.options.scheduler == "local" and pipeline.options.device == "cuda"
+    assert parse_spec({"dask": {"devices": "all"}}).options.devices == ("all",)
+    with pytest.raises(ConfigError, match=r"dask\.devices: devices takes CUDA devices"):
+        parse_spec({"dask": {"devices": "mps"}})
+    with pytest.raises(ConfigError, match=r"dask\.devices: .*contradicts devices cuda:0"):
+        parse_spec({"dask": {"devices": [0], "scheduler": "sync"}})

@@ -89,11 +89,3 @@ def test_two_device_workers_write_the_bytes_of_one_threaded_process(tmp_path):
     assert len(np.unique(one["labels"][...])) > 1  # a real segmentation, not one class
     np.testing.assert_array_equal(two["labels"][...], one["labels"][...])
     np.testing.assert_array_equal(two["probabilities"][...], one["probabilities"][...])
-
-
-def test_devices_and_a_client_exclude_each_other(tmp_path):
-    from segflow.errors import ConfigError
-
-    path = write_tif(tmp_path / "in.tif", textured((32, 32), 3), tile=None)
-    with pytest.raises(ConfigError, match="pass a client or devices"):
-        segment(path, unet_file(tmp_path), tmp_path / "o.zarr", devices="cpu", client=object())
