@@ -89,3 +89,6 @@ def test_two_device_workers_write_the_bytes_of_one_threaded_process(tmp_path):
     assert len(np.unique(one["labels"][...])) > 1  # a real segmentation, not one class
     np.testing.assert_array_equal(two["labels"][...], one["labels"][...])
     np.testing.assert_array_equal(two["probabilities"][...], one["probabilities"][...])
+    # where it ran is not part of what the store records: one process resumes it
+    again = segment(path, model, tmp_path / "devices.zarr", device="cpu", resume=True, **options)
+    assert again.status == "complete"
