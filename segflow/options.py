@@ -206,36 +206,27 @@ def parse_devices(value: str | int | Iterable[Any] | None) -> tuple[str, ...] | 
         return None
     items = parse_list(value) if isinstance(value, str) else list(_as_items(value))
     names = tuple(_worker_device(item) for item in items or [])
-    if not names:
-        raise ConfigError("devices takes cuda:0,cuda:1 (or 0,1), all, or cpu,cpu; got nothing")
-    if ALL_DEVICES in names and len(names) > 1:
-        raise ConfigError(f"devices 'all' stands alone, got '{_shown(value)}'")
-    if "cpu" in names and len(set(names)) > 1:
-        raise ConfigError(
-            f"devices are all CUDA devices or all cpu, got '{_shown(value)}'; run them separately"
-        )
     twice = [n for n in names if n.startswith("cuda") and names.count(n) > 1]
-    if twice:
+    mixed = "cpu" in names and set(names) != {"cpu"}
+    if not names or mixed or (ALL_DEVICES in names and len(names) > 1):
         raise ConfigError(
-            f"device {twice[0]} is named twice in devices; one worker per device (two model "
-            "tasks on one GPU run out of memory)"
+            "devices takes cuda:0,cuda:1 (or 0,1), all, or cpu,cpu (CUDA devices and cpu "
+            f"never mixed), got '{_shown(value)}'"
         )
+    if twice:  # two model tasks on one GPU run it out of memory
+        raise ConfigError(f"device {twice[0]} is named twice in devices; one worker per device")
     return names
 
 
 def _worker_device(item: Any) -> str:
     text = str(item).strip().lower()
-    if text == ALL_DEVICES:
-        return text
     if text.isdigit():
         return f"cuda:{int(text)}"
-    device = parse_device(text) if _DEVICE.match(text.replace("gpu", "cuda")) else None
-    if device is None or device in ("auto", "mps"):
+    device = parse_device(text) if _DEVICE.match(text.replace("gpu", "cuda")) else text
+    if device not in (ALL_DEVICES, "cpu") and not re.fullmatch(r"cuda:\d+", device):
         raise ConfigError(
             f"devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu, got '{item}'"
         )
-    if device == "cuda":
-        raise ConfigError(f"devices names each device, like cuda:0,cuda:1 (or all), got '{item}'")
     return device
 
 
