@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from segflow.engine.devices import visible_cuda_devices, worker_devices, worker_environment
+from segflow.errors import ConfigError
 from segflow.options import RunOptions
 
 DEFAULT_LOCAL_WORKERS = 2
@@ -23,7 +24,16 @@ _log = logging.getLogger(__name__)
 
 @contextmanager
 def cluster_for(options: RunOptions) -> Iterator[Any]:
-    """The Client of the LocalCluster a ``scheduler: local`` run starts, closed afterwards."""
+    """The Client of the LocalCluster a ``scheduler: local`` run starts, closed afterwards.
+
+    A CUDA ``device`` asks each task for a GPU slot (see ``execute``), which only
+    the workers of ``devices`` offer: without them the tasks would wait forever.
+    """
+    if options.device.startswith("cuda") and not options.devices:
+        raise ConfigError(
+            f"scheduler local with device {options.device}: name the GPUs with devices "
+            "(cuda:0,cuda:1 or all), one worker process each"
+        )
     if options.devices:
         devices = worker_devices(options.devices, options.workers)
         with device_cluster(devices) as client:

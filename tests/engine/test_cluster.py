@@ -92,3 +92,16 @@ def test_two_device_workers_write_the_bytes_of_one_threaded_process(tmp_path):
     # where it ran is not part of what the store records: one process resumes it
     again = segment(path, model, tmp_path / "devices.zarr", device="cpu", resume=True, **options)
     assert again.status == "complete"
+
+
+def test_a_local_cluster_for_a_gpu_asks_for_devices():
+    from segflow.engine.cluster import cluster_for
+    from segflow.errors import ConfigError
+    from segflow.options import RunOptions
+
+    # its tasks would wait for a GPU slot that plain LocalCluster workers do not offer
+    with (
+        pytest.raises(ConfigError, match="name the GPUs with devices"),
+        cluster_for(RunOptions(scheduler="local", device="cuda:1")),
+    ):
+        pass
