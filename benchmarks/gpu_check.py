@@ -4,6 +4,7 @@ Run by ``benchmarks/gpu_check.sh``; each part is one short command:
 
     uv run python benchmarks/gpu_check.py busy [--size 16384]   # U-Net/resnet18, busy share
     uv run python benchmarks/gpu_check.py amp [--size 2048]     # AMP vs fp32 labels, memory
+    uv run python benchmarks/gpu_check.py devices [--size 8192] # 2+ GPUs: bytes and speed-up
 
 Busy share: ``nvidia-smi`` samples the GPU's utilization every 100 ms while
 segflow runs the scene; the share is the mean of the samples taken during the
@@ -30,9 +31,11 @@ from benchmarks.bench_unet_overhead import unet_model
 from benchmarks.common import Check, as_the_command, report, timer, write_geotiff
 from segflow import segment
 from segflow.io.zarr_sink import ZarrSink
+from segflow.models import save_model
 
 TARGET_BUSY = 0.90
 TARGET_AGREEMENT = 0.999
+TARGET_DEVICES_SPEEDUP = 1.5  # every GPU of the machine against one, start-up included
 SAMPLE_MS = 100
 
 
@@ -160,9 +163,53 @@ def amp(size: int) -> bool:
     return report("AMP against fp32", figures, checks)
 
 
+def devices(size: int) -> bool:
+    """One worker per GPU (``devices="all"``) against one GPU: the same bytes, and faster."""
+    count = torch.cuda.device_count()
+    if count < 2:
+        print("fewer than 2 CUDA GPUs here: no multi-GPU check")
+        return True
+    loaded = unet_model("cpu")
+    figures: dict[str, Any] = {"scene": f"{size}^2 x 3, U-Net/resnet18, 6 classes, patch 512"}
+    seconds, labels = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = folder / "unet.safetensors"
+        save_model(loaded.module, loaded.meta, model)
+        path = write_geotiff(folder / "scene.tif", size, tile=512)
+        for name, chosen in (("1 GPU", "cuda:0"), (f"{count} GPUs", "all")):
+            out = folder / f"{chosen.replace(':', '')}.zarr"
+            with timer() as t:  # each run starts its workers, which load the model
+                segment(path, model, out, patch_size=512, overlap=0.25, devices=chosen)
+            seconds[name] = t["seconds"]
+            labels[name] = np.asarray(ZarrSink.open(out).labels_array()[...])
+            figures[f"{name}: seconds, Mpx/s"] = (
+                f"{t['seconds']:.1f} s, {size**2 / 1e6 / t['seconds']:.1f}"
+            )
+    one, every = labels.values()
+    speedup = seconds["1 GPU"] / seconds[f"{count} GPUs"]
+    checks = [
+        Check(
+            "labels equal to one GPU's",
+            float(np.array_equal(one, every)),
+            "",
+            "= 1",
+            bool(np.array_equal(one, every)),
+        ),
+        Check(
+            f"{count} GPUs against 1",
+            speedup,
+            "x",
+            f">= {TARGET_DEVICES_SPEEDUP}",
+            speedup >= TARGET_DEVICES_SPEEDUP,
+        ),
+    ]
+    return report("One worker per GPU", figures, checks)
+
+
 def main() -> bool:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("part", choices=["busy", "amp"])
+    parser.add_argument("part", choices=["busy", "amp", "devices"])
     parser.add_argument("--size", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
@@ -172,6 +219,8 @@ def main() -> bool:
     as_the_command()
     if args.part == "busy":
         return busy(args.size or 16384, args.batch_size)
+    if args.part == "devices":
+        return devices(args.size or 8192)
     return amp(args.size or 2048)
 
 

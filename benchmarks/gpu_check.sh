@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA path where a GPU is lent: one short script, under 8 minutes on an H100.
+# The CUDA path where a GPU is lent: one short script, under 8 minutes on an H100
+# (2 minutes more where 2 or more GPUs are lent: one worker per GPU against one).
 #   bash benchmarks/gpu_check.sh
 # Prints the GPU, runs the GPU tests, AMP vs fp32 agreement with peak device memory,
 # the U-Net (b) and 3-D (d) benchmarks on cuda, and the GPU busy share on a 16384^2 scene.
@@ -33,4 +34,9 @@ step 75 "(b) U-Net/resnet18 overhead on cuda" \
 step 100 "(d) 3-D U-Net on cuda" \
   $PY benchmarks/bench_volume.py --device cuda --size 256 --repeat 1 --skip-memory
 step 170 "GPU busy share, U-Net/resnet18, 16384^2" $PY benchmarks/gpu_check.py busy --size 16384
+if [ "$(nvidia-smi -L | grep -c '^GPU ')" -ge 2 ]; then
+  step 120 "one worker per GPU against one GPU, 8192^2" $PY benchmarks/gpu_check.py devices --size 8192
+else
+  echo && echo "### one GPU: no multi-GPU step"
+fi
 exit $status

@@ -161,10 +161,10 @@ def dask_scheduler(options: RunOptions) -> Iterator[str]:
         yield options.scheduler  # in _CLIENTS: a client handed to run_flow
         return
     if options.scheduler == "local":
-        from segflow.engine.cluster import local_cluster
+        from segflow.engine.cluster import cluster_for
 
         with (
-            local_cluster(options.workers, options.threads_per_worker) as client,
+            cluster_for(options) as client,  # one worker per device when devices are named
             registered(client) as address,
         ):
             yield address

@@ -161,15 +161,15 @@ def _segment_item(
 @contextmanager
 def _scheduler(options: RunOptions, client: Any) -> Iterator[Any]:
     """What region tasks run on: threads, sync, a Client, or a LocalCluster for the run."""
-    if client is not None:
+    if client is not None:  # the flows' tasks pass the cluster their flow started for devices
         yield client
         return
     if options.scheduler != "local":
         yield options.scheduler
         return
-    from segflow.engine.cluster import local_cluster
+    from segflow.engine.cluster import cluster_for
 
-    with local_cluster(options.workers, options.threads_per_worker) as started:
+    with cluster_for(options) as started:  # one worker per device when devices are named
         yield started
 
 

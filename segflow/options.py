@@ -183,8 +183,7 @@ def parse_scheduler(value: str) -> str:
 
 
 def parse_device(value: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps; ``gpu`` / ``gpu:N`` (nnU-Net's and TotalSegmentator's
-    word) mean cuda / cuda:N."""
+    """auto, cpu, cuda, cuda:N or mps; ``gpu`` / ``gpu:N`` (nnU-Net's word) mean cuda(:N)."""
     text = str(value).strip().lower()
     if text == "gpu" or text.startswith("gpu:"):
         text = "cuda" + text[3:]
@@ -194,6 +193,72 @@ def parse_device(value: str) -> str:
             f"device must be auto, cpu, cuda (gpu), cuda:N or mps, got '{value}'{hint}"
         )
     return text
+
+
+ALL_DEVICES = "all"
+
+
+def parse_devices(value: str | int | Iterable[Any] | None) -> tuple[str, ...] | None:
+    """One worker's device each: ``"cuda:0,cuda:1"``, ``"0,1"``, ``"all"`` (every visible CUDA
+    device, counted when the run starts) or ``"cpu,cpu"`` (CPU worker processes)."""
+    if value is None:
+        return None
+    items = parse_list(value) if isinstance(value, str) else list(_as_items(value))
+    names = tuple(_worker_device(item) for item in items or [])
+    twice = [n for n in names if n.startswith("cuda") and names.count(n) > 1]
+    mixed = "cpu" in names and set(names) != {"cpu"}
+    if not names or mixed or (ALL_DEVICES in names and len(names) > 1):
+        raise ConfigError(
+            "devices takes cuda:0,cuda:1 (or 0,1), all, or cpu,cpu (CUDA devices and cpu "
+            f"never mixed), got '{_shown(value)}'"
+        )
+    if twice:  # two model tasks on one GPU run it out of memory
+        raise ConfigError(f"device {twice[0]} is named twice in devices; one worker per device")
+    return names
+
+
+def _worker_device(item: Any) -> str:
+    text = str(item).strip().lower()
+    if text.isdigit():
+        return f"cuda:{int(text)}"
+    device = parse_device(text) if _DEVICE.match(text.replace("gpu", "cuda")) else text
+    if device not in (ALL_DEVICES, "cpu") and not re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError(
+            f"devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu, got '{item}'"
+        )
+    return device
+
+
+def _device_layout(o: RunOptions) -> dict[str, str]:
+    """With ``devices``: the scheduler (a local cluster) and the device a worker's task names.
+
+    Each worker sees only its own GPU, so inside it the device is plain ``cuda``.
+    Options that say otherwise contradict ``devices`` and fail.
+    """
+    if not o.devices:
+        return {}
+    shown = ",".join(o.devices)
+    if o.scheduler not in ("threads", "local"):  # threads: the default, unless the command says
+        raise ConfigError(
+            f"devices start one local worker per device; scheduler '{o.scheduler}' "
+            f"contradicts devices {shown} (drop one of them)"
+        )
+    if o.workers is not None and o.devices != (ALL_DEVICES,) and o.workers != len(o.devices):
+        raise ConfigError(
+            f"workers {o.workers} contradicts devices {shown} (one worker per device); drop workers"
+        )
+    if o.threads_per_worker != 1:
+        raise ConfigError(
+            f"devices run one thread per device worker; drop threads per worker "
+            f"({o.threads_per_worker})"
+        )
+    kind = "cpu" if o.devices[0] == "cpu" else "cuda"
+    if o.device not in ("auto", kind):
+        raise ConfigError(
+            f"device '{o.device}' contradicts devices {shown}: each worker uses its own; "
+            "drop device"
+        )
+    return {"scheduler": "local", "device": kind}
 
 
 def parse_overlap(value: str | float) -> float | int:
@@ -312,6 +377,8 @@ class RunOptions:
     scheduler: str = "threads"  # threads, sync, local or tcp://host:port
     workers: int | None = None  # threads (threaded) or processes (local)
     threads_per_worker: int = 1  # local cluster only
+    # a local cluster of one worker process per device (cuda:0,cuda:1, all, or cpu,cpu)
+    devices: tuple[str, ...] | None = None
     nifti: bool = False  # volumes: also export the labels as NIfTI next to the store
 
     # post-processing of each finished store into <name>_clean.zarr (see outputs.postprocess)
@@ -324,6 +391,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         for name, value in _parsed(self).items():
+            object.__setattr__(self, name, value)
+        for name, value in _device_layout(self).items():
             object.__setattr__(self, name, value)
         if not (self.labels or self.uncertainty) and self.probabilities is ProbabilityMode.NONE:
             raise ConfigError("nothing to write: enable labels, probabilities or uncertainty")
@@ -426,6 +495,7 @@ def _parsed(options: RunOptions) -> dict[str, Any]:
         "scheduler": parse_scheduler(o.scheduler),
         "workers": _optional_count(o.workers, "workers", 1),
         "threads_per_worker": _count(o.threads_per_worker, "threads per worker", 1),
+        "devices": parse_devices(o.devices),
         "nifti": _bool(o.nifti, "nifti"),
         **_postprocess_fields(o),
     }
@@ -505,6 +575,7 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = [
+    "ALL_DEVICES",
     "LOCAL_SCHEDULERS",
     "OPTION_NAMES",
     "OUTPUT_OPTIONS",
@@ -518,6 +589,7 @@ __all__ = [
     "did_you_mean",
     "parse_choice",
     "parse_device",
+    "parse_devices",
     "parse_ints",
     "parse_list",
     "parse_numbers",

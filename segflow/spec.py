@@ -64,6 +64,7 @@ class DaskSpec(_Section):
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int | None = None
+    devices: str | list[str | int] | None = None  # one local worker per device: [cuda:0, cuda:1]
     region_size: int | None = None
 
 

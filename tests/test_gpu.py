@@ -60,3 +60,43 @@ def test_cuda_uncertainty_matches_cpu(tmp_path):
     gpu = zarr.open_group(tmp_path / "gpu.zarr", mode="r")["uncertainty"][...].astype(int)
     assert np.abs(cpu - gpu).max() <= 2 and (np.abs(cpu - gpu) <= 1).mean() >= 0.999
     assert gpu.max() < 255
+
+
+def _seen_gpu() -> tuple[str, int]:
+    """In a device worker: the GPU torch calls cuda:0 (its UUID), and how many it sees."""
+    return str(torch.cuda.get_device_properties(0).uuid), torch.cuda.device_count()
+
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than 2 CUDA GPUs")
+
+
+@two_gpus
+def test_each_device_worker_runs_on_its_own_gpu():
+    from segflow.engine.cluster import device_cluster
+    from segflow.engine.devices import worker_devices
+
+    with device_cluster(worker_devices(["cuda:0", "cuda:1"])) as client:
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+        seen = {names[a]: v for a, v in client.run(_seen_gpu).items()}
+    expected = [str(torch.cuda.get_device_properties(i).uuid) for i in range(2)]
+    assert seen == {"device-0": (expected[0], 1), "device-1": (expected[1], 1)}
+
+
+@two_gpus
+def test_two_gpus_write_the_bytes_of_one(tmp_path):
+    from tests.engine.test_cluster import unet_file
+
+    path = write_tif(tmp_path / "in.tif", textured((600, 520), 3, seed=7), tile=None)
+    model = unet_file(tmp_path)
+    options = dict(patch_size=64, chunk_size=64, region_size=128, probabilities="uint8")
+    runs = {"one": "cuda:0", "two": "cuda:0,cuda:1"}
+    for name, devices in runs.items():
+        assert segment(path, model, tmp_path / f"{name}.zarr", devices=devices, **options)
+    segment(path, model, tmp_path / "threads.zarr", device="cuda", **options)
+    one, two, threads = (
+        zarr.open_group(tmp_path / f"{n}.zarr", mode="r") for n in (*runs, "threads")
+    )
+    np.testing.assert_array_equal(two["labels"][...], one["labels"][...])
+    np.testing.assert_array_equal(two["probabilities"][...], one["probabilities"][...])
+    # threads batch shared patches differently: equal up to the GPU's rounding
+    assert (threads["labels"][...] == two["labels"][...]).mean() >= 0.9999

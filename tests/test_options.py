@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,50 @@ def test_uncertainty_is_recorded_only_when_asked():
     asked = RunOptions(uncertainty="true", labels=False)  # something to write on its own
     assert asked.uncertainty is True and asked.output_options()["uncertainty"] is True
     assert RunOptions.from_mapping(asked.to_dict()) == asked  # as the flows pass it on
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("cuda:0,cuda:1", ("cuda:0", "cuda:1")),
+        ("0, 1", ("cuda:0", "cuda:1")),
+        (["gpu:1", 3], ("cuda:1", "cuda:3")),
+        ("ALL", ("all",)),
+        ("cpu,cpu", ("cpu", "cpu")),
+    ],
+)
+def test_devices_name_one_worker_each(given, expected):
+    options = RunOptions(devices=given)
+    assert options.devices == expected
+    # a local cluster of them, whose workers each see their device as plain cuda (or cpu)
+    assert options.scheduler == "local"
+    assert options.device == ("cpu" if expected[0] == "cpu" else "cuda")
+    assert RunOptions.from_mapping(options.to_dict()) == options
+    assert "devices" not in options.output_options()  # where it runs changes no bit
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"devices": "mps"}, "devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu"),
+        ({"devices": "cuda"}, "devices takes CUDA devices (cuda:0,cuda:1, 0,1 or all) or cpu,cpu"),
+        ({"devices": "cuda:0,0"}, "device cuda:0 is named twice in devices"),
+        ({"devices": "cpu,cuda:0"}, "(CUDA devices and cpu never mixed), got 'cpu,cuda:0'"),
+        ({"devices": "all,cuda:1"}, "devices takes cuda:0,cuda:1 (or 0,1), all, or cpu,cpu"),
+        ({"devices": " , "}, "got ' , '"),
+        ({"devices": "0,1", "workers": 3}, "workers 3 contradicts devices cuda:0,cuda:1"),
+        ({"devices": "0", "scheduler": "sync"}, "scheduler 'sync' contradicts devices cuda:0"),
+        ({"devices": "0", "scheduler": "tcp://h:8786"}, "scheduler 'tcp://h:8786' contradicts"),
+        ({"devices": "0,1", "device": "cuda:1"}, "device 'cuda:1' contradicts devices"),
+        ({"devices": "cpu", "device": "cuda"}, "device 'cuda' contradicts devices cpu"),
+        ({"devices": "0", "threads_per_worker": 2}, "one thread per device worker"),
+    ],
+)
+def test_devices_that_cannot_be_run_fail_in_one_line(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunOptions(**changes)
+
+
+def test_devices_keep_a_device_that_agrees():
+    assert RunOptions(devices="0,1", device="cuda", workers=2).device == "cuda"
+    assert RunOptions(devices="all", workers=4).workers == 4  # counted when the run starts

@@ -235,3 +235,14 @@ def test_a_spec_can_ask_for_the_uncertainty():
     assert parse_spec({"outputs": {"uncertainty": True}}).options.uncertainty is True
     with pytest.raises(ConfigError, match=r"unknown key 'outputs\.uncertanty'"):
         parse_spec({"outputs": {"uncertanty": True}})
+
+
+def test_a_spec_runs_one_worker_per_device():
+    pipeline = parse_spec({"dask": {"devices": ["cuda:0", 1]}})
+    assert pipeline.options.devices == ("cuda:0", "cuda:1")
+    assert pipeline.options.scheduler == "local" and pipeline.options.device == "cuda"
+    assert parse_spec({"dask": {"devices": "all"}}).options.devices == ("all",)
+    with pytest.raises(ConfigError, match=r"dask\.devices: devices takes CUDA devices"):
+        parse_spec({"dask": {"devices": "mps"}})
+    with pytest.raises(ConfigError, match=r"dask\.devices: .*contradicts devices cuda:0"):
+        parse_spec({"dask": {"devices": [0], "scheduler": "sync"}})

@@ -19,6 +19,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from segflow.cli.common import EXIT_ERROR, EXIT_PARTIAL, err, one_line_errors, out
+from segflow.engine.devices import worker_devices
 from segflow.errors import ConfigError, OutputError
 from segflow.inputs import InputItem, collect_inputs, plan_items
 from segflow.io.files import check_readable
@@ -200,6 +201,13 @@ def run_command(
         typer.Option(help="threads, sync, local, or a Dask scheduler address tcp://host:port."),
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Threads or local Dask workers.")] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="One local worker process per device, each on its own GPU: cuda:0,cuda:1 "
+            "(or 0,1), all (every visible GPU), or cpu,cpu (CPU worker processes)."
+        ),
+    ] = None,
     region_size: Annotated[
         int | None,
         typer.Option(
@@ -222,6 +230,7 @@ def run_command(
         # progress bar, a line per result and one-line errors
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     with one_line_errors():
+        _check_scheduler_flag(scheduler, devices)
         ensemble = _ensemble_models(model_paths(model or []))
         pipeline = (load_spec(spec) if spec is not None else Pipeline()).with_overrides(
             model=ensemble[0] if ensemble else (model_paths(model)[0] if model else None),
@@ -256,6 +265,7 @@ def run_command(
             connectivity=connectivity,
             scheduler=scheduler,
             workers=workers,
+            devices=devices,
             region_size=region_size,
         )
         ensemble = ensemble or spec_ensemble(pipeline)
@@ -300,6 +310,17 @@ def spec_ensemble(pipeline: Pipeline) -> list[Path]:
     return pipeline.ensemble_files() if pipeline.ensemble or folder else []
 
 
+def _check_scheduler_flag(scheduler: str | None, devices: str | None) -> None:
+    """``--scheduler threads`` (or sync) with ``--devices``: the options cannot tell an
+    explicit ``threads`` from the default, which devices turn into a local cluster."""
+    if devices is None or scheduler is None or scheduler.strip().lower() == "local":
+        return
+    raise ConfigError(
+        f"--devices starts one local worker per device; --scheduler {scheduler} "
+        "contradicts it (drop one of them)"
+    )
+
+
 def model_paths(models: list[str]) -> list[Path]:
     """Model files as local paths; a URI is copied once to the local cache (no torch yet)."""
     if not any(is_uri(m) for m in models):
@@ -327,6 +348,8 @@ def check_run(
         raise ConfigError("--resume and --overwrite exclude each other; pass one of them")
     if not inputs:
         raise ConfigError("no input given; pass files, folders or globs (or -i PATH)")
+    if pipeline.options.devices:  # each named GPU must exist before any work
+        worker_devices(pipeline.options.devices, pipeline.options.workers)
     files = models or [pipeline.require_model()]
     metas = model_metas(files)
     if len(metas) > 1:  # members that disagree fail now, before torch

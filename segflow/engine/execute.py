@@ -18,6 +18,7 @@ from dask.callbacks import Callback
 from dask.delayed import Delayed, delayed
 
 from segflow.engine.grid import Index, clip, region_shape, union
+from segflow.engine.placement import submit_tasks
 from segflow.engine.region import (
     RegionStats,
     RegionWork,
@@ -128,9 +129,9 @@ def execute(
             results = _run_local(shared, tasks, sync, workers, report)
     else:
         with _handoff(work, tasks) as (handed, plan):
-            graph = build_tasks(handed, tasks, plan.after if plan else None)
             finished = _Finished(tasks, plan)
-            results = _run_distributed(graph, scheduler, report, resources, finished)
+            after = plan.after if plan else {}
+            results = _run_distributed(handed, tasks, after, scheduler, report, resources, finished)
     for result in results:
         total.merge(result)
     return total
@@ -250,7 +251,9 @@ def _cores() -> int:
 
 
 def _run_distributed(
-    graph: list[Any],
+    work: RegionWork,
+    tasks: list[Index],
+    after: dict[Index, list[Index]],
     scheduler: Any,
     report: ProgressFn,
     resources: dict[str, float] | None,
@@ -272,11 +275,14 @@ def _run_distributed(
             "or a scheduler address like tcp://host:8786"
         )
     with client_cm as client:
-        futures = client.compute(graph, resources=resources)
+        # the work sent to every worker first: else tasks that depend on each other share one
+        futures = submit_tasks(
+            client, process_region, work, tasks, after, key=task_key, resources=resources
+        )
         results: list[RegionStats] = []
         completed = as_completed(futures)  # type: ignore[no-untyped-call]
         for done, future in enumerate(completed, start=1):
             results.append(future.result())
             finished(future.key)
-            report(done, len(graph))
+            report(done, len(tasks))
         return results
