@@ -360,7 +360,9 @@ def auto_batch_size(device: str, num_classes: int, patch: tuple[int, ...]) -> in
     if resolve_device(device).type != "cpu":
         return GPU_BATCH_SIZE
     patch_bytes = num_classes * math.prod(patch) * 4
-    return max(1, min(GPU_BATCH_SIZE, CPU_BATCH_LOGITS_BYTES // patch_bytes))
+    # never one: a lone patch is forwarded as a pair anyway (see Predictor), which would
+    # double the forward work of every batch
+    return max(2, min(GPU_BATCH_SIZE, CPU_BATCH_LOGITS_BYTES // patch_bytes))
 
 
 def patch_grid(
