@@ -263,11 +263,8 @@ def _predict_region(
     read = _read_under(work, region, extents)
     region_valid = read.raw.valid[shift(region, read.origin)]
 
-    # resampling back needs the normalized blend, so the weights too (as blended probabilities)
     ensemble = bool(work.members)
-    track_weights = (
-        work.write_probabilities or work.write_uncertainty or space is not None or ensemble
-    )
+    track_weights = tracks_weights(work)
     predictor = region_predictor(work)
     device = blend_device(predictor)
     accumulator = Accumulator(
@@ -295,6 +292,20 @@ def _predict_region(
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
     return accumulator, invalid
+
+
+def tracks_weights(work: RegionWork) -> bool:
+    """Whether a task's blend keeps its weight sums beside the class scores.
+
+    Everything but labels needs the normalized blend: probabilities, their
+    uncertainty, an ensemble's mean and resampling back (as probabilities).
+    """
+    return (
+        work.write_probabilities
+        or work.write_uncertainty
+        or work.model_space is not None
+        or bool(work.members)
+    )
 
 
 def _patch_cutter(work: RegionWork, read: _RegionRead) -> Callable[..., torch.Tensor]:
@@ -477,4 +488,5 @@ __all__ = [
     "process_region",
     "region_shape",
     "task_indices",
+    "tracks_weights",
 ]
