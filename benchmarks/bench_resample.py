@@ -19,6 +19,7 @@ blending and writes every run has. Then peak RSS of 256^3 and 512^3 1 mm
 volumes through a near-free 1.5 mm model, each in a fresh process, must be flat.
 
     uv run python benchmarks/bench_resample.py [--size 192] [--skip-memory] [--repeat 2]
+    uv run python benchmarks/bench_resample.py --memory-only [--memory-sizes 256,512]
 """
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ def memory_run(size: int, tmp: str) -> dict[str, Any]:
     }
 
 
-def memory_checks(tmp: Path, figures: dict[str, Any]) -> list[Check]:
+def memory_checks(
+    tmp: Path, figures: dict[str, Any], sizes: tuple[int, ...] = MEMORY_SIZES
+) -> list[Check]:
     """Peak RSS of resampled near-free runs, each in a fresh process: one region, then eight."""
     runs = {}
-    for size in MEMORY_SIZES:
+    for size in sizes:
         if not (tmp / f"vol{size}.nii").exists():
             write_sphere(tmp / f"vol{size}.nii", size, 1.0)
         run = run_subprocess_json(memory_run, size, str(tmp))
@@ -176,16 +179,30 @@ def main() -> bool:
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak RSS runs")
+    parser.add_argument(
+        "--memory-sizes",
+        default=",".join(map(str, MEMORY_SIZES)),
+        help="volume edges, e.g. 256,512",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="best of N, interleaved")
     args = parser.parse_args()
+    try:
+        sizes = tuple(sorted(int(v) for v in args.memory_sizes.split(",")))
+    except ValueError:
+        parser.error(f"--memory-sizes takes edges like 256,512, not {args.memory_sizes!r}")
     as_the_command()  # as the segflow command does; the baseline runs under the same settings
     figures: dict[str, Any] = {
         "volume": f"{args.size}^3 int16 at 1 mm, model at {MODEL_SPACING} mm, small 3-D U-Net"
+        if not args.memory_only
+        else f"int16 at 1 mm, near-free model at {MODEL_SPACING} mm"
     }
     with tempfile.TemporaryDirectory() as tmp:
-        checks = timed_runs(Path(tmp), args.size, args.batch_size, args.repeat, figures)
+        checks = []
+        if not args.memory_only:
+            checks += timed_runs(Path(tmp), args.size, args.batch_size, args.repeat, figures)
         if not args.skip_memory:
-            checks += memory_checks(Path(tmp), figures)
+            checks += memory_checks(Path(tmp), figures, sizes)
     return report("(r) resampling to the model's spacing", figures, checks)
 
 

@@ -26,8 +26,15 @@ from segflow.engine.region import (
     task_grid_region,
     task_indices,
     task_region,
+    tracks_weights,
 )
-from segflow.engine.sharing import HandoffPlan, plan_handoff, scratch_folder, sharing
+from segflow.engine.sharing import (
+    MEMORY_PARTS_BYTES,
+    HandoffPlan,
+    plan_handoff,
+    scratch_folder,
+    sharing,
+)
 from segflow.errors import ConfigError
 
 # (done, total): patches under the local schedulers, region tasks on a cluster
@@ -125,8 +132,9 @@ def execute(
         return total
     if scheduler in LOCAL_SCHEDULERS:
         sync = scheduler in ("sync", "synchronous")
-        with _shared_here(work, tasks) as shared:
-            results = _run_local(shared, tasks, sync, workers, report)
+        in_flight = local_in_flight(work, 1 if sync else workers)
+        with _shared_here(work, tasks, memory_parts_bytes(work, in_flight)) as shared:
+            results = _run_local(shared, tasks, sync, in_flight, report)
     else:
         with _handoff(work, tasks) as (handed, plan):
             finished = _Finished(tasks, plan)
@@ -138,13 +146,19 @@ def execute(
 
 
 @contextmanager
-def _shared_here(work: RegionWork, tasks: list[Index]) -> Iterator[RegionWork]:
-    """``work`` with this process's shared patches: claimed by whichever task reaches them first."""
+def _shared_here(work: RegionWork, tasks: list[Index], memory_bytes: int) -> Iterator[RegionWork]:
+    """``work`` with this process's shared patches: claimed by whichever task reaches them first.
+
+    Up to ``memory_bytes`` of handed-on parts stay in memory, the rest go to the scratch folder.
+    """
     if not HAND_ON_PATCHES or len(tasks) < 2:
         yield work
         return
     regions = [task_grid_region(work, t) for t in tasks]  # the regions patches are blended on
-    with scratch_folder(work.sink.path) as folder, sharing(work.grid, regions, folder) as key:
+    with (
+        scratch_folder(work.sink.path) as folder,
+        sharing(work.grid, regions, folder, memory_bytes) as key,
+    ):
         yield dataclasses.replace(work, sharing_key=key)
 
 
@@ -186,10 +200,9 @@ class _Finished:
 
 
 def _run_local(
-    work: RegionWork, tasks: list[Index], sync: bool, workers: int | None, report: ProgressFn
+    work: RegionWork, tasks: list[Index], sync: bool, in_flight: int, report: ProgressFn
 ) -> list[RegionStats]:
-    """Run ``tasks`` in this process, as many at once as their accumulators allow."""
-    in_flight = local_in_flight(work, 1 if sync else workers)
+    """Run ``tasks`` in this process, ``in_flight`` at once (see ``local_in_flight``)."""
     # the same share of the cores however many tasks are left (a resume runs fewer)
     local = dataclasses.replace(work, task_threads=max(1, _cores() // in_flight))
     # the scheduler's function itself: named ones make dask import distributed
@@ -215,27 +228,43 @@ def local_in_flight(work: RegionWork, workers: int | None = None) -> int:
     """
     if workers:
         return workers
+    return max(1, min(_cores(), REGION_MEMORY_BYTES // largest_task_bytes(work)))
+
+
+def largest_task_bytes(work: RegionWork) -> int:
+    """All the largest task of the run holds at once (``task_bytes``), over every task."""
     every = task_indices(work)
     largest = max(every, key=lambda t: math.prod(region_shape(task_grid_region(work, t))))
     _, held = task_bytes(work, largest)
-    return max(1, min(_cores(), REGION_MEMORY_BYTES // held))
+    return held
+
+
+def memory_parts_bytes(work: RegionWork, in_flight: int) -> int:
+    """The handed-on parts one process keeps in memory: what REGION_MEMORY_BYTES leaves.
+
+    The tasks in flight come first; the parts get the rest of the same budget
+    (at most MEMORY_PARTS_BYTES), and the others wait in the scratch folder (the
+    page cache). A fixed share would raise the peak by that much as soon as an
+    input is more than one region, so peak memory would grow with the input.
+    """
+    left = REGION_MEMORY_BYTES - in_flight * largest_task_bytes(work)
+    return max(0, min(MEMORY_PARTS_BYTES, left))
 
 
 def task_bytes(work: RegionWork, task: Index) -> tuple[int, int]:
     """The bytes of one task's accumulator, and of all it holds at once.
 
-    Without resampling both are the float32 accumulator (the read is not
-    counted). A resampled task also keeps the blend's weights, its input read
-    under the model-grid patches (with its mask), and its labels (and
-    probabilities) on the input grid.
+    The accumulator is its float32 class scores, and their weight sums when the
+    task writes more than labels (``tracks_weights``). Without resampling both
+    figures are the accumulator (the read is not counted). A resampled task
+    also keeps its input read under the model-grid patches (with its mask), and
+    its labels (and probabilities) on the input grid.
     """
     classes = work.model.num_classes
     grid_region = task_grid_region(work, task)
-    accumulator = 4 * math.prod(region_shape(grid_region))
+    accumulator = 4 * math.prod(region_shape(grid_region)) * (classes + int(tracks_weights(work)))
     if work.model_space is None:
-        accumulator *= classes + int(work.write_probabilities)
         return accumulator, accumulator
-    accumulator *= classes + 1
     region = task_region(work, task)
     patches = union([work.grid.extent(p) for p in work.grid.touching(grid_region)])
     read = union([work.model_space.read_region(clip(patches, work.grid.shape)), region])

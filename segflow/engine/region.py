@@ -33,7 +33,7 @@ from segflow.engine.batches import (
     cut_patches,
     cut_resampled_patches,
 )
-from segflow.engine.blend import Accumulator
+from segflow.engine.blend import Accumulator, class_probabilities
 from segflow.engine.ensemble import EnsemblePredictor
 from segflow.engine.grid import (
     Index,
@@ -263,11 +263,8 @@ def _predict_region(
     read = _read_under(work, region, extents)
     region_valid = read.raw.valid[shift(region, read.origin)]
 
-    # resampling back needs the normalized blend, so the weights too (as blended probabilities)
     ensemble = bool(work.members)
-    track_weights = (
-        work.write_probabilities or work.write_uncertainty or space is not None or ensemble
-    )
+    track_weights = tracks_weights(work)
     predictor = region_predictor(work)
     device = blend_device(predictor)
     accumulator = Accumulator(
@@ -295,6 +292,20 @@ def _predict_region(
     # kept past the read buffer only where it says something
     invalid = None if region_valid.all() else ~region_valid
     return accumulator, invalid
+
+
+def tracks_weights(work: RegionWork) -> bool:
+    """Whether a task's blend keeps its weight sums beside the class scores.
+
+    Everything but labels needs the normalized blend: probabilities, their
+    uncertainty, an ensemble's mean and resampling back (as probabilities).
+    """
+    return (
+        work.write_probabilities
+        or work.write_uncertainty
+        or work.model_space is not None
+        or bool(work.members)
+    )
 
 
 def _patch_cutter(work: RegionWork, read: _RegionRead) -> Callable[..., torch.Tensor]:
@@ -374,15 +385,15 @@ def _resampled_outputs(
     """Labels (probabilities, uncertainty) of ``region`` from the blend's probabilities on the
     model grid (the uncertainty is that of the probabilities resampled back).
 
-    Resampled back a slab of the first axis at a time: a sample's value is the
-    same in any window (see ``resample``), and the scores of a whole 256^3 region
-    of three classes, with their temporaries, would take 700 MB.
+    A slab of the first axis at a time: the blend of the model-grid box the slab
+    reads is normalized and resampled back where the blend lives (on a GPU, the
+    device), and only the slab's labels (and probabilities) come back. A
+    sample's value is the same in any window (see ``resample``), and neither a
+    float copy of the whole blend (a 256^3 region of three classes: 60 MB, 180
+    MB with its softmax's temporaries) nor the scores of the whole region are made.
     """
-    blended = torch.from_numpy(accumulator.probabilities())
-    # samples no patch covered are read by no valid voxel (see resample): any finite value does
-    torch.nan_to_num_(blended, nan=0.0)
     shape = region_shape(region)
-    classes = blended.shape[0]
+    classes = accumulator.logits.shape[0]
     labels = np.empty(shape, dtype=work.sink.label_dtype)
     probabilities = (
         np.empty((classes, *shape), dtype=np.float32) if work.write_probabilities else None
@@ -393,16 +404,38 @@ def _resampled_outputs(
     for start in range(first.start, first.stop, rows):
         slab = (slice(start, min(start + rows, first.stop)), *region[1:])
         box = space.grid_region(slab)
-        local = shift(box, accumulator.origin)
-        origin = tuple(b.start for b in box)
-        scores = space.to_input(blended[(slice(None), *local)], origin, slab)
+        blended = blend_probabilities(accumulator, shift(box, accumulator.origin))
+        scores = space.to_input(blended, tuple(b.start for b in box), slab)
+        del blended
         rows_here = slice(slab[0].start - first.start, slab[0].stop - first.start)
-        labels[rows_here] = scores_labels(scores).numpy()
+        labels[rows_here] = scores_labels(scores).cpu().numpy()
+        if probabilities is None and uncertainty is None:
+            continue
+        on_host = scores.cpu()
         if probabilities is not None:
-            probabilities[:, rows_here] = scores.numpy()
+            probabilities[:, rows_here] = on_host.numpy()
         if uncertainty is not None:
-            uncertainty[rows_here] = probabilities_uncertainty(scores)
+            uncertainty[rows_here] = probabilities_uncertainty(on_host)
     return labels, probabilities, uncertainty
+
+
+def blend_probabilities(accumulator: Accumulator, box: Region) -> torch.Tensor:
+    """Class probabilities ``(K, *box)`` of the blend over ``box`` (accumulator coordinates),
+    on the blend's device; 0 where no patch contributed.
+
+    The values of ``Accumulator.probabilities`` with NaN made 0: each is made by
+    elementwise operations alone, so a box gives every sample the same bits as
+    the whole region.
+    """
+    if accumulator.weights is None:
+        raise RuntimeError("resampling back needs an accumulator that tracks its weights")
+    weights = accumulator.weights[box]
+    mean = accumulator.logits[(slice(None), *box)] / weights.clamp_min(1e-12)
+    # blended probabilities are their own weighted mean
+    probs = mean if accumulator.scores == "probabilities" else class_probabilities(mean)
+    # samples no patch covered are read by no valid voxel (see resample): any finite value does
+    probs.masked_fill_(weights == 0, math.nan)
+    return torch.nan_to_num_(probs, nan=0.0)
 
 
 def _write_chunks(
@@ -477,4 +510,5 @@ __all__ = [
     "process_region",
     "region_shape",
     "task_indices",
+    "tracks_weights",
 ]

@@ -206,20 +206,35 @@ def _resample(
         if n_src[axis] == n_dst[axis]:
             out = out.narrow(dim, sl.start - origin[axis], sl.stop - sl.start)
             continue
-        lo_table, hi_table, weight_table = lerp_table(n_src[axis], n_dst[axis])
+        lo_table, hi_table, weight_table = device_table(n_src[axis], n_dst[axis], out.device)
         lo, hi, weight = lo_table[sl], hi_table[sl], weight_table[sl]
         shape = [1] * out.ndim
         shape[dim] = -1
         # advanced indexing gathers along the last axis several times faster than index_select
         first = out[_along(dim, lo - origin[axis])]
         second = out[_along(dim, hi - origin[axis])]
-        out = torch.lerp(first, second, torch.from_numpy(weight).reshape(shape))
+        out = torch.lerp(first, second, weight.reshape(shape))
     return out.contiguous()
 
 
-def _along(dim: int, indices: npt.NDArray[np.int64]) -> tuple[slice | torch.Tensor, ...]:
+DeviceTable = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@lru_cache(maxsize=64)
+def device_table(n_src: int, n_dst: int, device: torch.device) -> DeviceTable:
+    """:func:`lerp_table` as tensors on ``device``: copied there once per pair of sizes.
+
+    On the CPU the tensors share the table's memory, so both paths use the same
+    indices and weights.
+    """
+    return tuple(  # type: ignore[return-value]
+        torch.from_numpy(part).to(device) for part in lerp_table(n_src, n_dst)
+    )
+
+
+def _along(dim: int, indices: torch.Tensor) -> tuple[slice | torch.Tensor, ...]:
     """The index that picks ``indices`` along ``dim``."""
-    return (*(slice(None),) * dim, torch.from_numpy(indices))
+    return (*(slice(None),) * dim, indices)
 
 
 @lru_cache(maxsize=64)
@@ -299,6 +314,7 @@ def model_space(
 __all__ = [
     "SPACING_TOLERANCE",
     "ModelSpace",
+    "device_table",
     "geometry_spacing",
     "lerp_table",
     "model_space",

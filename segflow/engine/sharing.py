@@ -18,10 +18,11 @@ predicted once per run. Who predicts it:
 The result never depends on it: a saved part holds the very float32 logits
 its predictor made, and every task still adds its patches in global grid
 order, so each pixel sums the same terms in the same order. Memory stays
-bounded: in one process the first MEMORY_PARTS_BYTES of parts are kept as
-tensors (a 2-D run's boundaries fit, and saving and loading them cost about a
-tenth of its CPU time), the rest live on disk (in the page cache, not in a
-process). A part is dropped once the last of its regions is done with it, so
+bounded: in one process the first parts are kept as tensors, up to a budget
+the run sets (what its region budget leaves after the tasks in flight, at most
+MEMORY_PARTS_BYTES: see ``execute``; saving and loading parts cost about a
+tenth of a 2-D run's CPU time), the rest live on disk (in the page cache, not
+in a process). A part is dropped once the last of its regions is done with it, so
 what is kept at a time is the boundary between finished and pending regions.
 """
 
@@ -227,11 +228,19 @@ _RUNS_LOCK = threading.Lock()
 
 
 @contextmanager
-def sharing(grid: PatchGrid, regions: Sequence[Region], folder: Path) -> Iterator[str]:
-    """Register a run's shared patches in this process; yields the key its tasks look up."""
+def sharing(
+    grid: PatchGrid,
+    regions: Sequence[Region],
+    folder: Path,
+    memory_bytes: int = MEMORY_PARTS_BYTES,
+) -> Iterator[str]:
+    """Register a run's shared patches in this process; yields the key its tasks look up.
+
+    Up to ``memory_bytes`` of parts are kept in memory, the rest in ``folder``.
+    """
     key = uuid.uuid4().hex
     with _RUNS_LOCK:
-        _RUNS[key] = SharedPatches(grid, regions, folder)
+        _RUNS[key] = SharedPatches(grid, regions, folder, memory_bytes)
     try:
         yield key
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ import zarr
 from torch import nn
 
 from segflow import segment
-from segflow.engine.region import process_region, task_indices
+from segflow.engine import region as region_module
+from segflow.engine.blend import Accumulator
+from segflow.engine.region import blend_probabilities, process_region, task_indices
+from segflow.engine.resample import model_space, scores_labels
+from segflow.engine.uncertainty import probabilities_uncertainty
 from segflow.io.open import open_source
 from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
@@ -284,3 +289,94 @@ def test_a_region_writes_the_same_bytes_on_any_thread_count(tmp_path):
     for labels, probabilities in stores[1:]:
         np.testing.assert_array_equal(labels, stores[0][0])
         assert probabilities.tobytes() == stores[0][1].tobytes()
+
+
+# -- resampling back where the blend lives: by slabs, bit-identical to the whole blend --
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+        ],
+    ),
+]
+
+
+def _filled_blend(classes: int, scores: str, device: str) -> Accumulator:
+    """A blend of random sums over a 3-D model-grid box, with a corner no patch covered."""
+    region = (slice(3, 40), slice(0, 33), slice(5, 34))
+    accumulator = Accumulator(
+        classes,
+        region,
+        scores=scores,
+        device=torch.device(device),  # type: ignore[arg-type]
+    )
+    generator = torch.Generator().manual_seed(classes)
+    shape = accumulator.logits.shape
+    weights = torch.rand(shape[1:], generator=generator) + 0.1
+    weights[:4, :5, :6] = 0.0
+    sums = torch.randn(shape, generator=generator) * 3.0 * weights
+    if scores == "probabilities":
+        sums = torch.rand(shape, generator=generator) * weights
+    sums[:, :4, :5, :6] = 0.0
+    accumulator.logits.copy_(sums)
+    assert accumulator.weights is not None
+    accumulator.weights.copy_(weights)
+    return accumulator
+
+
+@pytest.mark.parametrize(
+    ("classes", "scores"), [(3, "logits"), (1, "logits"), (2, "probabilities")]
+)
+def test_a_box_of_the_blend_has_the_whole_blends_probabilities(classes, scores):
+    accumulator = _filled_blend(classes, scores, "cpu")
+    whole = torch.nan_to_num_(torch.from_numpy(accumulator.probabilities()), nan=0.0)
+    for box in [
+        (slice(0, 37), slice(0, 33), slice(0, 29)),
+        (slice(2, 9), slice(4, 30), slice(1, 7)),
+    ]:
+        part = blend_probabilities(accumulator, box)
+        assert part.numpy().tobytes() == whole[(slice(None), *box)].contiguous().numpy().tobytes()
+
+
+def _resampling_work(classes: int) -> SimpleNamespace:
+    """The parts of a RegionWork that resampling back reads."""
+    sink = SimpleNamespace(label_dtype=np.dtype(np.uint8))
+    return SimpleNamespace(sink=sink, write_probabilities=True, write_uncertainty=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("classes", "scores"), [(3, "logits"), (1, "logits"), (2, "probabilities")]
+)
+def test_resampling_back_by_slabs_on_the_blends_device(monkeypatch, device, classes, scores):
+    # the model grid of a 0.7 x 1 x 1.3 mm input for a 1 mm model: finer, same, coarser
+    space = model_space((60, 40, 30), (0.7, 1.0, 1.3), (1.0, 1.0, 1.0))
+    assert space is not None and space.model_shape == (42, 40, 39)
+    region = (slice(5, 55), slice(0, 33), slice(4, 26))
+    accumulator = _filled_blend(classes, scores, device)
+    inside = zip(accumulator.region, space.grid_region(region), strict=True)
+    assert all(a.start <= b.start and b.stop <= a.stop for a, b in inside)  # the blend holds it
+    # the reference: the whole blend's probabilities on the CPU, resampled back at once
+    whole = torch.nan_to_num_(torch.from_numpy(accumulator.probabilities()), nan=0.0)
+    expected = space.to_input(whole, accumulator.origin, region)
+    work = _resampling_work(classes)
+    monkeypatch.setattr(region_module, "RESAMPLE_SLAB_BYTES", 4 * classes * 33 * 22 * 7)
+    labels, probabilities, uncertainty = region_module._resampled_outputs(
+        work,  # type: ignore[arg-type]
+        space,
+        accumulator,
+        region,
+    )
+    assert probabilities is not None and uncertainty is not None
+    if device == "cpu":  # the same bits as the whole blend resampled at once
+        assert probabilities.tobytes() == expected.numpy().tobytes()
+        np.testing.assert_array_equal(labels, scores_labels(expected).numpy())
+        np.testing.assert_array_equal(uncertainty, probabilities_uncertainty(expected))
+    else:  # another device rounds its own way: within float tolerance, labels but near-ties
+        np.testing.assert_allclose(probabilities, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert (labels == scores_labels(expected).numpy()).mean() >= 0.999
+        assert np.abs(uncertainty.astype(int) - probabilities_uncertainty(expected)).max() <= 1

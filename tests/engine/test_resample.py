@@ -17,6 +17,7 @@ from torch import nn
 from segflow import segment
 from segflow.engine.resample import (
     ModelSpace,
+    device_table,
     lerp_table,
     model_space,
     raster_pixel_size,
@@ -305,3 +306,30 @@ def test_model_files_carry_the_resolution_and_the_command_shows_it(tmp_path):
         model_app, ["create", "pixel", "-o", str(tmp_path / "b"), "--spacing", "1,2,3"]
     )
     assert bad.exit_code == 1 and "spacing has 3 values for a 2-D model" in bad.output
+
+
+def test_tables_on_the_cpu_are_the_global_tables_themselves():
+    lo, hi, weight = lerp_table(50, 33)
+    on_cpu = device_table(50, 33, torch.device("cpu"))
+    for table, tensor in zip((lo, hi, weight), on_cpu, strict=True):
+        assert tensor.numpy().tobytes() == table.tobytes()
+        assert np.shares_memory(tensor.numpy(), table)  # no copy on the CPU
+    assert device_table(50, 33, torch.device("cpu")) is on_cpu  # made once
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_resampling_on_the_gpu_agrees_with_the_cpu():
+    space = model_space((40, 36, 30), (0.7, 1.0, 1.3), (1.0, 1.0, 1.0))
+    assert space is not None
+    values = torch.randn((2, *space.model_shape), generator=torch.Generator().manual_seed(0))
+    region = (slice(3, 37), slice(0, 36), slice(2, 29))
+    box = space.grid_region(region)
+    origin = tuple(b.start for b in box)
+    scores = values[(slice(None), *box)]
+    on_gpu = space.to_input(scores.cuda(), origin, region)
+    assert on_gpu.device.type == "cuda"
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    assert all(t.device == cuda for t in device_table(28, 40, cuda))
+    on_cpu = space.to_input(scores, origin, region)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), on_cpu.numpy(), rtol=1e-5, atol=1e-6)
