@@ -85,8 +85,10 @@ def _zeroed_buffer(name: str, shape: tuple[int, ...], device: torch.device) -> t
     )
     buffer = cache.get((name, shape, device))
     if buffer is None:
-        if len(cache) > 4:  # region shapes vary only at the image edges
-            cache.clear()
+        # one buffer per name: a region of another shape (at the image's edges) frees the
+        # last one first, whose heap pages (kept, see segflow.heap) the new one then reuses
+        for key in [k for k in cache if k[0] == name]:
+            del cache[key]
         buffer = torch.zeros(shape, dtype=torch.float32, device=device)
         cache[(name, shape, device)] = buffer
     else:

@@ -122,3 +122,13 @@ def test_class_probabilities_of_a_pixel_do_not_depend_on_the_region_it_lies_in(c
     ]:
         part = class_probabilities(logits[:, rows, cols].contiguous())
         assert part.numpy().tobytes() == whole[:, rows, cols].contiguous().numpy().tobytes()
+
+
+def test_a_thread_keeps_one_accumulator_buffer_per_name_whatever_the_region_shapes():
+    from segflow.engine import blend
+
+    for size in (40, 33, 40, 21):  # interior and edge regions come in any order
+        Accumulator(3, (slice(0, size), slice(0, 40)), track_weights=True)
+    kept = blend._BUFFERS.cache
+    assert sorted(name for name, _, _ in kept) == ["logits", "weights"]
+    assert all(shape[-2:] == (21, 40) for _, shape, _ in kept)
