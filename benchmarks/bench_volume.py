@@ -39,7 +39,8 @@ from segflow.io.nib import save_volume
 from segflow.models import LoadedModel, create_model
 from segflow.models.meta import ClassInfo, ModelMeta, Normalization
 
-TARGET_RATIO = 1.05
+TARGET_RATIO = 1.03  # issue 13; issue 3 asked 1.05
+TARGET_MONAI = 1.2  # times faster than MONAI's sliding_window_inference
 TARGET_FLAT = 0.10
 TARGET_FLAT_LARGE = 0.15  # 512^3 -> 768^3, both many regions
 PATCH = 96
@@ -231,7 +232,15 @@ def main() -> bool:
         if not args.skip_monai:
             figures[f"MONAI sliding_window seconds (best of {args.repeat})"] = f"{best[2]:.1f}"
             speedup = best[2] / end_to_end_s
-            checks.append(Check("speed-up over MONAI", speedup, "x", "> 1", speedup > 1.0))
+            checks.append(
+                Check(
+                    "speed-up over MONAI",
+                    speedup,
+                    "x",
+                    f">= {TARGET_MONAI}",
+                    speedup >= TARGET_MONAI,
+                )
+            )
         if not args.skip_memory:
             checks += memory_checks(Path(tmp), figures, sizes)
     return report("(d) volumes", figures, checks)
