@@ -10,6 +10,7 @@ the same terms in the same order whatever the chunking.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ from segflow.engine.ensemble import EnsemblePredictor
 from segflow.engine.grid import Index, Region, shift
 from segflow.engine.sharing import Exchange
 from segflow.models.predictor import Predictor
+
+# forwards a task keeps queued on the device at once
+QUEUED_FORWARDS = 2
 
 if TYPE_CHECKING:  # region.py imports this module
     from segflow.engine.region import RegionStats, RegionWork
@@ -61,6 +65,7 @@ def predict_and_blend(
             predicted, copied = ({}, None) if forward is None else blender.received(items, forward)
             behind.put((items, predicted, batch, copied))
     finally:
+        blender.close()  # before the prefetch thread is stopped: it may wait for a slot
         behind.close()
 
 
@@ -91,6 +96,10 @@ class Blender:
         self._on_device = accumulator.device.type != "cpu"  # blend where the logits are
         self._queue = device_queue(predictor.device)
         self._ticket = task_ticket()  # tasks that start earlier go first on the device
+        # forwards queued and not yet taken back: one in the device, one waiting keeps it
+        # busy; more would only hold more batches' logits in memory
+        self._slots = threading.Semaphore(QUEUED_FORWARDS)
+        self._closed = threading.Event()
         self._spatial = len(work.grid.patch)
         self._stats = stats
         self.on_blended: Callable[[int], None] | None = None  # progress, in patches
@@ -104,8 +113,15 @@ class Blender:
         for items, batch in batches:
             forward = None
             if batch is not None:
+                while not self._slots.acquire(timeout=0.1):
+                    if self._closed.is_set():  # the task failed: nobody takes it back
+                        return
                 forward = self._queue.submit(self._ticket, functools.partial(self._forward, batch))
             yield items, batch, forward
+
+    def close(self) -> None:
+        """The task is done with the device (or failed): stop queuing forwards."""
+        self._closed.set()
 
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """On the device's thread: the model's output for the batch, and on a GPU an event
@@ -124,7 +140,10 @@ class Blender:
     ) -> tuple[dict[Index, torch.Tensor], Any]:
         """The logits of the batch's own patches (and its copy event); shared ones are saved
         for their other users."""
-        output, copied = forward.result()
+        try:
+            output, copied = forward.result()
+        finally:
+            self._slots.release()
         # blending reads any layout: no copy of a model's non-contiguous output
         logits_batch = self._predictor.finish(
             output, self._spatial, on_device=self._on_device, contiguous=False
