@@ -23,7 +23,7 @@ from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
 from segflow.options import RunOptions
 from segflow.plan import plan
-from tests.conftest import pixel_model, textured, write_tif
+from tests.conftest import pixel_model, textured, two_worker_client, write_tif
 
 
 def labels_of(store: Path) -> np.ndarray:
@@ -148,23 +148,13 @@ def test_chunk_size_does_not_change_a_single_bit(tmp_path, blend):
 
 
 def test_threaded_and_local_cluster_outputs_are_bit_identical(tmp_path):
-    from distributed import Client, LocalCluster
 
     image = textured((260, 300), 3, seed=4)
     path = write_tif(tmp_path / "in.tif", image, tile=None)
     model = conv_model()
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=96, probabilities="uint8", device="cpu")
     segment(path, model, tmp_path / "threads.zarr", **kwargs)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_worker_client() as client:
         segment(path, model, tmp_path / "cluster.zarr", scheduler=client, **kwargs)
     a = zarr.open_group(tmp_path / "threads.zarr", mode="r")
     b = zarr.open_group(tmp_path / "cluster.zarr", mode="r")

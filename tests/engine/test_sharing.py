@@ -30,7 +30,7 @@ from segflow.models import LoadedModel
 from segflow.models.meta import ClassInfo, ModelMeta
 from segflow.options import RunOptions
 from segflow.plan import plan
-from tests.conftest import textured, write_nifti, write_tif
+from tests.conftest import textured, two_worker_client, write_nifti, write_tif
 from tests.engine.test_region import conv_model
 
 LEFT = (slice(0, 8), slice(0, 8))
@@ -193,23 +193,13 @@ def test_every_patch_is_predicted_once_and_the_bits_do_not_change(
 
 
 def test_a_two_worker_cluster_hands_patches_on_with_the_same_bits(tmp_path, monkeypatch):
-    from distributed import Client, LocalCluster
 
     image = textured((260, 300), 3, seed=4)
     path = write_tif(tmp_path / "in.tif", image, tile=None)
     model = conv_model()
     kwargs = dict(patch_size=64, overlap=0.25, chunk_size=48, region_size=96)
     alone = _alone(monkeypatch, tmp_path, "alone", path, model, **kwargs)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_worker_client() as client:
         shared = _run(tmp_path, "cluster", path, model, scheduler=client, **kwargs)
     assert shared[0]["patches_predicted"] == len(make_grid((260, 300), 64, 16))
     _same(shared, alone)

@@ -25,7 +25,7 @@ from segflow.models import LoadedModel
 from segflow.models.meta import Normalization
 from segflow.options import RunOptions
 from segflow.plan import plan
-from tests.conftest import pixel_model, textured, write_nifti, write_tif
+from tests.conftest import pixel_model, textured, two_worker_client, write_nifti, write_tif
 from tests.engine.test_ensemble import pointwise_model, reference_mean
 from tests.engine.test_region import conv_model
 
@@ -229,23 +229,13 @@ def test_any_thread_count_writes_the_same_bytes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_threaded_and_local_cluster_runs_are_bit_identical(tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
 
     image = textured((160, 140), 3, seed=10)
     path = write_tif(tmp_path / "in.tif", image, tile=None)
     model = scaled_conv_model()
     kwargs: dict[str, Any] = dict(patch_size=48, chunk_size=64, uncertainty=True, device="cpu")
     segment(path, model, tmp_path / "threads.zarr", **kwargs)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_worker_client() as client:
         segment(path, model, tmp_path / "cluster.zarr", scheduler=client, **kwargs)
     threads = uncertainty_of(tmp_path / "threads.zarr")
     np.testing.assert_array_equal(uncertainty_of(tmp_path / "cluster.zarr"), threads)
