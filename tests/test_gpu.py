@@ -19,8 +19,8 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_cuda_labels_match_cpu_labels(tmp_path, amp):
+def _unet(name: str) -> LoadedModel:
+    """A small 2-D U-Net with seeded weights, 3 bands in, 4 classes."""
     torch.manual_seed(0)
     module = create_model("unet2d", in_channels=3, classes=4, depth=3, base_channels=8).eval()
     meta = ModelMeta(
@@ -30,7 +30,12 @@ def test_cuda_labels_match_cpu_labels(tmp_path, amp):
         normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3),
         classes=tuple(ClassInfo(name=f"c{i}") for i in range(4)),
     )
-    model = LoadedModel(meta=meta, module=module, sha256="gpu-test", path=None, runtime="torch")
+    return LoadedModel(meta=meta, module=module, sha256=name, path=None, runtime="torch")
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_cuda_labels_match_cpu_labels(tmp_path, amp):
+    model = _unet("gpu-test")
     path = write_tif(tmp_path / "in.tif", textured((300, 257), 3, seed=4), tile=None)
     segment(path, model, tmp_path / "cpu.zarr", patch_size=128, device="cpu")
     segment(path, model, tmp_path / "gpu.zarr", patch_size=128, device="cuda", amp=amp)
@@ -42,16 +47,7 @@ def test_cuda_labels_match_cpu_labels(tmp_path, amp):
 
 def test_cuda_uncertainty_matches_cpu(tmp_path):
     # the blend stays on the GPU; its slabs come back for the float64 entropy
-    torch.manual_seed(0)
-    module = create_model("unet2d", in_channels=3, classes=4, depth=3, base_channels=8).eval()
-    meta = ModelMeta(
-        arch="unet2d",
-        in_channels=3,
-        output_stride=8,
-        normalization=Normalization(mean=(128.0,) * 3, std=(64.0,) * 3),
-        classes=tuple(ClassInfo(name=f"c{i}") for i in range(4)),
-    )
-    model = LoadedModel(meta=meta, module=module, sha256="gpu-test-u", path=None, runtime="torch")
+    model = _unet("gpu-test-u")
     path = write_tif(tmp_path / "in.tif", textured((300, 257), 3, seed=4), tile=None)
     options = dict(patch_size=128, uncertainty=True, amp=False)
     segment(path, model, tmp_path / "cpu.zarr", device="cpu", **options)
