@@ -211,9 +211,9 @@ def run_command(
     region_size: Annotated[
         int | None,
         typer.Option(
-            help="Edge of the region a task reads and blends at once, in whole chunks; larger "
-            "regions predict fewer boundary patches twice and take more memory. "
-            "[default: 2048 / 256, less for many classes]"
+            help="Edge of the region a task reads and blends at once, in pixels (voxels), "
+            "rounded down to whole chunks; larger regions read less halo and take more "
+            "memory. [default: 2048 / 256, less for many classes]"
         ),
     ] = None,
     flow: Annotated[
