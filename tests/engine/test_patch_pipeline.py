@@ -91,3 +91,13 @@ def test_a_failed_forward_fails_its_region_and_the_device_queue_goes_on(scene):
     queue: DeviceQueue = device_queue(torch.device("cpu"))
     assert queue.submit(0, lambda: "still serving").result(timeout=5) == "still serving"
     _run(scene, conv_model(), "after")  # the next run is not held up by the failed one
+
+
+def test_the_device_queue_changes_timing_never_bytes(scene, monkeypatch):
+    import segflow.engine.device_queue as device_queue_module
+
+    queued = _run(scene, conv_model(), "queued")
+    monkeypatch.setattr(device_queue_module, "QUEUED", False)  # each forward in its task
+    inline = _run(scene, conv_model(), "inline")
+    assert queued["labels"].tobytes() == inline["labels"].tobytes()
+    assert queued["probabilities"].tobytes() == inline["probabilities"].tobytes()
